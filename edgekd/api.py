@@ -1,0 +1,472 @@
+"""The public verbs. The CLI is a thin layer over these; these are a thin layer over the stages.
+
+    import edgekd
+    summary = edgekd.compress("teacher.pt2", targets=["x86-cpu", "intel-cpu"], data="fashion-mnist")
+    edgekd.bench("runs/teacher")          # re-measure an existing run
+    edgekd.report("runs/teacher")
+
+Every verb takes a run directory (default ``runs/<model stem>``). Calling a later stage runs the earlier ones
+first unless they are up to date, so MLOps pipelines can call ``distill``, ``export``, ``quantize``, ``lower`` and
+``bench`` one by one, or all at once with ``compress``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgekd import progress
+from edgekd.config import PipelineConfig, build_config, load_config_file
+from edgekd.errors import DataError, StageError, UsageError
+from edgekd.fileio import sha256_file, write_json
+from edgekd.pipeline import RunDir, StageResult, describe_environment
+from edgekd.targets import Profile, list_profiles, require_built, resolve
+
+STAGES = ("distill", "export", "quantize", "lower", "bench")
+
+
+class Pipeline:
+    """One run: the config, the run directory, and lazily loaded teacher and data."""
+
+    def __init__(self, cfg: PipelineConfig) -> None:
+        self.cfg = cfg
+        if not Path(cfg.model).expanduser().is_file():
+            from edgekd.errors import ModelLoadError
+
+            raise ModelLoadError(f"model file {cfg.model} does not exist", "check the path")
+        root = Path(cfg.run_dir) if cfg.run_dir else Path("runs") / Path(cfg.model).stem.split(".")[0]
+        self.run = RunDir(root)
+        self.profiles: list[Profile] = [resolve(t) for t in cfg.targets]
+        if not self.profiles:
+            raise UsageError("no target given", "pass --target, e.g. --target x86-cpu (list: edgekd targets)")
+        for p in self.profiles:
+            require_built(p)
+        self._teacher = None
+        self._data = None
+        self.run.manifest["config"] = cfg.model_dump()
+        self.run.manifest["environment"] = describe_environment()
+        self.run.save()
+
+    # ---------------------------------------------------------------- inputs
+    @property
+    def teacher(self):  # noqa: ANN201
+        if self._teacher is None:
+            from edgekd.models.loading import load_model, probe, require_input_shape
+
+            lm = load_model(self.cfg.model, arch=self.cfg.arch, input_shape=self.cfg.input_shape, allow_pickle=self.cfg.allow_pickle)
+            shape = require_input_shape(lm)
+            num_classes = probe(lm.module, shape)
+            self._teacher = lm
+            self.input_shape = shape
+            self.num_classes = num_classes
+            self.run.manifest["inputs"] = {"model": {"path": lm.path, "sha256": lm.sha256, "format": lm.format,
+                                                     "input_shape": list(shape), "num_classes": num_classes}}
+            self.run.save()
+        return self._teacher
+
+    @property
+    def data(self):  # noqa: ANN201
+        if self._data is None:
+            from edgekd.data import load_dataset
+
+            lm = self.teacher
+            d = self.cfg.data
+            if d.path is None:
+                raise DataError("no --data given", "pass --data PATH (IDX folder, image folder or .npz), or --data fashion-mnist")
+            norm = lm.meta.get("normalize") or {}
+            mean = d.mean if d.mean is not None else norm.get("mean")
+            std = d.std if d.std is not None else norm.get("std")
+            ds = load_dataset(d.path, channels=self.input_shape[1], size=tuple(self.input_shape[2:4]) if len(self.input_shape) == 4 else None,
+                              val_fraction=d.val_fraction, seed=d.split_seed, mean=mean, std=std, limit=d.limit)
+            if tuple(ds.input_shape) != tuple(self.input_shape[1:]):
+                raise DataError(f"data samples have shape {ds.input_shape}, the model wants {tuple(self.input_shape[1:])}",
+                                "pass data of the model's input size or the right --input-shape")
+            if ds.num_classes > self.num_classes:
+                raise DataError(f"data has {ds.num_classes} classes, the teacher predicts {self.num_classes}", "pass the teacher's dataset")
+            if d.eval_limit:
+                ds.test = ds.test.take(d.eval_limit)
+                ds.meta["sizes"]["test"] = len(ds.test)
+            self._data = ds
+            self.run.manifest.setdefault("inputs", {})["data"] = ds.meta
+            self.run.save()
+        return self._data
+
+    def data_key(self) -> dict[str, Any]:
+        m = dict(self.data.meta)
+        return {k: m[k] for k in ("source", "format", "sizes", "split_seed", "normalize", "val_fraction")}
+
+    # ---------------------------------------------------------------- stage 1
+    def distill(self) -> dict[str, Any]:
+        cfg = self.cfg.distill
+        key = {"distill": cfg.model_dump(), "teacher": self.teacher.sha256, "data": self.data_key(),
+               "limit": self.cfg.data.limit}
+        return self.run.run_stage("distill", key, lambda: self._distill(key))
+
+    def _distill(self, key: dict[str, Any]) -> StageResult:
+        import torch
+
+        from edgekd.distill.trainer import accuracy, predict_logits, train_student
+        from edgekd.fileio import atomic_path, sha256_json
+        from edgekd.models.student import build_student, save_student
+        from edgekd.models.zoo import count_params
+
+        cfg = self.cfg.distill
+        ckpt_dir = self.run.stage_dir("distill") / "ckpt"
+        key_file = ckpt_dir / "key.txt"
+        stage_key = sha256_json(key)
+        keep = ("ckpt",) if key_file.exists() and key_file.read_text() == stage_key else ()
+        out = self.run.fresh_dir("distill", keep=keep)
+        ckpt_dir.mkdir(exist_ok=True)
+        key_file.write_text(stage_key)
+        teacher = self.teacher.module
+        t_val = accuracy(predict_logits(teacher, self.data.val.x), self.data.val.y)
+        if t_val < 1.5 / self.num_classes:
+            progress.log(f"warning: the teacher scores {t_val:.3f} on the val split (near chance): "
+                         "check the preprocessing (--mean/--std) matches what the teacher was trained with")
+        metrics: dict[str, Any] = {"teacher_val_top1": t_val, "teacher_params": count_params(teacher)}
+        if not cfg.enabled:
+            student, recipe, history = None, {"arch": "teacher"}, []
+        else:
+            torch.manual_seed(cfg.seed)
+            student, recipe = build_student(cfg.student, self.input_shape[1], self.num_classes, cfg.width, cfg.depth)
+            res = train_student(teacher, student, self.data, cfg, ckpt_dir)
+            student, history = res.student, res.history
+            metrics.update(student_val_top1=history[-1]["val_top1"], student_params=count_params(student),
+                           resumed_from_epoch=res.resumed_from_epoch, student=recipe["arch"])
+        outputs: dict[str, str] = {}
+        if student is not None:
+            extra = {"input_shape": list(self.input_shape), "normalize": self.data.meta["normalize"]}
+            with atomic_path(out / "student.pt") as tmp:
+                save_student(str(tmp), student, recipe, extra)
+            outputs["student"] = self.run.rel(out / "student.pt")
+        write_json(out / "history.json", history)
+        outputs["history"] = self.run.rel(out / "history.json")
+        return StageResult(outputs, metrics)
+
+    def student_module(self):  # noqa: ANN201
+        from edgekd.models.student import load_student
+
+        rec = self.run.record("distill") or {}
+        if "student" not in rec.get("outputs", {}):
+            return self.teacher.module
+        return load_student(str(self.run.output("distill", "student")))[0]
+
+    # ---------------------------------------------------------------- stage 2
+    def export(self) -> dict[str, Any]:
+        self.distill()
+        key = {"export": self.cfg.export.model_dump(), "distill": self.run.output_hash("distill"), "teacher": self.teacher.sha256}
+        return self.run.run_stage("export", key, self._export)
+
+    def _export(self) -> StageResult:
+        import torch
+
+        from edgekd.export import parity
+        from edgekd.export.onnx_export import export_onnx
+        from edgekd.runtimes import make_runner
+
+        cfg = self.cfg.export
+        out = self.run.fresh_dir("export")
+        x = self.data.test.x[: cfg.parity_samples]
+        if len(x) < min(256, cfg.parity_samples):
+            x = np.concatenate([x, self.data.val.x[: cfg.parity_samples - len(x)]])
+        report: dict[str, Any] = {}
+        outputs: dict[str, str] = {}
+        distilled = "student" in (self.run.record("distill") or {}).get("outputs", {})
+        for name, module in (("teacher", self.teacher.module), ("student", self.student_module())):
+            path = out / f"{name}.onnx"
+            program = self.teacher.program if (name == "teacher" or not distilled) else None
+            info = export_onnx(module, self.input_shape, path, cfg.opset, cfg.exporter, program=program)
+            with torch.no_grad():
+                ref = parity.run_batched(lambda b: module(torch.from_numpy(b)).numpy(), x)
+            got = parity.run_batched(make_runner("onnxruntime", path, {"graph_optimization": "all"}), x)
+            stats = parity.compare(ref, got)
+            report[name] = {**info, "parity_torch_vs_onnxruntime": stats}
+            write_json(out / "parity.json", report)
+            parity.check(stats, what=f"{name}.onnx vs PyTorch", atol=cfg.atol, min_agreement=cfg.min_top1_agreement)
+            outputs[name] = self.run.rel(path)
+        outputs["parity"] = self.run.rel(out / "parity.json")
+        metrics = {f"{n}_{k}": v for n, r in report.items() for k, v in r["parity_torch_vs_onnxruntime"].items() if k != "samples"}
+        metrics["exporter"] = report["student"]["exporter"]
+        metrics["opset"] = report["student"]["opset"]
+        return StageResult(outputs, metrics)
+
+    # ---------------------------------------------------------------- stage 3
+    def precision(self, p: Profile) -> str:
+        prec = self.cfg.quantize.precision or p.default_precision
+        if prec not in p.precisions:
+            raise UsageError(f"target {p.name} does not support precision {prec}", f"choose one of {p.precisions}")
+        return prec
+
+    def quantize(self, p: Profile) -> dict[str, Any]:
+        from edgekd.quant.calibration import load_recipe
+
+        self.export()
+        recipe = load_recipe(self.cfg.quantize.calibration)
+        backend_settings = p.onnxruntime.model_dump() if p.backend == "onnxruntime" else p.openvino.model_dump()
+        key = {"quantize": self.cfg.quantize.model_dump(), "precision": self.precision(p), "backend": p.backend,
+               "settings": backend_settings, "recipe": recipe.model_dump(), "export": self.run.output_hash("export"),
+               "data": self.data_key()}
+        return self.run.run_stage(f"quantize/{p.name}", key, lambda: self._quantize(p, recipe))
+
+    def _quantize(self, p: Profile, recipe) -> StageResult:  # noqa: ANN001
+        import shutil
+
+        from edgekd.export import parity
+        from edgekd.quant.calibration import select
+        from edgekd.quant.ptq import nncf_quantize_openvino, ort_quantize
+        from edgekd.runtimes import make_runner
+
+        out = self.run.fresh_dir("quantize", p.name)
+        fp32 = self.run.output("export", "student")
+        prec = self.precision(p)
+        outputs: dict[str, str] = {}
+        if prec == "fp32":
+            art = out / "model.onnx"
+            shutil.copyfile(fp32, art)
+            info: dict[str, Any] = {"tool": "none", "precision": "fp32"}
+            outputs["model"] = self.run.rel(art)
+        else:
+            cx, cy = select(self.data, recipe, self.cfg.quantize.calibration_size)
+            progress.log(f"quantize/{p.name}: int8 PTQ with {len(cx)} calibration samples ({recipe.name})")
+            if p.backend == "onnxruntime":
+                art = out / "model.onnx"
+                info = ort_quantize(fp32, art, cx, p.onnxruntime)
+                runner_settings = {"graph_optimization": "all", "threads": p.threads}
+                outputs["model"] = self.run.rel(art)
+            else:
+                art = out / "model.xml"
+                info = nncf_quantize_openvino(fp32, art, cx, p.openvino)
+                runner_settings = {"threads": p.threads}
+                outputs["model"] = self.run.rel(art)
+                outputs["weights"] = self.run.rel(art.with_suffix(".bin"))
+            info.update(precision="int8", calibration={"recipe": recipe.model_dump(), "samples": int(len(cx)),
+                                                       "per_class": np.bincount(cy, minlength=self.num_classes).tolist()})
+            # int8 vs fp32 on the val split (real data the student never trained on)
+            xv = self.data.val.x
+            ref = parity.run_batched(make_runner("onnxruntime", fp32, {"graph_optimization": "all"}), xv)
+            got = parity.run_batched(make_runner(p.backend, art, runner_settings), xv)
+            stats = parity.compare(ref, got)
+            info["parity_int8_vs_fp32_val"] = stats
+            write_json(out / "calibration.json", info)
+            parity.check(stats, what=f"int8 model for {p.name} vs fp32", atol=None, min_agreement=self.cfg.quantize.min_top1_agreement)
+        write_json(out / "calibration.json", info)
+        outputs["calibration"] = self.run.rel(out / "calibration.json")
+        metrics = {"precision": prec, "tool": info["tool"]}
+        if "parity_int8_vs_fp32_val" in info:
+            metrics["top1_agreement_vs_fp32"] = info["parity_int8_vs_fp32_val"]["top1_agreement"]
+        return StageResult(outputs, metrics)
+
+    # ---------------------------------------------------------------- stage 4
+    def lower(self, p: Profile) -> dict[str, Any]:
+        self.quantize(p)
+        key = {"profile": p.model_dump(exclude={"source"}), "quantize": self.run.output_hash(f"quantize/{p.name}")}
+        return self.run.run_stage(f"lower/{p.name}", key, lambda: self._lower(p))
+
+    def _lower(self, p: Profile) -> StageResult:
+        from edgekd.lower import lower
+
+        out = self.run.fresh_dir("lower", p.name)
+        res = lower(p.backend, self.run.output(f"quantize/{p.name}", "model"), p, out)
+        build = {"backend": p.backend, "profile": p.name, "precision": self.precision(p),
+                 **{k: v for k, v in res.items() if k not in ("files", "artifact")}, "artifact": self.run.rel(res["artifact"])}
+        write_json(out / "build.json", build)
+        outputs = {k: self.run.rel(v) for k, v in res["files"].items()}
+        outputs["build"] = self.run.rel(out / "build.json")
+        return StageResult(outputs, {"int8_kernels": sum(res.get("int8_kernels", {}).values())})
+
+    # ---------------------------------------------------------------- stage 5
+    def bench(self, p: Profile, force: bool = False) -> dict[str, Any]:
+        self.lower(p)
+        key = {"bench": self.cfg.bench.model_dump(), "measure": p.measure.model_dump(), "threads": p.threads,
+               "lower": self.run.output_hash(f"lower/{p.name}"), "export": self.run.output_hash("export"),
+               "data": self.data_key(), "eval_limit": self.cfg.data.eval_limit}
+        return self.run.run_stage(f"bench/{p.name}", key, lambda: self._bench(p), force=force)
+
+    def eval_file(self) -> Path:
+        path = self.run.stage_dir("bench") / "eval.npz"
+        want = f"{len(self.data.test)}:{self.data.meta['normalize']}"
+        marker = path.with_suffix(".key")
+        if not path.exists() or not marker.exists() or marker.read_text() != want:
+            from edgekd.fileio import atomic_path
+
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with atomic_path(path) as tmp:
+                with open(tmp, "wb") as f:
+                    np.savez(f, x=self.data.test.x, y=self.data.test.y)
+            marker.write_text(want)
+        return path
+
+    def _bench(self, p: Profile) -> StageResult:
+        from edgekd.lower.onnxruntime import session_settings
+        from edgekd.lower.openvino import compile_settings
+
+        b = self.cfg.bench
+        out = self.run.fresh_dir("bench", p.name)
+        eval_npz = self.eval_file()
+        settings = session_settings(p) if p.backend == "onnxruntime" else compile_settings(p)
+        if b.threads:
+            settings["threads"] = b.threads
+        settings["input_shape"] = list(self.input_shape)
+        artifacts = []
+        if b.include_teacher:
+            artifacts.append(("teacher", "fp32", self.run.output("export", "teacher")))
+        if b.include_student_fp32 and self.precision(p) != "fp32":
+            artifacts.append(("student", "fp32", self.run.output("export", "student")))
+        artifacts.append(("student", self.precision(p), self.run.output(f"lower/{p.name}", "model")))
+        results = []
+        teacher_pred = None
+        for role, prec, path in artifacts:
+            progress.log(f"bench/{p.name}: {role} {prec} ({p.backend}, {settings.get('threads')} threads)")
+            logits_path = out / f"logits-{role}-{prec}.npy"
+            r = run_worker(p.backend, path, eval_npz, settings, b.warmup if b.warmup is not None else p.measure.warmup,
+                           b.iterations or p.measure.iterations, p.measure.batch_sizes, logits_path)
+            pred = np.load(logits_path).argmax(1)
+            logits_path.unlink()
+            if role == "teacher":
+                teacher_pred = pred
+            r.update(role=role, precision=prec, artifact=self.run.rel(path))
+            if teacher_pred is not None:
+                r["accuracy"]["agreement_with_teacher"] = float((pred == teacher_pred).mean())
+            results.append(r)
+        base = next((r for r in results if r["role"] == "teacher"), None)
+        for r in results:
+            if base:
+                r["speedup_vs_teacher_p50"] = base["latency"]["1"]["p50_ms"] / r["latency"]["1"]["p50_ms"] if "1" in r["latency"] else None
+        write_json(out / "latency.json", {"target": p.name, "backend": p.backend, "settings": settings,
+                                          "environment": describe_environment(),
+                                          "results": [{k: v for k, v in r.items() if k != "accuracy"} for r in results]})
+        write_json(out / "accuracy.json", {"target": p.name, "test_samples": len(self.data.test),
+                                           "results": [{"role": r["role"], "precision": r["precision"], **r["accuracy"]} for r in results]})
+        dep = results[-1]
+        metrics = {"top1": dep["accuracy"]["top1"], "p50_ms": dep["latency"].get("1", {}).get("p50_ms"),
+                   "speedup_vs_teacher_p50": dep.get("speedup_vs_teacher_p50")}
+        if base:
+            metrics["teacher_top1"] = base["accuracy"]["top1"]
+        return StageResult({"latency": self.run.rel(out / "latency.json"), "accuracy": self.run.rel(out / "accuracy.json")}, metrics)
+
+    def all(self) -> dict[str, Any]:
+        for p in self.profiles:
+            self.bench(p)
+        return write_report(self.run.root)
+
+
+def run_worker(backend: str, model: Path, data: Path | None, settings: dict[str, Any], warmup: int, iterations: int,
+               batch_sizes: list[int], logits_out: Path | None) -> dict[str, Any]:
+    """Run :mod:`edgekd.bench.worker` in a fresh interpreter and return its JSON."""
+    cmd = [sys.executable, "-m", "edgekd.bench.worker", "--backend", backend, "--model", str(model), "--settings",
+           json.dumps(settings), "--warmup", str(warmup), "--iterations", str(iterations),
+           "--batch-sizes", ",".join(map(str, batch_sizes))]
+    if data is not None:
+        cmd += ["--data", str(data)]
+    if logits_out is not None:
+        cmd += ["--logits-out", str(logits_out)]
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).resolve().parents[1]), env.get("PYTHONPATH", "")])
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if proc.returncode != 0:
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
+        raise StageError(f"benchmark of {model.name} on {backend} failed: {tail[0]}", "run the worker by hand to see the full error")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def write_report(run_dir: str | Path) -> dict[str, Any]:
+    from edgekd.bench.report import render
+
+    return render(RunDir(run_dir, create=False))
+
+
+# -------------------------------------------------------------------------------- public verbs
+
+
+def _config(model: str | None = None, config: str | Path | PipelineConfig | None = None, **kw: Any) -> PipelineConfig:
+    if isinstance(config, PipelineConfig):
+        return config
+    overrides = {k: v for k, v in kw.items() if v is not None}
+    if model is not None:
+        overrides["model"] = str(model)
+    if config is not None:
+        return load_config_file(config, overrides)
+    if "model" not in overrides:
+        raise UsageError("no model given", "pass the model file, or --config pipeline.yaml")
+    return build_config(**overrides)
+
+
+def _nest(kw: dict[str, Any]) -> dict[str, Any]:
+    """Turn flat keyword overrides like ``distill__epochs=3`` into nested config sections."""
+    out: dict[str, Any] = {}
+    for k, v in kw.items():
+        if v is None:
+            continue
+        if "__" in k:
+            section, _, key = k.partition("__")
+            out.setdefault(section, {})[key] = v
+        else:
+            out[k] = v
+    return out
+
+
+def pipeline_from_run(run_dir: str | Path, **overrides: Any) -> Pipeline:
+    run = RunDir(run_dir, create=False)
+    raw = dict(run.manifest.get("config") or {})
+    if not raw:
+        raise UsageError(f"{run_dir} records no config", "re-run edgekd compress")
+    for k, v in _nest(overrides).items():
+        if isinstance(v, dict):
+            raw.setdefault(k, {}).update(v)
+        else:
+            raw[k] = v
+    raw["run_dir"] = str(run_dir)
+    return Pipeline(build_config(**raw))
+
+
+def compress(model: str | Path | None = None, *, config: str | Path | PipelineConfig | None = None, **kw: Any) -> dict[str, Any]:
+    """Run every stage for every target and write the report; returns the report dict."""
+    return Pipeline(_config(model, config, **_nest(kw))).all()
+
+
+def _until(stage: str, model: str | Path | None, config: Any, run_dir: str | Path | None, kw: dict[str, Any]) -> dict[str, Any]:
+    if model is None and config is None and run_dir is not None:
+        pipe = pipeline_from_run(run_dir, **kw)
+    else:
+        pipe = Pipeline(_config(model, config, run_dir=str(run_dir) if run_dir else None, **_nest(kw)))
+    if stage in ("distill", "export"):
+        return getattr(pipe, stage)()
+    return {p.name: getattr(pipe, stage)(p) for p in pipe.profiles}
+
+
+def distill(model: str | Path | None = None, *, config: Any = None, run_dir: str | Path | None = None, **kw: Any) -> dict[str, Any]:
+    return _until("distill", model, config, run_dir, kw)
+
+
+def export(model: str | Path | None = None, *, config: Any = None, run_dir: str | Path | None = None, **kw: Any) -> dict[str, Any]:
+    return _until("export", model, config, run_dir, kw)
+
+
+def quantize(model: str | Path | None = None, *, config: Any = None, run_dir: str | Path | None = None, **kw: Any) -> dict[str, Any]:
+    return _until("quantize", model, config, run_dir, kw)
+
+
+def lower(model: str | Path | None = None, *, config: Any = None, run_dir: str | Path | None = None, **kw: Any) -> dict[str, Any]:
+    return _until("lower", model, config, run_dir, kw)
+
+
+def bench(run_dir: str | Path, **kw: Any) -> dict[str, Any]:
+    """Re-measure an existing run (the bench stage always re-runs; earlier stages are reused)."""
+    pipe = pipeline_from_run(run_dir, **kw)
+    for p in pipe.profiles:
+        pipe.bench(p, force=True)
+    return write_report(run_dir)
+
+
+def report(run_dir: str | Path) -> dict[str, Any]:
+    return write_report(run_dir)
+
+
+def targets(pattern: str = "*") -> list[Profile]:
+    return list_profiles(pattern)

@@ -1,0 +1,148 @@
+"""Benchmark one artifact in a fresh process: latency, peak memory, size, accuracy. Imports no torch.
+
+    python -m edgekd.bench.worker --backend onnxruntime --model m.onnx --data eval.npz --settings '{"threads": 2}'
+
+Running each artifact in its own process makes peak RSS (``ru_maxrss``) belong to that artifact alone and keeps
+runtimes from sharing thread pools. Prints one JSON object on stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def _rss_mb() -> float:
+    """Peak resident memory of this process in MB.
+
+    Linux: VmHWM from /proc/self/status, which starts afresh at exec. (``ru_maxrss`` survives execve, so a worker
+    started by a big parent would report the parent's peak.)
+    """
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return r / 1024.0 if sys.platform != "darwin" else r / (1024.0 * 1024.0)
+
+
+def artifact_size(path: Path) -> int:
+    size = path.stat().st_size
+    if path.suffix == ".xml" and path.with_suffix(".bin").exists():
+        size += path.with_suffix(".bin").stat().st_size
+    return size
+
+
+def _timed_loop(call, warmup: int, iterations: int) -> list[float]:  # noqa: ANN001
+    for _ in range(warmup):
+        call()
+    times = []
+    pc = time.perf_counter
+    for _ in range(iterations):
+        t0 = pc()
+        call()
+        times.append(pc() - t0)
+    return times
+
+
+def bench(backend: str, model: Path, data: Path | None, settings: dict, warmup: int, iterations: int,
+          batch_sizes: list[int], preds_out: Path | None) -> dict:
+    from edgekd.bench.stats import latency_stats
+    from edgekd.runtimes import ort_session, ov_compile
+
+    rss0 = _rss_mb()
+    x_eval = y_eval = None
+    if data is not None:
+        with np.load(data) as z:
+            x_eval, y_eval = z["x"], z["y"]
+    shape = tuple(settings["input_shape"])
+    threads = settings.get("threads")
+    t_load = time.perf_counter()
+    if backend == "onnxruntime":
+        sess = ort_session(model, threads, settings.get("graph_optimization", "all"), settings.get("execution_providers"))
+        name = sess.get_inputs()[0].name
+
+        def make_call(x: np.ndarray):  # noqa: ANN202
+            feed = {name: x}
+            return lambda: sess.run(None, feed)
+
+        def infer(x: np.ndarray) -> np.ndarray:
+            return sess.run(None, {name: x})[0]
+    elif backend == "openvino":
+        compiled = ov_compile(model, threads, settings.get("device", "CPU"), settings.get("performance_hint", "LATENCY"),
+                              settings.get("inference_precision", "f32"))
+        req = compiled.create_infer_request()
+        out0 = compiled.outputs[0]
+
+        def make_call(x: np.ndarray):  # noqa: ANN202
+            import openvino as ov
+
+            timed = compiled.create_infer_request()
+            timed.set_input_tensor(ov.Tensor(x, shared_memory=True))  # set once; the loop times infer() only
+            return timed.infer
+
+        def infer(x: np.ndarray) -> np.ndarray:
+            return np.array(req.infer({0: x})[out0])
+    else:
+        raise SystemExit(f"unknown backend {backend}")
+    load_s = time.perf_counter() - t_load
+
+    latency = {}
+    rng = np.random.default_rng(0)
+    for b in batch_sizes:
+        if x_eval is not None and len(x_eval) >= b:
+            x = np.ascontiguousarray(x_eval[:b])
+        else:
+            x = rng.standard_normal((b, *shape[1:])).astype(np.float32)
+        latency[str(b)] = latency_stats(_timed_loop(make_call(x), warmup, iterations), batch=b)
+
+    result: dict = {"backend": backend, "model": str(model), "size_bytes": artifact_size(model), "load_seconds": load_s,
+                    "latency": latency, "threads": threads, "warmup": warmup, "iterations": iterations}
+    if x_eval is not None:
+        preds, logits = [], []
+        for i in range(0, len(x_eval), 256):
+            out = infer(np.ascontiguousarray(x_eval[i : i + 256]))
+            logits.append(out)
+            preds.append(out.argmax(1))
+        p = np.concatenate(preds)
+        result["accuracy"] = {"samples": int(len(p)), "top1": float((p == y_eval).mean())}
+        if preds_out is not None:
+            np.save(preds_out, np.concatenate(logits).astype(np.float32))
+    result["peak_rss_mb"] = _rss_mb()
+    result["peak_rss_over_baseline_mb"] = _rss_mb() - rss0
+    result["torch_imported"] = "torch" in sys.modules
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--backend", required=True)
+    ap.add_argument("--model", required=True, type=Path)
+    ap.add_argument("--data", type=Path)
+    ap.add_argument("--settings", default="{}")
+    ap.add_argument("--warmup", type=int, default=50)
+    ap.add_argument("--iterations", type=int, default=300)
+    ap.add_argument("--batch-sizes", default="1")
+    ap.add_argument("--logits-out", type=Path)
+    a = ap.parse_args(argv)
+    if not a.model.exists():
+        print(json.dumps({"error": f"model {a.model} does not exist"}))
+        return 2
+    res = bench(a.backend, a.model, a.data, json.loads(a.settings), a.warmup, a.iterations,
+                [int(b) for b in a.batch_sizes.split(",")], a.logits_out)
+    print(json.dumps(res))
+    return 0
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    raise SystemExit(main())

@@ -1,0 +1,224 @@
+"""The ``edgekd`` command line: parses, calls :mod:`edgekd.api`, prints. Nothing else.
+
+Errors from edgekd are printed as one line with a hint (exit 2 for usage errors, 1 otherwise); ``--debug`` shows
+the traceback. Ctrl-C keeps every finished stage; re-running resumes.
+"""
+
+from __future__ import annotations
+
+import sys
+import traceback
+from pathlib import Path
+from typing import Any, List, Optional
+
+import typer
+
+from edgekd import progress
+from edgekd.errors import EdgekdError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Distill, quantize, export, lower and benchmark a PyTorch model for an edge device.")
+_STATE = {"debug": False}
+
+
+@app.callback()
+def _root(quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress output"),
+          debug: bool = typer.Option(False, "--debug", help="show tracebacks")) -> None:
+    progress.set_quiet(quiet)
+    _STATE["debug"] = debug
+
+
+def _targets(values: Optional[List[str]]) -> Optional[list[str]]:
+    if not values:
+        return None
+    return [t.strip() for v in values for t in v.split(",") if t.strip()]
+
+
+def _floats(text: Optional[str]) -> Optional[list[float]]:
+    return [float(v) for v in text.split(",")] if text else None
+
+
+def _features(values: Optional[List[str]]) -> Optional[list[dict[str, Any]]]:
+    if not values:
+        return None
+    out = []
+    for v in values:
+        s, sep, t = v.partition(":")
+        if not sep or not s or not t:
+            raise typer.BadParameter(f"--feature {v!r}: write STUDENT_PATH:TEACHER_PATH, e.g. layer2:layer2")
+        out.append({"student": s, "teacher": t})
+    return out
+
+
+def _print_summary(report: dict[str, Any]) -> None:
+    rows = report.get("rows", [])
+    if not rows:
+        return
+    typer.echo("")
+    typer.echo(report["markdown"])
+
+
+MODEL = typer.Argument(None, help="model file: TorchScript, .pt2, state_dict (+ --arch), or pickled module (+ --allow-pickle)")
+TARGET = typer.Option(None, "--target", "-t", help="device profile(s), e.g. x86-cpu,intel-cpu (list: edgekd targets)")
+DATA = typer.Option(None, "--data", "-d", help="IDX folder, image folder (one subfolder per class), .npz, or fashion-mnist")
+CONFIG = typer.Option(None, "--config", "-c", help="pipeline.yaml; command-line options override it")
+RUN = typer.Option(None, "--run-dir", "-o", help="run directory (default runs/<model name>)")
+
+
+def _common(model: Optional[str], config: Optional[Path], target: Optional[List[str]], data: Optional[str], run_dir: Optional[Path],
+            arch: Optional[str], input_shape: Optional[str], allow_pickle: bool, **kw: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {"model": model, "config": config, "targets": _targets(target), "run_dir": str(run_dir) if run_dir else None,
+                           "arch": arch, "input_shape": input_shape, "allow_pickle": allow_pickle or None}
+    if data is not None:
+        out["data__path"] = data
+    out.update(kw)
+    return out
+
+
+@app.command()
+def compress(
+    model: Optional[str] = MODEL,
+    target: Optional[List[str]] = TARGET,
+    data: Optional[str] = DATA,
+    config: Optional[Path] = CONFIG,
+    run_dir: Optional[Path] = RUN,
+    arch: Optional[str] = typer.Option(None, help="module.path:factory or file.py:factory for a state_dict (or a zoo name)"),
+    input_shape: Optional[str] = typer.Option(None, help="NxCxHxW when the file does not record it, e.g. 1x1x28x28"),
+    allow_pickle: bool = typer.Option(False, "--allow-pickle", help="allow loading a pickled module (runs code from the file)"),
+    student: Optional[str] = typer.Option(None, help="zoo student (resnet-s, mobilenet-s, ...) or module:factory"),
+    loss: Optional[str] = typer.Option(None, help="kd | dkd | dist | nkd | ce"),
+    epochs: Optional[int] = typer.Option(None, min=1),
+    batch_size: Optional[int] = typer.Option(None, min=1),
+    lr: Optional[float] = typer.Option(None),
+    feature: Optional[List[str]] = typer.Option(None, help="feature KD pair STUDENT_PATH:TEACHER_PATH (repeatable)"),
+    augment: Optional[bool] = typer.Option(None, "--augment/--no-augment"),
+    no_distill: bool = typer.Option(False, "--no-distill", help="quantize the teacher itself"),
+    precision: Optional[str] = typer.Option(None, help="int8 | fp32 (default: the profile's)"),
+    calibration: Optional[str] = typer.Option(None, help="calibration recipe: default | small | large | path.yaml"),
+    threads: Optional[int] = typer.Option(None, help="threads for benchmarking (default: the profile's)"),
+    data_limit: Optional[int] = typer.Option(None, help="train on only the first N training samples"),
+    eval_limit: Optional[int] = typer.Option(None, help="score on only the first N test samples"),
+    mean: Optional[str] = typer.Option(None, help="per-channel mean on the 0..1 scale, e.g. 0.286"),
+    std: Optional[str] = typer.Option(None, help="per-channel std on the 0..1 scale, e.g. 0.353"),
+) -> None:
+    """Run every stage: distill → export → quantize → lower → bench, then print the report."""
+    from edgekd import api
+
+    kw = _common(model, config, target, data, run_dir, arch, input_shape, allow_pickle,
+                 distill__student=student, distill__loss=loss, distill__epochs=epochs, distill__batch_size=batch_size,
+                 distill__lr=lr, distill__features=_features(feature), distill__augment=augment,
+                 distill__enabled=False if no_distill else None, quantize__precision=precision,
+                 quantize__calibration=calibration, bench__threads=threads, data__limit=data_limit,
+                 data__eval_limit=eval_limit, data__mean=_floats(mean), data__std=_floats(std))
+    m, c = kw.pop("model"), kw.pop("config")
+    _print_summary(api.compress(m, config=c, **kw))
+
+
+def _stage_cmd(stage: str):  # noqa: ANN202
+    def cmd(
+        model: Optional[str] = MODEL,
+        target: Optional[List[str]] = TARGET,
+        data: Optional[str] = DATA,
+        config: Optional[Path] = CONFIG,
+        run_dir: Optional[Path] = RUN,
+        arch: Optional[str] = typer.Option(None),
+        input_shape: Optional[str] = typer.Option(None),
+        allow_pickle: bool = typer.Option(False, "--allow-pickle"),
+    ) -> None:
+        from edgekd import api
+
+        kw = _common(model, config, target, data, run_dir, arch, input_shape, allow_pickle)
+        m, c, rd = kw.pop("model"), kw.pop("config"), kw.pop("run_dir")
+        if m is None and c is None and rd is None:
+            raise typer.BadParameter("pass a model file, --config, or --run-dir of an existing run")
+        res = getattr(api, stage)(m, config=c, run_dir=rd, **kw)
+        recs = res if stage in ("quantize", "lower") else {stage: res}
+        for name, rec in recs.items():
+            typer.echo(f"{stage} {name}: {rec.get('status')}{' (up to date)' if rec.get('skipped') else ''} "
+                       f"{', '.join(f'{k}={v}' for k, v in rec.get('outputs', {}).items())}")
+
+    cmd.__doc__ = f"Run the pipeline up to the {stage} stage (earlier stages are reused when up to date)."
+    return cmd
+
+
+for _s in ("distill", "export", "quantize", "lower"):
+    app.command(name=_s)(_stage_cmd(_s))
+
+
+@app.command()
+def bench(run_dir: Path = typer.Argument(..., help="an existing run directory"),
+          threads: Optional[int] = typer.Option(None, help="override the profile's thread count")) -> None:
+    """Re-measure latency and accuracy of an existing run and rewrite its report."""
+    from edgekd import api
+
+    if not run_dir.is_dir():
+        raise EdgekdUsage(f"run directory {run_dir} does not exist", "pass a folder made by edgekd compress")
+    _print_summary(api.bench(run_dir, bench__threads=threads))
+
+
+@app.command()
+def report(run_dir: Path = typer.Argument(..., help="an existing run directory")) -> None:
+    """Write report.md, report.json and pareto.png for a run and print the table."""
+    from edgekd import api
+
+    if not run_dir.is_dir():
+        raise EdgekdUsage(f"run directory {run_dir} does not exist", "pass a folder made by edgekd compress")
+    rep = api.report(run_dir)
+    typer.echo(rep["markdown"])
+
+
+@app.command()
+def targets(pattern: str = typer.Argument("*", help="wildcard, e.g. 'jetson-*'"),
+            show: bool = typer.Option(False, "--show", help="print the full profile(s) as YAML")) -> None:
+    """List device profiles (built-in and from $EDGEKD_TARGETS_PATH)."""
+    import yaml
+
+    from edgekd import api
+
+    profs = api.targets(pattern)
+    if not profs:
+        raise EdgekdUsage(f"no target matches {pattern!r}", "run edgekd targets to list them all")
+    for p in profs:
+        if show:
+            typer.echo(yaml.safe_dump(p.model_dump(exclude={"source"}), sort_keys=False))
+        else:
+            alias = f" (aliases: {', '.join(p.aliases)})" if p.aliases else ""
+            typer.echo(f"{p.name:<20} {p.backend:<12} {p.default_precision:<5} {p.description}{alias}")
+
+
+@app.command()
+def inspect(model: str = typer.Argument(...), arch: Optional[str] = typer.Option(None),
+            input_shape: Optional[str] = typer.Option(None), allow_pickle: bool = typer.Option(False, "--allow-pickle")) -> None:
+    """Print a model's format, input shape and module paths (for --feature and intervention points)."""
+    from edgekd.models.loading import load_model
+
+    lm = load_model(model, arch=arch, input_shape=input_shape, allow_pickle=allow_pickle)
+    typer.echo(f"format: {lm.format}\ninput shape: {lm.input_shape}\nsha256: {lm.sha256}")
+    for name, mod in lm.module.named_modules():
+        if name:
+            typer.echo(f"  {name}: {type(mod).__name__}")
+
+
+class EdgekdUsage(EdgekdError):
+    exit_code = 2
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        app(args=argv, prog_name="edgekd")  # standalone mode: usage errors print and exit 2 via SystemExit
+        return 0
+    except SystemExit as e:
+        return e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    except EdgekdError as e:
+        if _STATE["debug"] or "--debug" in argv:
+            traceback.print_exc()
+        print(f"error: {e.one_line()}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("interrupted: finished stages are kept; run the same command again to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,154 @@
+"""Pipeline configuration: pydantic models in which unknown keys are errors.
+
+The same object drives the Python API, the CLI and config files (``edgekd compress --config pipeline.yaml``).
+Each stage hashes only its own section (plus its inputs' hashes), so changing ``bench`` never re-runs ``distill``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from edgekd.errors import ConfigError
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(Strict):
+    """Where the real data comes from and how it is split and normalised."""
+
+    path: str | None = Field(None, description="IDX folder, image folder, .npz, or 'fashion-mnist'")
+    val_fraction: float = Field(1 / 12, gt=0, lt=1)
+    split_seed: int = 0
+    mean: list[float] | None = Field(None, description="per-channel mean on the [0,1] scale; default: from the model file, else the train split")
+    std: list[float] | None = None
+    limit: int | None = Field(None, gt=0, description="use only the first N training samples")
+    eval_limit: int | None = Field(None, gt=0, description="score on only the first N test samples")
+
+
+class FeaturePairConfig(Strict):
+    student: str
+    teacher: str
+    weight: float = 1.0
+
+
+class DistillConfig(Strict):
+    """Stage 1: train a student from the teacher."""
+
+    enabled: bool = True
+    student: str = Field("resnet-s", description="zoo name, or module:factory / file.py:factory")
+    width: int | None = None
+    depth: int | None = None
+    loss: str = "kd"
+    loss_params: dict[str, float] = Field(default_factory=dict)
+    ce_weight: float | None = None
+    features: list[FeaturePairConfig] = Field(default_factory=list)
+    epochs: int = Field(10, ge=1)
+    batch_size: int = Field(128, ge=1)
+    optimizer: Literal["sgd", "adamw"] = "sgd"
+    lr: float = Field(0.1, gt=0)
+    weight_decay: float = Field(5e-4, ge=0)
+    warmup_epochs: float = Field(0.5, ge=0)
+    augment: bool = False
+    teacher_cache: Literal["auto", "on", "off"] = "auto"
+    seed: int = 0
+    threads: int | None = None
+
+
+class ExportConfig(Strict):
+    """Stage 2: ONNX export with a parity check against PyTorch."""
+
+    opset: int = Field(17, ge=13)
+    exporter: Literal["legacy", "dynamo"] = "legacy"
+    parity_samples: int = Field(512, ge=256)
+    atol: float = Field(1e-3, gt=0)
+    min_top1_agreement: float = Field(0.995, ge=0, le=1)
+
+
+class QuantizeConfig(Strict):
+    """Stage 3: post-training quantization with the target runtime's own tools."""
+
+    precision: Literal["int8", "fp32"] | None = Field(None, description="default: the profile's default_precision")
+    calibration: str = Field("default", description="a recipe name from calibration/ or a path to a recipe .yaml")
+    calibration_size: int | None = Field(None, gt=0)
+    min_top1_agreement: float = Field(0.95, ge=0, le=1, description="int8 vs fp32 student on the val split; lower fails the stage")
+
+
+class BenchConfig(Strict):
+    """Stage 5: latency, memory, size and accuracy."""
+
+    warmup: int | None = Field(None, ge=0)
+    iterations: int | None = Field(None, ge=10)
+    threads: int | None = Field(None, ge=1)
+    include_teacher: bool = True
+    include_student_fp32: bool = True
+
+
+class PipelineConfig(Strict):
+    model: str
+    arch: str | None = None
+    input_shape: str | None = None
+    allow_pickle: bool = False
+    targets: list[str] = Field(default_factory=lambda: ["x86-cpu"])
+    run_dir: str | None = None
+    data: DataConfig = Field(default_factory=DataConfig)
+    distill: DistillConfig = Field(default_factory=DistillConfig)
+    export: ExportConfig = Field(default_factory=ExportConfig)
+    quantize: QuantizeConfig = Field(default_factory=QuantizeConfig)
+    bench: BenchConfig = Field(default_factory=BenchConfig)
+
+    @field_validator("targets", mode="before")
+    @classmethod
+    def _split_targets(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            return [t.strip() for t in v.split(",") if t.strip()]
+        return v
+
+
+def format_validation_error(err: ValidationError, source: str) -> ConfigError:
+    first = err.errors()[0]
+    where = ".".join(str(p) for p in first["loc"]) or "(top level)"
+    if first["type"] == "extra_forbidden":
+        return ConfigError(f"{source}: unknown key {where!r}", "remove it or check the spelling (see README, config file)")
+    return ConfigError(f"{source}: {where}: {first['msg']}", "fix the value in the config")
+
+
+def load_config_file(path: str | Path, overrides: dict[str, Any] | None = None) -> PipelineConfig:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist", "check the path")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path.name} is not valid YAML: {str(e).splitlines()[0]}", "fix the syntax") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path.name} must hold a mapping at the top level", "see the example in README")
+    for k, v in (overrides or {}).items():
+        raw[k] = v
+    # Paths in a config file are relative to the file, like every build tool does it.
+    for key in ("model", "run_dir"):
+        if isinstance(raw.get(key), str) and not Path(raw[key]).is_absolute() and raw[key] not in ("",):
+            candidate = path.parent / raw[key]
+            if candidate.exists() or key == "run_dir":
+                raw[key] = str(candidate)
+    data = raw.get("data")
+    if isinstance(data, dict) and isinstance(data.get("path"), str):
+        candidate = path.parent / data["path"]
+        if candidate.exists():
+            data["path"] = str(candidate)
+    try:
+        return PipelineConfig.model_validate(raw)
+    except ValidationError as e:
+        raise format_validation_error(e, path.name) from None
+
+
+def build_config(**kwargs: Any) -> PipelineConfig:
+    try:
+        return PipelineConfig.model_validate(kwargs)
+    except ValidationError as e:
+        raise format_validation_error(e, "config") from None

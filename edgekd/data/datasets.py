@@ -1,0 +1,264 @@
+"""Datasets: Fashion-MNIST/MNIST IDX files, image folders (one subfolder per class) and ``.npz`` files.
+
+Everything is loaded into memory as float32 NCHW arrays (edge datasets for calibration and distillation are small;
+a 70k×28×28 set is 220 MB). Splits are deterministic: a seeded permutation carves ``val`` out of ``train``, and a
+``test`` split is carved the same way when the source has none. Inputs fed to every model are
+
+    x_model = (x / 255 − mean) / std        (per channel)
+
+where mean/std are either given (the preprocessing the teacher was trained with) or measured on the train split.
+The split sizes, seed, hashes and normalisation are recorded in the run manifest.
+"""
+
+from __future__ import annotations
+
+import gzip
+import struct
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+
+from edgekd.errors import DataError
+
+FASHION_MNIST_DIRS = ("/usr/share/datasets/fashion-mnist",)
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
+
+
+@dataclass
+class ArraySplit:
+    """One split: ``x`` float32 (N, C, H, W) already normalised, ``y`` int64 (N,)."""
+
+    x: np.ndarray
+    y: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def take(self, n: int | None) -> "ArraySplit":
+        if n is None or n >= len(self):
+            return self
+        return ArraySplit(self.x[:n], self.y[:n])
+
+    def batches(self, batch_size: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        for i in range(0, len(self), batch_size):
+            yield self.x[i : i + batch_size], self.y[i : i + batch_size]
+
+
+@dataclass
+class Dataset:
+    train: ArraySplit
+    val: ArraySplit
+    test: ArraySplit
+    num_classes: int
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        return tuple(self.train.x.shape[1:])  # type: ignore[return-value]
+
+
+# ---------------------------------------------------------------------------------------------------- readers
+
+
+def read_idx(path: str | Path) -> np.ndarray:
+    """Read an IDX file (optionally gzipped), the format of MNIST and Fashion-MNIST."""
+    path = Path(path)
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as f:  # type: ignore[operator]
+        data = f.read()
+    if len(data) < 4 or data[0] != 0 or data[1] != 0:
+        raise DataError(f"{path} is not an IDX file (bad magic number)", "pass the MNIST/Fashion-MNIST *-ubyte(.gz) files")
+    dtype_code, ndim = data[2], data[3]
+    dtypes = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+    if dtype_code not in dtypes:
+        raise DataError(f"{path}: unknown IDX dtype 0x{dtype_code:02x}", "the file may be corrupt")
+    shape = struct.unpack(">" + "I" * ndim, data[4 : 4 + 4 * ndim])
+    arr = np.frombuffer(data, dtype=dtypes[dtype_code], offset=4 + 4 * ndim)
+    if arr.size != int(np.prod(shape)):
+        raise DataError(f"{path}: IDX payload has {arr.size} values, header says {shape}", "the file is truncated")
+    return arr.reshape(shape)
+
+
+def _find_idx(root: Path, prefix: str, kind: str) -> Path | None:
+    for p in sorted(root.iterdir()):
+        n = p.name
+        if n.startswith(prefix) and kind in n and ("ubyte" in n or n.endswith(".idx")):
+            return p
+    return None
+
+
+def load_idx_folder(root: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None]:
+    tr_x, tr_y = _find_idx(root, "train", "images"), _find_idx(root, "train", "labels")
+    te_x, te_y = _find_idx(root, "t10k", "images"), _find_idx(root, "t10k", "labels")
+    if tr_x is None or tr_y is None:
+        raise DataError(f"{root} has no train-images/train-labels IDX files", "point --data at the folder holding *-ubyte(.gz)")
+    xs = read_idx(tr_x)
+    ys = read_idx(tr_y).astype(np.int64)
+    xt = read_idx(te_x) if te_x else None
+    yt = read_idx(te_y).astype(np.int64) if te_y else None
+    return xs, ys, xt, yt
+
+
+def load_image_folder(root: Path, channels: int | None, size: tuple[int, int] | None) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """``root/<class>/<image>``; classes are the sorted subfolder names."""
+    from PIL import Image  # pillow comes with matplotlib
+
+    classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    files: list[tuple[Path, int]] = []
+    for ci, c in enumerate(classes):
+        files += [(p, ci) for p in sorted((root / c).rglob("*")) if p.suffix.lower() in IMAGE_SUFFIXES]
+    if not classes or not files:
+        raise DataError(f"image folder {root} has no images", "use one subfolder per class holding .png/.jpg files")
+    images = []
+    mode = None
+    for p, _ in files:
+        with Image.open(p) as im:
+            if mode is None:
+                mode = "L" if (channels == 1 or (channels is None and im.mode in ("L", "1", "I;16"))) else "RGB"
+                if size is None:
+                    size = (im.height, im.width)
+            im = im.convert(mode)
+            if (im.height, im.width) != size:
+                im = im.resize((size[1], size[0]))
+            images.append(np.asarray(im, dtype=np.uint8))
+    x = np.stack(images)
+    y = np.array([c for _, c in files], dtype=np.int64)
+    return x, y, classes
+
+
+def _to_nchw(x: np.ndarray, channels: int | None) -> np.ndarray:
+    if x.ndim == 3:
+        x = x[:, None]
+    elif x.ndim == 4 and x.shape[-1] in (1, 3, 4) and x.shape[1] not in (1, 3, 4):
+        x = x.transpose(0, 3, 1, 2)
+    if x.ndim != 4:
+        raise DataError(f"images must be (N,H,W), (N,C,H,W) or (N,H,W,C); got shape {x.shape}", "reshape the array")
+    if channels is not None and x.shape[1] != channels:
+        if x.shape[1] == 1:
+            x = np.repeat(x, channels, axis=1)
+        elif channels == 1:
+            x = x.mean(axis=1, keepdims=True)
+        else:
+            raise DataError(f"data has {x.shape[1]} channels, the model wants {channels}", "convert the images")
+    return x
+
+
+def _to_unit_float(x: np.ndarray) -> np.ndarray:
+    """uint8 0..255 → [0, 1]; float data is taken as already in [0, 1] (or any range the user chose)."""
+    if x.dtype == np.uint8:
+        return x.astype(np.float32) / 255.0
+    return x.astype(np.float32)
+
+
+# ---------------------------------------------------------------------------------------------------- entry point
+
+
+def resolve_data_path(spec: str | Path) -> Path:
+    """``fashion-mnist`` → the Debian package's folder; anything else is a path."""
+    if str(spec).lower() in ("fashion-mnist", "fashion_mnist", "fmnist"):
+        for d in FASHION_MNIST_DIRS:
+            if Path(d).is_dir():
+                return Path(d)
+        raise DataError("Fashion-MNIST is not installed", "run: apt-get install dataset-fashion-mnist (or pass --data PATH)")
+    p = Path(spec).expanduser()
+    if not p.exists():
+        raise DataError(f"data path {p} does not exist", "pass --data with an IDX folder, an image folder or a .npz file")
+    return p
+
+
+def load_dataset(
+    spec: str | Path,
+    *,
+    channels: int | None = None,
+    size: tuple[int, int] | None = None,
+    val_fraction: float = 1 / 12,
+    test_fraction: float = 0.1,
+    seed: int = 0,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+    limit: int | None = None,
+) -> Dataset:
+    """Load ``spec`` (IDX folder, image folder, .npz, or ``fashion-mnist``) into normalised train/val/test splits."""
+    root = resolve_data_path(spec)
+    classes: list[str] | None = None
+    x_test = y_test = None
+    if root.is_file():
+        if root.suffix != ".npz":
+            raise DataError(f"unsupported data file {root.name}", "use a .npz with arrays x and y, an IDX folder or an image folder")
+        with np.load(root, allow_pickle=False) as z:
+            if "x" not in z or "y" not in z:
+                raise DataError(f"{root.name} lacks arrays 'x' and 'y' (has {sorted(z.files)})", "save with np.savez(path, x=images, y=labels)")
+            x, y = z["x"], z["y"].astype(np.int64)
+            if "x_test" in z and "y_test" in z:
+                x_test, y_test = z["x_test"], z["y_test"].astype(np.int64)
+        fmt = "npz"
+    elif root.is_dir() and _find_idx(root, "train", "images") is not None:
+        x, y, x_test, y_test = load_idx_folder(root)
+        fmt = "idx"
+    elif root.is_dir():
+        if (root / "train").is_dir():
+            x, y, classes = load_image_folder(root / "train", channels, size)
+            if (root / "test").is_dir():
+                x_test, y_test, _ = load_image_folder(root / "test", channels, size or tuple(x.shape[1:3]))  # type: ignore[arg-type]
+        else:
+            x, y, classes = load_image_folder(root, channels, size)
+        fmt = "image-folder"
+    else:
+        raise DataError(f"cannot read data at {root}", "pass an IDX folder, an image folder or a .npz file")
+
+    if len(y) == 0:
+        raise DataError(f"dataset {root} is empty", "add samples")
+    if len(x) != len(y):
+        raise DataError(f"{len(x)} images but {len(y)} labels in {root}", "fix the dataset")
+    x = _to_nchw(x, channels)
+    if x_test is not None:
+        x_test = _to_nchw(x_test, channels)
+
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(y))
+    if x_test is None:
+        n_test = max(1, int(round(len(y) * test_fraction)))
+        x_test, y_test = x[order[:n_test]], y[order[:n_test]]
+        order = order[n_test:]
+    n_val = max(1, int(round(len(order) * val_fraction)))
+    if len(order) - n_val < 1:
+        raise DataError(f"dataset {root} has too few samples ({len(y)}) to split", "add samples")
+    val_idx, train_idx = order[:n_val], order[n_val:]
+    if limit is not None:
+        train_idx = train_idx[:limit]
+
+    xtr = _to_unit_float(x[train_idx])
+    if mean is None or std is None:
+        mean = xtr.mean(axis=(0, 2, 3)).tolist()
+        std = (xtr.std(axis=(0, 2, 3)) + 1e-8).tolist()
+        norm_source = "train-split statistics"
+    else:
+        norm_source = "given"
+    m = np.asarray(mean, np.float32).reshape(1, -1, 1, 1)
+    s = np.asarray(std, np.float32).reshape(1, -1, 1, 1)
+
+    def norm(a: np.ndarray) -> np.ndarray:
+        return np.ascontiguousarray((_to_unit_float(a) - m) / s, dtype=np.float32)
+
+    num_classes = int(max(y.max(), y_test.max() if len(y_test) else 0) + 1)  # type: ignore[union-attr]
+    ds = Dataset(
+        train=ArraySplit(np.ascontiguousarray((xtr - m) / s, dtype=np.float32), y[train_idx]),
+        val=ArraySplit(norm(x[val_idx]), y[val_idx]),
+        test=ArraySplit(norm(x_test), y_test),  # type: ignore[arg-type]
+        num_classes=num_classes,
+    )
+    ds.meta = {
+        "source": str(root),
+        "format": fmt,
+        "classes": classes,
+        "num_classes": num_classes,
+        "input_shape": list(ds.input_shape),
+        "sizes": {"train": len(ds.train), "val": len(ds.val), "test": len(ds.test)},
+        "split_seed": seed,
+        "val_fraction": val_fraction,
+        "test_split": "source" if fmt == "idx" or x_test is not None else f"seeded {test_fraction}",
+        "normalize": {"mean": [float(v) for v in mean], "std": [float(v) for v in std], "source": norm_source},
+    }
+    return ds

@@ -1,0 +1,226 @@
+"""The distillation trainer: a plain loop that runs unchanged under ``torchrun`` (DDP, gloo on CPU).
+
+- cosine learning-rate schedule with linear warm-up (per step);
+- teacher logits cached once when nothing makes them change between epochs (no augmentation, no feature pairs):
+  the teacher forward is then paid once instead of once per epoch;
+- a checkpoint per epoch (atomic); a re-run resumes from the last finished epoch;
+- under DDP each rank trains on its own shard of a shared per-epoch permutation and gradients are averaged;
+  only rank 0 writes files.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+from edgekd import progress
+from edgekd.config import DistillConfig
+from edgekd.data import Dataset
+from edgekd.distill.features import FeatureKD, FeaturePair, FeatureRecorder
+from edgekd.distill.losses import build_loss
+from edgekd.distill.objective import DistillObjective
+from edgekd.errors import StageError
+from edgekd.fileio import atomic_path
+
+
+@dataclass
+class DistResult:
+    student: nn.Module
+    history: list[dict[str, Any]] = field(default_factory=list)
+    resumed_from_epoch: int = 0
+
+
+def dist_info() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def maybe_init_distributed() -> bool:
+    """Join the process group when launched by torchrun (WORLD_SIZE > 1). Returns True if distributed."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+        dist.init_process_group(backend="gloo")
+    return dist.is_initialized()
+
+
+def augment_batch(x: torch.Tensor, pad: int = 2) -> torch.Tensor:
+    """Random translation by up to ``pad`` pixels (edge padding) and random horizontal flip, per batch."""
+    n, _, h, w = x.shape
+    xp = F.pad(x, (pad, pad, pad, pad), mode="replicate")
+    dx, dy = np.random.randint(0, 2 * pad + 1, size=2)
+    x = xp[:, :, dy : dy + h, dx : dx + w].clone()
+    flip = torch.from_numpy(np.random.rand(n) < 0.5)
+    x[flip] = x[flip].flip(-1)
+    return x
+
+
+def lr_at(step: int, total: int, warmup: int, base: float) -> float:
+    """Linear warm-up to ``base`` over ``warmup`` steps, then cosine decay to 0 at ``total``."""
+    if warmup and step < warmup:
+        return base * (step + 1) / warmup
+    progress_ = (step - warmup) / max(1, total - warmup)
+    return 0.5 * base * (1 + math.cos(math.pi * min(1.0, progress_)))
+
+
+@torch.no_grad()
+def predict_logits(model: nn.Module, x: np.ndarray, batch: int = 512) -> np.ndarray:
+    model.eval()
+    out = []
+    for i in range(0, len(x), batch):
+        o = model(torch.from_numpy(x[i : i + batch]))
+        out.append((o[0] if isinstance(o, (tuple, list)) else o).float().numpy())
+    return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
+
+
+def accuracy(logits: np.ndarray, y: np.ndarray) -> float:
+    return float((logits.argmax(1) == y).mean()) if len(y) else float("nan")
+
+
+def _unwrap(m: nn.Module) -> nn.Module:
+    return m.module if isinstance(m, nn.parallel.DistributedDataParallel) else m
+
+
+def train_student(teacher: nn.Module, student: nn.Module, data: Dataset, cfg: DistillConfig,
+                  ckpt_dir: Path | None = None) -> DistResult:
+    """Distill ``teacher`` into ``student`` on ``data.train``; report val top-1 per epoch."""
+    rank, world = dist_info()
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    np.random.seed(cfg.seed + rank)
+    teacher.eval()
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+
+    loss_fn = build_loss(cfg.loss, **cfg.loss_params)
+    pairs = [FeaturePair(f.student, f.teacher, f.weight) for f in cfg.features]
+    s_rec = FeatureRecorder(student, [p.student for p in pairs]) if pairs else None
+    t_rec = FeatureRecorder(teacher, [p.teacher for p in pairs]) if pairs else None
+    feature_kd = None
+    if pairs:
+        probe = torch.from_numpy(data.train.x[:2])
+        with torch.no_grad():
+            student.eval()
+            student(probe)
+            teacher(probe)
+        feature_kd = FeatureKD(pairs, s_rec.pop(), t_rec.pop())  # type: ignore[union-attr]
+    objective = DistillObjective(loss_fn, cfg.ce_weight, feature_kd)
+    use_teacher = cfg.loss != "ce" or bool(pairs)
+
+    params = list(student.parameters()) + list(objective.parameters())
+    if cfg.optimizer == "sgd":
+        opt: torch.optim.Optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=0.9, nesterov=True, weight_decay=cfg.weight_decay)
+    else:
+        opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+    n = len(data.train)
+    steps_per_epoch = math.ceil(math.ceil(n / world) / cfg.batch_size)
+    total_steps = steps_per_epoch * cfg.epochs
+    warmup_steps = int(cfg.warmup_epochs * steps_per_epoch)
+
+    history: list[dict[str, Any]] = []
+    start_epoch = 0
+    if ckpt_dir is not None:
+        last = ckpt_dir / "last.pt"
+        if last.exists():
+            state = torch.load(last, map_location="cpu", weights_only=True)
+            student.load_state_dict(state["student"])
+            objective.load_state_dict(state["objective"])
+            opt.load_state_dict(state["optimizer"])
+            history = list(state["history"])
+            start_epoch = int(state["epoch"])
+            progress.log(f"distill: resuming from epoch {start_epoch}/{cfg.epochs}")
+
+    if world > 1:
+        student_ddp: nn.Module = nn.parallel.DistributedDataParallel(student)
+    else:
+        student_ddp = student
+
+    cache_teacher = use_teacher and (cfg.teacher_cache == "on" or (cfg.teacher_cache == "auto" and not cfg.augment and not pairs))
+    if cache_teacher and start_epoch < cfg.epochs:
+        t0 = time.time()
+        teacher_logits = torch.from_numpy(predict_logits(teacher, data.train.x))
+        progress.log(f"distill: cached teacher logits for {n} samples in {time.time() - t0:.1f}s")
+
+    x_all = torch.from_numpy(data.train.x)
+    y_all = torch.from_numpy(data.train.y)
+    step = start_epoch * steps_per_epoch
+    for epoch in range(start_epoch, cfg.epochs):
+        student_ddp.train()
+        objective.train()
+        t0 = time.time()
+        gen = torch.Generator().manual_seed(cfg.seed * 1000 + epoch)  # same permutation on every rank
+        perm = torch.randperm(n, generator=gen)[rank::world]
+        sums: dict[str, float] = {}
+        seen = 0
+        with progress.bar(f"distill epoch {epoch + 1}/{cfg.epochs}", steps_per_epoch) if rank == 0 else _null() as b:
+            for i in range(0, len(perm), cfg.batch_size):
+                idx = perm[i : i + cfg.batch_size]
+                xb, yb = x_all[idx], y_all[idx]
+                if cfg.augment:
+                    xb = augment_batch(xb)
+                for g in opt.param_groups:
+                    g["lr"] = lr_at(step, total_steps, warmup_steps, cfg.lr)
+                zt = None
+                t_feats = None
+                if use_teacher:
+                    if cache_teacher:
+                        zt = teacher_logits[idx]
+                    else:
+                        with torch.no_grad():
+                            zt = teacher(xb)
+                            zt = zt[0] if isinstance(zt, (tuple, list)) else zt
+                        t_feats = t_rec.pop() if t_rec else None
+                zs = student_ddp(xb)
+                zs = zs[0] if isinstance(zs, (tuple, list)) else zs
+                s_feats = s_rec.pop() if s_rec else None
+                loss, parts = objective(zs, zt, yb, epoch + i / max(1, len(perm)), s_feats, t_feats)
+                if not torch.isfinite(loss):
+                    raise StageError(f"distillation loss became {float(loss)} at epoch {epoch + 1}",
+                                     "lower --lr, or pick another --loss; finished epochs are kept")
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                step += 1
+                seen += len(idx)
+                for k, v in parts.items():
+                    sums[k] = sums.get(k, 0.0) + v * len(idx)
+                lv = loss.item()
+                sums["total"] = sums.get("total", 0.0) + lv * len(idx)
+                b.update(1, info=f"loss {lv:.3f}")
+        val_logits = predict_logits(student, data.val.x)
+        rec = {"epoch": epoch + 1, **{f"loss_{k}": v / max(1, seen) for k, v in sums.items()},
+               "val_top1": accuracy(val_logits, data.val.y), "lr_end": opt.param_groups[0]["lr"],
+               "seconds": round(time.time() - t0, 2)}
+        history.append(rec)
+        if rank == 0:
+            progress.log(f"distill: epoch {epoch + 1}/{cfg.epochs} loss {rec['loss_total']:.4f} val top-1 {rec['val_top1']:.4f} ({rec['seconds']:.1f}s)")
+            if ckpt_dir is not None:
+                with atomic_path(ckpt_dir / "last.pt") as tmp:
+                    torch.save({"student": _unwrap(student_ddp).state_dict(), "objective": objective.state_dict(),
+                                "optimizer": opt.state_dict(), "history": history, "epoch": epoch + 1}, tmp)
+        if world > 1:
+            dist.barrier()
+    if s_rec:
+        s_rec.close()
+    if t_rec:
+        t_rec.close()
+    return DistResult(student=_unwrap(student_ddp).eval(), history=history, resumed_from_epoch=start_epoch)
+
+
+class _null:  # noqa: N801 - a tiny stand-in context for non-zero ranks
+    def __enter__(self):  # noqa: ANN204
+        return progress._NullBar()
+
+    def __exit__(self, *a: object) -> None:
+        return None

@@ -1,0 +1,86 @@
+"""Export a PyTorch model to ONNX and check it.
+
+The legacy (TorchScript) exporter is the default: it supports opset 17 — which older TensorRT releases on Jetson
+need — and it is the only one that exports NNCF-quantized models (env-feasibility §3). When it fails (some
+transformer code), the dynamo exporter is tried, with ``external_data=False`` so the model stays one file.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from pathlib import Path
+
+import onnx
+import torch
+from torch import nn
+
+from edgekd.errors import StageError
+from edgekd.fileio import atomic_path
+
+
+def _legacy(module: nn.Module, x: torch.Tensor, opset: int) -> bytes:
+    buf = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module, (x,), buf, dynamo=False, opset_version=opset, input_names=["input"],
+                          output_names=["logits"], dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+                          do_constant_folding=True)
+    return buf.getvalue()
+
+
+def _dynamo(module: nn.Module, x: torch.Tensor, opset: int) -> bytes:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        prog = torch.onnx.export(module, (x,), dynamo=True, opset_version=max(opset, 18), input_names=["input"],
+                                 output_names=["logits"], dynamic_shapes=({0: torch.export.Dim("batch")},),
+                                 external_data=False, verbose=False)
+    assert prog is not None
+    return prog.model_proto.SerializeToString()
+
+
+def _program(program: object, opset: int) -> bytes:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        prog = torch.onnx.export(program, dynamo=True, opset_version=max(opset, 18), external_data=False, verbose=False)
+    assert prog is not None
+    return prog.model_proto.SerializeToString()
+
+
+def export_onnx(module: nn.Module, input_shape: tuple[int, ...], path: Path, opset: int = 17,
+                exporter: str = "legacy", program: object = None) -> dict[str, object]:
+    """Write ``path`` (atomically) with a dynamic batch axis; return what was used.
+
+    A ``torch.export`` program (from a .pt2 file) is exported as it is, with the dynamo exporter: it already holds
+    the graph, and its unflattened module cannot be traced again.
+    """
+    module = module.eval()
+    x = torch.zeros((2, *input_shape[1:]))
+    order = [exporter, "dynamo" if exporter == "legacy" else "legacy"]
+    if program is not None:
+        order = ["program"]
+    errors: list[str] = []
+    data = None
+    used = None
+    for name in order:
+        try:
+            if name == "program":
+                data = _program(program, opset)
+            else:
+                data = _legacy(module, x, opset) if name == "legacy" else _dynamo(module, x, opset)
+            used = name
+            break
+        except Exception as e:  # noqa: BLE001 - try the other exporter, report both if both fail
+            errors.append(f"{name}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
+    if data is None:
+        raise StageError(f"ONNX export failed ({'; '.join(errors)})", "simplify the model's forward or try --exporter dynamo")
+    model = onnx.load_from_string(data)
+    try:
+        onnx.checker.check_model(model, full_check=True)
+    except Exception as e:  # noqa: BLE001
+        raise StageError(f"exported ONNX fails onnx.checker: {e}", "report this model to edgekd") from None
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+    opset_used = max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=opset)
+    return {"exporter": used, "opset": opset_used, "nodes": len(model.graph.node), "bytes": len(data),
+            "fallback_errors": errors}

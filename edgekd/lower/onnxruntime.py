@@ -1,0 +1,48 @@
+"""ONNX Runtime lowering: the QDQ model plus the session settings from the profile.
+
+The artifact stays a portable QDQ ``.onnx`` (ORT's graph optimiser fuses it into int8 kernels at session
+creation, per machine). We also record which node types the optimised graph executes (e.g. ``QLinearConv``), so
+the report says what actually ran in int8.
+"""
+
+from __future__ import annotations
+
+import collections
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import onnx
+
+from edgekd.fileio import atomic_path, write_json
+from edgekd.lower import BACKENDS
+from edgekd.runtimes import ort_session
+from edgekd.targets import Profile
+
+
+def session_settings(profile: Profile) -> dict[str, Any]:
+    s = profile.onnxruntime
+    return {"threads": profile.threads, "graph_optimization": s.graph_optimization, "execution_providers": s.execution_providers}
+
+
+def executed_ops(model: Path, settings: dict[str, Any]) -> dict[str, int]:
+    with tempfile.TemporaryDirectory() as td:
+        opt = Path(td) / "optimized.onnx"
+        ort_session(model, settings["threads"], settings["graph_optimization"], settings["execution_providers"], str(opt))
+        g = onnx.load(str(opt))
+    return dict(collections.Counter(n.op_type for n in g.graph.node).most_common())
+
+
+@BACKENDS.register("onnxruntime")
+def lower_onnxruntime(model: Path, profile: Profile, out_dir: Path) -> dict[str, Any]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    artifact = out_dir / "model.onnx"
+    with atomic_path(artifact) as tmp:
+        shutil.copyfile(model, tmp)
+    settings = session_settings(profile)
+    write_json(out_dir / "session.json", settings)
+    ops = executed_ops(artifact, settings)
+    int8_ops = {k: v for k, v in ops.items() if k.startswith(("QLinear", "MatMulInteger", "ConvInteger", "DynamicQuantize", "MatMulNBits"))}
+    return {"artifact": artifact, "settings": settings, "executed_ops": ops, "int8_kernels": int8_ops,
+            "files": {"model": artifact, "session": out_dir / "session.json"}}

@@ -1,0 +1,229 @@
+"""Load a model file: TorchScript, ``torch.export`` programs (``.pt2``), state_dicts with ``--arch``, and — only with
+an explicit opt-in — whole pickled modules.
+
+Loading a pickle runs arbitrary code, so ``torch.load`` is always called with ``weights_only=True`` unless the
+user passed ``allow_pickle=True`` (CLI ``--allow-pickle``). The input shape comes from the file where it is
+recorded (``.pt2`` example inputs, or edgekd's own metadata), else from ``input_shape``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import json
+import pickle
+import sys
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from edgekd.errors import ModelLoadError
+from edgekd.fileio import sha256_file
+from edgekd.models.zoo import MODELS
+
+STATE_DICT_WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "net", "weights")
+
+
+@dataclass
+class LoadedModel:
+    module: nn.Module
+    input_shape: tuple[int, ...] | None
+    format: str
+    path: str
+    sha256: str
+    meta: dict[str, Any] = field(default_factory=dict)
+    program: Any = None  # the torch.export program of a .pt2 file (exported to ONNX directly)
+
+
+def parse_shape(text: str | None) -> tuple[int, ...] | None:
+    """``"1x1x28x28"`` or ``"1,1,28,28"`` → (1, 1, 28, 28)."""
+    if text is None:
+        return None
+    if isinstance(text, (list, tuple)):
+        return tuple(int(v) for v in text)
+    try:
+        dims = tuple(int(v) for v in str(text).lower().replace(",", "x").split("x") if v.strip())
+    except ValueError:
+        raise ModelLoadError(f"bad input shape {text!r}", "write it as NxCxHxW, e.g. 1x1x28x28") from None
+    if len(dims) < 2 or any(d <= 0 for d in dims):
+        raise ModelLoadError(f"bad input shape {text!r}", "write it as NxCxHxW, e.g. 1x1x28x28")
+    return dims
+
+
+def resolve_factory(arch: str) -> Callable[..., nn.Module]:
+    """``pkg.module:factory``, ``path/to/file.py:factory`` or a zoo name (``zoo:resnet-s`` / ``resnet-s``)."""
+    if arch.startswith("zoo:") or (":" not in arch and arch in MODELS):
+        return MODELS.get(arch.removeprefix("zoo:"))
+    if ":" not in arch:
+        raise ModelLoadError(f"bad --arch {arch!r}", "use module.path:factory, file.py:factory, or a zoo name")
+    mod_name, _, fn_name = arch.rpartition(":")
+    try:
+        if mod_name.endswith(".py"):
+            spec = importlib.util.spec_from_file_location(Path(mod_name).stem, mod_name)
+            if spec is None or spec.loader is None:
+                raise ImportError(mod_name)
+            module = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(module)
+        else:
+            if "" not in sys.path and "." not in sys.path:
+                sys.path.insert(0, "")
+            module = importlib.import_module(mod_name)
+        return getattr(module, fn_name)
+    except (ImportError, AttributeError, FileNotFoundError) as e:
+        raise ModelLoadError(f"cannot import --arch {arch!r}: {e}", "check the module path and the factory name") from None
+
+
+def _is_torchscript(path: Path) -> bool:
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as z:
+        names = z.namelist()
+    return any("/code/" in n for n in names) and any(n.endswith("constants.pkl") for n in names)
+
+
+def _is_exported_program(path: Path) -> bool:
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as z:
+        return any(n.endswith("serialized_exported_program.json") or "/models/" in n and n.endswith(".json") for n in z.namelist())
+
+
+def _extract_state_dict(obj: Any) -> dict[str, torch.Tensor] | None:
+    if isinstance(obj, dict):
+        if obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
+            return obj  # type: ignore[return-value]
+        for k in STATE_DICT_WRAPPER_KEYS:
+            if k in obj and isinstance(obj[k], dict):
+                return _extract_state_dict(obj[k])
+    return None
+
+
+def _build_from_arch(arch: str, sd: dict[str, torch.Tensor], input_shape: tuple[int, ...] | None) -> nn.Module:
+    factory = resolve_factory(arch)
+    name = arch.removeprefix("zoo:")
+    if name in MODELS:
+        # zoo builders need (in_channels, num_classes): read them off the weights.
+        first_conv = next((v for k, v in sd.items() if v.ndim == 4), None)
+        last_linear = [v for k, v in sd.items() if v.ndim == 2]
+        if first_conv is None or not last_linear:
+            raise ModelLoadError(f"state_dict does not look like zoo model {name!r}", "pass --arch module:factory")
+        return factory(int(first_conv.shape[1]), int(last_linear[-1].shape[0]))
+    return factory()
+
+
+def load_model(
+    path: str | Path,
+    *,
+    arch: str | None = None,
+    input_shape: str | tuple[int, ...] | None = None,
+    allow_pickle: bool = False,
+) -> LoadedModel:
+    """Load any supported model file and return it in eval mode with its input shape and metadata."""
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise ModelLoadError(f"model file {path} does not exist", "check the path")
+    if path.is_dir():
+        raise ModelLoadError(f"{path} is a folder, not a model file", "pass a .pt/.pt2/.pth file")
+    if path.suffix.lower() == ".onnx":
+        raise ModelLoadError(f"{path.name} is an ONNX file; edgekd needs the PyTorch model to distill it",
+                             "pass the TorchScript, .pt2 or state_dict (+ --arch) of the model")
+    shape = parse_shape(input_shape) if input_shape is not None else None
+    meta: dict[str, Any] = {}
+    program = None
+
+    if _is_exported_program(path) or path.suffix == ".pt2":
+        extra = {"edgekd.json": ""}
+        try:
+            ep = torch.export.load(str(path), extra_files=extra)
+        except Exception as e:  # noqa: BLE001 - any failure here means "not a readable .pt2"
+            raise ModelLoadError(f"cannot read torch.export program {path.name}: {e}", "re-save it with torch.export.save") from None
+        if extra.get("edgekd.json"):
+            meta = json.loads(extra["edgekd.json"]).get("edgekd", {})
+        try:
+            # unflatten keeps the module hierarchy, so forward hooks on module paths (feature KD) fire.
+            module: nn.Module = torch.export.unflatten(ep)
+        except Exception:  # noqa: BLE001
+            module = ep.module()
+        if shape is None:
+            if meta.get("input_shape"):
+                shape = tuple(meta["input_shape"])
+            else:
+                ex = ep.example_inputs[0] if ep.example_inputs else ()
+                if ex and isinstance(ex[0], torch.Tensor):
+                    shape = (1, *ex[0].shape[1:])
+        fmt = "torch.export"
+        program = ep
+    elif _is_torchscript(path):
+        try:
+            module = torch.jit.load(str(path), map_location="cpu")
+        except Exception as e:  # noqa: BLE001
+            raise ModelLoadError(f"cannot read TorchScript file {path.name}: {e}", "re-save it with torch.jit.save") from None
+        extra_meta = getattr(module, "edgekd_meta", None)
+        if isinstance(extra_meta, str):
+            meta = json.loads(extra_meta)
+        fmt = "torchscript"
+    else:
+        try:
+            obj = torch.load(str(path), map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError:
+            if not allow_pickle:
+                raise ModelLoadError(
+                    f"{path.name} is a pickled Python object; loading it would run code from the file",
+                    "if you trust it, add --allow-pickle; better, save a state_dict (+ --arch), TorchScript or .pt2",
+                ) from None
+            obj = torch.load(str(path), map_location="cpu", weights_only=False)  # user opted in explicitly
+        except Exception as e:  # noqa: BLE001
+            raise ModelLoadError(f"cannot read {path.name}: {e}", "pass a TorchScript, .pt2 or torch.save'd file") from None
+        if isinstance(obj, nn.Module):
+            module, fmt = obj, "pickled-module"
+        else:
+            sd = _extract_state_dict(obj)
+            if sd is None:
+                raise ModelLoadError(f"{path.name} holds neither a module nor a state_dict", "save model.state_dict()")
+            if isinstance(obj, dict) and isinstance(obj.get("edgekd"), dict):
+                meta = obj["edgekd"]
+            if arch is None:
+                arch = meta.get("arch")
+            if arch is None:
+                raise ModelLoadError(f"{path.name} is a state_dict, which holds no architecture",
+                                     "pass --arch module.path:factory (or a zoo name such as resnet-l)")
+            module = _build_from_arch(arch, sd, shape)
+            missing, unexpected = module.load_state_dict(sd, strict=False)
+            if missing or unexpected:
+                raise ModelLoadError(
+                    f"state_dict does not fit --arch {arch}: {len(missing)} missing keys (e.g. {missing[:2]}), "
+                    f"{len(unexpected)} unexpected (e.g. {unexpected[:2]})", "pass the factory that built these weights")
+            fmt = "state_dict"
+            meta.setdefault("arch", arch)
+
+    if shape is None and meta.get("input_shape"):
+        shape = tuple(meta["input_shape"])
+    module.eval()
+    return LoadedModel(module=module, input_shape=shape, format=fmt, path=str(path), sha256=sha256_file(path), meta=meta,
+                       program=program)
+
+
+def require_input_shape(lm: LoadedModel) -> tuple[int, ...]:
+    if lm.input_shape is None:
+        raise ModelLoadError(f"{Path(lm.path).name} does not record its input shape", "pass --input-shape, e.g. 1x1x28x28")
+    return lm.input_shape
+
+
+@torch.no_grad()
+def probe(module: nn.Module, input_shape: tuple[int, ...]) -> int:
+    """Run one dummy batch of 2 and return the number of outputs (classes); fail clearly on shape mismatch."""
+    x = torch.zeros((2, *input_shape[1:]))
+    try:
+        out = module(x)
+    except Exception as e:  # noqa: BLE001
+        raise ModelLoadError(f"the model does not accept input of shape {tuple(input_shape)}: {e}",
+                             "pass the right --input-shape") from None
+    if isinstance(out, (tuple, list)):
+        out = out[0]
+    if not isinstance(out, torch.Tensor) or out.ndim != 2:
+        raise ModelLoadError("the model's output is not a (batch, classes) tensor", "edgekd compresses classifiers; wrap the model to return logits")
+    return int(out.shape[1])

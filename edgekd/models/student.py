@@ -1,0 +1,37 @@
+"""Build the student: a zoo model sized to the teacher's input and classes, or the user's own factory."""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+import torch
+from torch import nn
+
+from edgekd.models.loading import resolve_factory
+from edgekd.models.zoo import MODELS, build_model
+
+
+def build_student(spec: str, in_channels: int, num_classes: int, width: int | None = None,
+                  depth: int | None = None) -> tuple[nn.Module, dict[str, Any]]:
+    """Return (student, recipe); the recipe rebuilds it later (saved next to the weights)."""
+    if spec.removeprefix("zoo:") in MODELS:
+        name = spec.removeprefix("zoo:")
+        return build_model(name, in_channels, num_classes, width, depth), {
+            "arch": name, "in_channels": in_channels, "num_classes": num_classes, "width": width, "depth": depth}
+    factory = resolve_factory(spec)
+    n_params = len([p for p in inspect.signature(factory).parameters.values() if p.default is inspect.Parameter.empty])
+    model = factory(in_channels, num_classes) if n_params >= 2 else factory()
+    return model, {"arch": spec, "in_channels": in_channels, "num_classes": num_classes, "width": None, "depth": None}
+
+
+def save_student(path: str, model: nn.Module, recipe: dict[str, Any], extra: dict[str, Any]) -> None:
+    torch.save({"edgekd": {**recipe, **extra}, "state_dict": model.state_dict()}, path)
+
+
+def load_student(path: str) -> tuple[nn.Module, dict[str, Any]]:
+    obj = torch.load(path, map_location="cpu", weights_only=True)
+    meta = obj["edgekd"]
+    model, _ = build_student(meta["arch"], meta["in_channels"], meta["num_classes"], meta.get("width"), meta.get("depth"))
+    model.load_state_dict(obj["state_dict"])
+    return model.eval(), meta

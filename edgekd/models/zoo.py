@@ -1,0 +1,180 @@
+"""Built-in model zoo: ResNet-style and MobileNet-style families with width/depth knobs.
+
+Registered by name (``resnet-s``, ``mobilenet-m``, ...). Every builder takes the input channel count and the number
+of classes, which edgekd reads off the teacher, so a zoo student fits any image classifier teacher.
+
+    build_model("resnet-s", in_channels=1, num_classes=10)
+    build_model("resnet", in_channels=3, num_classes=100, width=24, depth=2)   # explicit knobs
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import nn
+
+from edgekd.registry import Registry
+
+MODELS: Registry[Callable[..., nn.Module]] = Registry("model")
+
+
+def conv_bn(cin: int, cout: int, k: int = 3, stride: int = 1, groups: int = 1, act: bool = True) -> nn.Sequential:
+    layers: list[nn.Module] = [
+        nn.Conv2d(cin, cout, k, stride, k // 2, groups=groups, bias=False),
+        nn.BatchNorm2d(cout),
+    ]
+    if act:
+        layers.append(nn.ReLU(inplace=True))
+    return nn.Sequential(*layers)
+
+
+class BasicBlock(nn.Module):
+    """He et al. 2016 basic residual block: y = ReLU(BN(conv(ReLU(BN(conv(x))))) + shortcut(x))."""
+
+    def __init__(self, cin: int, cout: int, stride: int = 1) -> None:
+        super().__init__()
+        self.conv1 = conv_bn(cin, cout, 3, stride)
+        self.conv2 = conv_bn(cout, cout, 3, 1, act=False)
+        self.shortcut = nn.Identity() if stride == 1 and cin == cout else conv_bn(cin, cout, 1, stride, act=False)
+        self.relu = nn.ReLU(inplace=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.relu(self.conv2(self.conv1(x)) + self.shortcut(x))
+
+
+class ResNet(nn.Module):
+    """Small ResNet for low-resolution images: stem → 3 stages (width w, 2w, 4w; strides s,2,2) → GAP → FC.
+
+    ``stem_stride=2`` halves the resolution up front, which cuts the cost of the widest-resolution stage by 4× —
+    the main lever for batch-1 latency on small CPUs.
+    """
+
+    def __init__(self, in_channels: int, num_classes: int, width: int = 16, depth: int = 1, stem_stride: int = 1) -> None:
+        super().__init__()
+        w = [width, width * 2, width * 4]
+        self.stem = conv_bn(in_channels, w[0], 3, stem_stride)
+        stages = []
+        cin = w[0]
+        for i, cout in enumerate(w):
+            blocks = []
+            for j in range(depth):
+                blocks.append(BasicBlock(cin, cout, stride=2 if (i > 0 and j == 0) else 1))
+                cin = cout
+            stages.append(nn.Sequential(*blocks))
+        self.layer1, self.layer2, self.layer3 = stages
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(cin, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.layer3(self.layer2(self.layer1(self.stem(x))))
+        return self.fc(torch.flatten(self.pool(x), 1))
+
+
+class SqueezeExcite(nn.Module):
+    """Hu et al. 2018: x · σ(W2 ReLU(W1 GAP(x)))."""
+
+    def __init__(self, c: int, reduction: int = 4) -> None:
+        super().__init__()
+        hidden = max(8, c // reduction)
+        self.fc1 = nn.Conv2d(c, hidden, 1)
+        self.fc2 = nn.Conv2d(hidden, c, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        s = x.mean((2, 3), keepdim=True)
+        return x * torch.sigmoid(self.fc2(torch.relu(self.fc1(s))))
+
+
+class InvertedResidual(nn.Module):
+    """Sandler et al. 2018 (MobileNetV2): 1×1 expand → 3×3 depthwise → [SE] → 1×1 project, residual if shapes match."""
+
+    def __init__(self, cin: int, cout: int, stride: int, expand: int, se: bool) -> None:
+        super().__init__()
+        hidden = cin * expand
+        layers: list[nn.Module] = []
+        if expand != 1:
+            layers.append(conv_bn(cin, hidden, 1))
+        layers.append(conv_bn(hidden, hidden, 3, stride, groups=hidden))
+        if se:
+            layers.append(SqueezeExcite(hidden))
+        layers.append(conv_bn(hidden, cout, 1, act=False))
+        self.block = nn.Sequential(*layers)
+        self.use_res = stride == 1 and cin == cout
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.block(x)
+        return x + y if self.use_res else y
+
+
+class MobileNet(nn.Module):
+    """MobileNetV2-style net for small images: stem → inverted-residual stages (w, 2w, 4w) → 1×1 head → GAP → FC."""
+
+    def __init__(self, in_channels: int, num_classes: int, width: int = 16, depth: int = 1, expand: int = 4,
+                 se: bool = False, stem_stride: int = 1) -> None:
+        super().__init__()
+        w = [width, width * 2, width * 4]
+        self.stem = conv_bn(in_channels, w[0], 3, stem_stride)
+        blocks: list[nn.Module] = []
+        cin = w[0]
+        for i, cout in enumerate(w):
+            for j in range(depth):
+                blocks.append(InvertedResidual(cin, cout, 2 if (i > 0 and j == 0) else 1, expand, se))
+                cin = cout
+        self.blocks = nn.Sequential(*blocks)
+        self.head = conv_bn(cin, cin * 2, 1)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(cin * 2, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.head(self.blocks(self.stem(x)))
+        return self.fc(torch.flatten(self.pool(x), 1))
+
+
+@dataclass(frozen=True)
+class Preset:
+    family: str
+    width: int
+    depth: int
+    stem_stride: int = 1
+    se: bool = False
+
+
+PRESETS: dict[str, Preset] = {
+    "resnet-xs": Preset("resnet", 8, 1, 2),
+    "resnet-s": Preset("resnet", 16, 1, 2),
+    "resnet-m": Preset("resnet", 24, 1, 1),
+    "resnet-l": Preset("resnet", 32, 1, 1),  # the demo teacher's architecture
+    "mobilenet-xs": Preset("mobilenet", 8, 1, 2),
+    "mobilenet-s": Preset("mobilenet", 16, 1, 2),
+    "mobilenet-m": Preset("mobilenet", 16, 2, 1),
+    "mobilenet-se-s": Preset("mobilenet", 16, 1, 2, se=True),
+}
+
+
+def _make(preset: Preset) -> Callable[..., nn.Module]:
+    def build(in_channels: int, num_classes: int, width: int | None = None, depth: int | None = None) -> nn.Module:
+        w = width or preset.width
+        d = depth or preset.depth
+        if preset.family == "resnet":
+            return ResNet(in_channels, num_classes, w, d, preset.stem_stride)
+        return MobileNet(in_channels, num_classes, w, d, se=preset.se, stem_stride=preset.stem_stride)
+
+    build.__doc__ = f"{preset.family} width={preset.width} depth={preset.depth} stem_stride={preset.stem_stride}"
+    return build
+
+
+for _name, _preset in PRESETS.items():
+    MODELS.add(_name, _make(_preset))
+MODELS.add("resnet", _make(Preset("resnet", 16, 1, 1)))
+MODELS.add("mobilenet", _make(Preset("mobilenet", 16, 1, 1)))
+
+
+def build_model(name: str, in_channels: int, num_classes: int, width: int | None = None,
+                depth: int | None = None) -> nn.Module:
+    """Build a zoo model by registered name; ``width``/``depth`` override the preset's knobs."""
+    return MODELS.get(name)(in_channels, num_classes, width=width, depth=depth)
+
+
+def count_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

@@ -1,0 +1,143 @@
+"""Run directory, manifest, hashing and resume.
+
+    runs/<name>/
+      manifest.json       config, versions, input hashes, per-stage status/timings/metrics/output hashes
+      01-distill/ 02-export/ 03-quantize/<target>/ 04-lower/<target>/ 05-bench/<target>/
+      report.md report.json pareto.png
+
+Stage order differs from DESIGN.md's sketch in one place: post-training quantization runs on the exported ONNX
+graph with the target runtime's own tool (ONNX Runtime ``quantize_static``, NNCF on the OpenVINO model), so
+``export`` (fp32 + parity) comes before ``quantize``. QAT, which quantizes in PyTorch, will export its Q/DQ graph
+from the quantize stage.
+
+A stage is skipped when the manifest says it finished with the same key — the hash of its config section and its
+inputs' hashes — and its recorded outputs are still on disk with the same hashes. Every file is written atomically,
+and the manifest is rewritten atomically after each state change, so killing a run at any point loses at most the
+stage in progress (and the distill stage resumes from its last epoch checkpoint).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from edgekd import progress
+from edgekd.bench.envinfo import capture
+from edgekd.errors import EdgekdError, UsageError
+from edgekd.fileio import read_json, sha256_json, sha256_path, write_json
+
+MANIFEST = "manifest.json"
+STAGE_DIRS = {"distill": "01-distill", "export": "02-export", "quantize": "03-quantize", "lower": "04-lower", "bench": "05-bench"}
+
+
+def now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+@dataclass
+class StageResult:
+    """What a stage function returns: files it wrote (relative to the run dir) and metrics."""
+
+    outputs: dict[str, str] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+
+class RunDir:
+    def __init__(self, root: str | Path, create: bool = True) -> None:
+        self.root = Path(root)
+        if create:
+            self.root.mkdir(parents=True, exist_ok=True)
+        elif not (self.root / MANIFEST).is_file():
+            raise UsageError(f"{self.root} is not an edgekd run directory (no {MANIFEST})", "pass the folder that edgekd compress created")
+        path = self.root / MANIFEST
+        if path.exists():
+            self.manifest: dict[str, Any] = read_json(path)
+        else:
+            self.manifest = {"edgekd_run": 1, "created": now(), "stages": {}}
+        self.manifest.setdefault("stages", {})
+
+    # ------------------------------------------------------------------ manifest
+    def save(self) -> None:
+        write_json(self.root / MANIFEST, self.manifest)
+
+    def set(self, key: str, value: Any) -> None:
+        self.manifest[key] = value
+        self.save()
+
+    def stage_dir(self, stage: str, target: str | None = None) -> Path:
+        d = self.root / STAGE_DIRS[stage]
+        return d / target if target else d
+
+    def record(self, stage_id: str) -> dict[str, Any] | None:
+        return self.manifest["stages"].get(stage_id)
+
+    def output(self, stage_id: str, name: str) -> Path:
+        rec = self.record(stage_id)
+        if not rec or rec.get("status") != "done" or name not in rec.get("outputs", {}):
+            raise UsageError(f"stage {stage_id} has not produced {name!r} in {self.root}", "run the earlier stages first (edgekd compress)")
+        return self.root / rec["outputs"][name]
+
+    def output_hash(self, stage_id: str) -> str:
+        rec = self.record(stage_id) or {}
+        return sha256_json(rec.get("output_hashes", {}))
+
+    # ------------------------------------------------------------------ stages
+    def _is_fresh(self, rec: dict[str, Any] | None, key: str) -> bool:
+        if not rec or rec.get("status") != "done" or rec.get("key") != key:
+            return False
+        for name, rel in rec.get("outputs", {}).items():
+            p = self.root / rel
+            if not p.exists() or sha256_path(p) != rec.get("output_hashes", {}).get(name):
+                return False
+        return True
+
+    def run_stage(self, stage_id: str, key_material: dict[str, Any], fn: Callable[[], StageResult], *, force: bool = False) -> dict[str, Any]:
+        """Run ``fn`` unless an identical finished result is on record; return the stage record."""
+        key = sha256_json(key_material)
+        rec = self.record(stage_id)
+        if not force and self._is_fresh(rec, key):
+            progress.log(f"{stage_id}: up to date, skipped")
+            assert rec is not None
+            return {**rec, "skipped": True}
+        self.manifest["stages"][stage_id] = {"status": "running", "key": key, "started": now()}
+        self.save()
+        t0 = time.time()
+        try:
+            res = fn()
+        except BaseException as e:
+            self.manifest["stages"][stage_id].update(
+                status="failed" if isinstance(e, Exception) else "interrupted",
+                error=(e.one_line() if isinstance(e, EdgekdError) else f"{type(e).__name__}: {e}")[:500],
+                seconds=round(time.time() - t0, 2))
+            self.save()
+            raise
+        rec = {
+            "status": "done", "key": key, "started": self.manifest["stages"][stage_id]["started"], "finished": now(),
+            "seconds": round(time.time() - t0, 2), "outputs": res.outputs,
+            "output_hashes": {k: sha256_path(self.root / v) for k, v in res.outputs.items()}, "metrics": res.metrics,
+        }
+        self.manifest["stages"][stage_id] = rec
+        self.save()
+        return rec
+
+    def rel(self, path: Path) -> str:
+        return str(Path(path).resolve().relative_to(self.root.resolve()))
+
+    def fresh_dir(self, stage: str, target: str | None = None, keep: tuple[str, ...] = ()) -> Path:
+        """Empty the stage folder (but ``keep`` names, e.g. epoch checkpoints) and return it."""
+        d = self.stage_dir(stage, target)
+        if d.exists():
+            for p in d.iterdir():
+                if p.name in keep:
+                    continue
+                shutil.rmtree(p) if p.is_dir() else p.unlink()
+        d.mkdir(parents=True, exist_ok=True)
+        return d
+
+
+def describe_environment() -> dict[str, Any]:
+    return capture()

@@ -1,0 +1,1 @@
+"""Quantization: calibration recipes and post-training quantization per runtime."""

@@ -1,0 +1,155 @@
+"""Device profiles: one YAML file per target in ``targets/`` (packaged), plus the user's own folders.
+
+A profile names the backend, the device, supported precisions, the default precision, threads, latency budget,
+backend settings (which ORT quantization types are fast on that CPU, OpenVINO device and hints) and how to
+measure. Lookup order: folders in ``$EDGEKD_TARGETS_PATH`` (os.pathsep-separated), then the built-in ones, so a
+user file with the same name overrides a built-in profile. Aliases (``jetson`` → ``jetson-orin-nano``) come from
+each profile's ``aliases`` list.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+from importlib import resources
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from edgekd.errors import TargetError
+
+BACKENDS_BUILT = ("onnxruntime", "openvino")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DeviceInfo(_Strict):
+    name: str
+    arch: str = "x86_64"
+    notes: str | None = None
+    compute_capability: str | None = None
+    jetpack: str | None = None
+    tensorrt: str | None = None
+    memory_gb: float | None = None
+    power_modes: list[str] = Field(default_factory=list)
+    dla_cores: int = 0
+
+
+class MeasureSettings(_Strict):
+    warmup: int = Field(50, ge=0)
+    iterations: int = Field(300, ge=10)
+    batch_sizes: list[int] = Field(default_factory=lambda: [1])
+
+
+class OrtSettings(_Strict):
+    """ONNX Runtime quantization and session settings.
+
+    x86 without VNNI: U8 activations + S8 weights + ``reduce_range`` (7-bit weights) — ORT's int8 kernels saturate
+    in the u8·s8 pair-sum without VNNI, and S8S8 gives no speed-up on x86 (measured: env-feasibility §6).
+    ARM64: S8S8 runs on the dot-product kernels; reduce_range is not needed.
+    """
+
+    activation_type: Literal["uint8", "int8"] = "uint8"
+    weight_type: Literal["int8", "uint8"] = "int8"
+    reduce_range: bool = True
+    per_channel: bool = True
+    calibration_method: Literal["minmax", "entropy", "percentile"] = "minmax"
+    activation_symmetric: bool = False
+    graph_optimization: Literal["disable", "basic", "extended", "all"] = "all"
+    execution_providers: list[str] = Field(default_factory=lambda: ["CPUExecutionProvider"])
+
+
+class OpenvinoSettings(_Strict):
+    device: str = "CPU"
+    performance_hint: Literal["LATENCY", "THROUGHPUT"] = "LATENCY"
+    inference_precision: str | None = "f32"
+    preset: Literal["performance", "mixed"] = "performance"
+
+
+class Profile(_Strict):
+    name: str
+    description: str
+    backend: Literal["onnxruntime", "openvino", "tensorrt"]
+    device: DeviceInfo
+    precisions: list[Literal["fp32", "fp16", "int8"]]
+    default_precision: Literal["fp32", "fp16", "int8"]
+    threads: int | None = Field(None, ge=1)
+    latency_budget_ms: float | None = Field(None, gt=0)
+    aliases: list[str] = Field(default_factory=list)
+    measure: MeasureSettings = Field(default_factory=MeasureSettings)
+    onnxruntime: OrtSettings = Field(default_factory=OrtSettings)
+    openvino: OpenvinoSettings = Field(default_factory=OpenvinoSettings)
+    source: str | None = None
+
+
+def builtin_dir() -> Path:
+    """The packaged profiles (``edgekd/_targets`` in a wheel), or ``targets/`` of a source checkout."""
+    repo = Path(__file__).resolve().parent.parent / "targets"
+    if repo.is_dir():
+        return repo
+    return Path(str(resources.files("edgekd") / "_targets"))
+
+
+def search_dirs() -> list[Path]:
+    extra = [Path(p) for p in os.environ.get("EDGEKD_TARGETS_PATH", "").split(os.pathsep) if p]
+    return [*extra, builtin_dir()]
+
+
+def load_profile_file(path: Path) -> Profile:
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise TargetError(f"profile {path} is not valid YAML: {str(e).splitlines()[0]}", "fix the file") from None
+    if not isinstance(raw, dict):
+        raise TargetError(f"profile {path} must be a mapping", "see targets/x86-cpu.yaml for the schema")
+    try:
+        prof = Profile.model_validate(raw)
+    except ValidationError as e:
+        first = e.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise TargetError(f"profile {path.name}: {where}: {first['msg']}", "see targets/x86-cpu.yaml for the schema") from None
+    if prof.default_precision not in prof.precisions:
+        raise TargetError(f"profile {path.name}: default_precision {prof.default_precision} is not in precisions", "fix the profile")
+    prof.source = str(path)
+    return prof
+
+
+def all_profiles() -> dict[str, Profile]:
+    found: dict[str, Profile] = {}
+    for d in reversed(search_dirs()):  # user folders last, so they override built-ins
+        if not d.is_dir():
+            continue
+        for f in sorted(d.glob("*.y*ml")):
+            p = load_profile_file(f)
+            found[p.name] = p
+    return found
+
+
+def resolve(name: str) -> Profile:
+    """A profile by name, alias or path to a profile file."""
+    if name.endswith((".yaml", ".yml")) and Path(name).is_file():
+        return load_profile_file(Path(name))
+    profiles = all_profiles()
+    if name in profiles:
+        return profiles[name]
+    for p in profiles.values():
+        if name in p.aliases:
+            return p
+    known = ", ".join(sorted(profiles))
+    raise TargetError(f"unknown target {name!r}", f"choose one of: {known} (or list them with: edgekd targets)")
+
+
+def list_profiles(pattern: str = "*") -> list[Profile]:
+    return [p for n, p in sorted(all_profiles().items()) if fnmatch.fnmatch(n, pattern) or any(fnmatch.fnmatch(a, pattern) for a in p.aliases)]
+
+
+def require_built(profile: Profile) -> None:
+    if profile.backend not in BACKENDS_BUILT:
+        raise TargetError(
+            f"target {profile.name} needs the {profile.backend} backend, which edgekd cannot lower to yet",
+            f"use a target with backend {' or '.join(BACKENDS_BUILT)} (e.g. x86-cpu, intel-cpu); TensorRT bundles are tracked in issue #5",
+        )
