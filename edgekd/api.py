@@ -40,13 +40,13 @@ class Pipeline:
             from edgekd.errors import ModelLoadError
 
             raise ModelLoadError(f"model file {cfg.model} does not exist", "check the path")
-        root = Path(cfg.run_dir) if cfg.run_dir else Path("runs") / Path(cfg.model).stem.split(".")[0]
-        self.run = RunDir(root)
         self.profiles: list[Profile] = [resolve(t) for t in cfg.targets]
         if not self.profiles:
             raise UsageError("no target given", "pass --target, e.g. --target x86-cpu (list: edgekd targets)")
         for p in self.profiles:
             require_built(p)
+        root = Path(cfg.run_dir) if cfg.run_dir else Path("runs") / Path(cfg.model).stem.split(".")[0]
+        self.run = RunDir(root)
         self._teacher = None
         self._data = None
         self.run.manifest["config"] = cfg.model_dump()

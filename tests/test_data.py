@@ -1,0 +1,74 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edgekd.data import load_dataset, read_idx
+from edgekd.errors import DataError
+
+
+def test_idx_folder_splits_and_normalises(idx_dir: Path) -> None:
+    ds = load_dataset(idx_dir, val_fraction=0.25)
+    assert ds.meta["format"] == "idx" and ds.num_classes == 10
+    assert (len(ds.train), len(ds.val), len(ds.test)) == (90, 30, 40)
+    assert ds.train.x.shape[1:] == (1, 28, 28) and ds.train.x.dtype == np.float32
+    assert abs(float(ds.train.x.mean())) < 1e-4 and abs(float(ds.train.x.std()) - 1) < 1e-3
+
+
+def test_split_is_deterministic_and_seeded(idx_dir: Path) -> None:
+    a, b = load_dataset(idx_dir), load_dataset(idx_dir)
+    c = load_dataset(idx_dir, seed=1)
+    assert np.array_equal(a.val.y, b.val.y) and np.array_equal(a.train.x, b.train.x)
+    assert not np.array_equal(a.val.x, c.val.x)
+
+
+def test_given_normalisation_is_used(idx_dir: Path) -> None:
+    ds = load_dataset(idx_dir, mean=[0.5], std=[0.25])
+    raw = read_idx(idx_dir / "t10k-images-idx3-ubyte.gz")
+    assert np.allclose(ds.test.x[:, 0], (raw / 255.0 - 0.5) / 0.25, atol=1e-5)
+    assert ds.meta["normalize"]["source"] == "given"
+
+
+def test_npz_with_and_without_test_split(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 255, (50, 8, 8, 3), dtype=np.uint8)  # NHWC
+    y = np.arange(50) % 5
+    np.savez(tmp_path / "a.npz", x=x, y=y)
+    ds = load_dataset(tmp_path / "a.npz")
+    assert ds.input_shape == (3, 8, 8) and len(ds.test) == 5 and len(ds.train) + len(ds.val) == 45
+    np.savez(tmp_path / "b.npz", x=x, y=y, x_test=x[:7], y_test=y[:7])
+    assert len(load_dataset(tmp_path / "b.npz").test) == 7
+    np.savez(tmp_path / "c.npz", images=x)
+    with pytest.raises(DataError, match="'x' and 'y'"):
+        load_dataset(tmp_path / "c.npz")
+
+
+def test_image_folder(tmp_path: Path) -> None:
+    from PIL import Image
+
+    for c in ("cat", "dog"):
+        (tmp_path / c).mkdir()
+        for i in range(6):
+            Image.fromarray(np.full((10, 12), 40 * i, np.uint8)).save(tmp_path / c / f"{i}.png")
+    ds = load_dataset(tmp_path, channels=1, size=(28, 28))
+    assert ds.meta["classes"] == ["cat", "dog"] and ds.input_shape == (1, 28, 28)
+    assert len(ds.train) + len(ds.val) + len(ds.test) == 12
+
+
+def test_empty_and_missing_data(tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="no images"):
+        load_dataset(tmp_path / "empty")
+    (tmp_path / "empty" / "classA").mkdir()
+    with pytest.raises(DataError, match="no images"):
+        load_dataset(tmp_path / "empty")
+    with pytest.raises(DataError, match="does not exist"):
+        load_dataset(tmp_path / "nope")
+
+
+def test_real_fashion_mnist(fmnist: Path) -> None:
+    ds = load_dataset("fashion-mnist")
+    assert ds.meta["sizes"] == {"train": 55000, "val": 5000, "test": 10000}
+    assert sorted(np.unique(ds.test.y).tolist()) == list(range(10))
