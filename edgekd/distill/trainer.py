@@ -91,8 +91,12 @@ def _unwrap(m: nn.Module) -> nn.Module:
 
 
 def train_student(teacher: nn.Module, student: nn.Module, data: Dataset, cfg: DistillConfig,
-                  ckpt_dir: Path | None = None) -> DistResult:
-    """Distill ``teacher`` into ``student`` on ``data.train``; report val top-1 per epoch."""
+                  ckpt_dir: Path | None = None, teacher_logits: np.ndarray | None = None) -> DistResult:
+    """Distill ``teacher`` into ``student`` on ``data.train``; report val top-1 per epoch.
+
+    ``teacher_logits`` (optional) are the teacher's outputs on ``data.train.x``, for callers that train several
+    students from one teacher (benchmarks); they are used only where the trainer would cache logits itself.
+    """
     rank, world = dist_info()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -147,9 +151,11 @@ def train_student(teacher: nn.Module, student: nn.Module, data: Dataset, cfg: Di
         student_ddp = student
 
     cache_teacher = use_teacher and (cfg.teacher_cache == "on" or (cfg.teacher_cache == "auto" and not cfg.augment and not pairs))
-    if cache_teacher and start_epoch < cfg.epochs:
+    if cache_teacher and start_epoch < cfg.epochs and teacher_logits is not None:
+        teacher_logits_t = torch.from_numpy(np.asarray(teacher_logits, np.float32))
+    elif cache_teacher and start_epoch < cfg.epochs:
         t0 = time.time()
-        teacher_logits = torch.from_numpy(predict_logits(teacher, data.train.x))
+        teacher_logits_t = torch.from_numpy(predict_logits(teacher, data.train.x))
         progress.log(f"distill: cached teacher logits for {n} samples in {time.time() - t0:.1f}s")
 
     x_all = torch.from_numpy(data.train.x)
@@ -175,7 +181,7 @@ def train_student(teacher: nn.Module, student: nn.Module, data: Dataset, cfg: Di
                 t_feats = None
                 if use_teacher:
                     if cache_teacher:
-                        zt = teacher_logits[idx]
+                        zt = teacher_logits_t[idx]
                     else:
                         with torch.no_grad():
                             zt = teacher(xb)

@@ -1,0 +1,34 @@
+# README command 1: make demo   — set up, then compress the example teacher and print the report
+# README command 2: make test   — set up, then run the test suite
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+FMNIST := /usr/share/datasets/fashion-mnist
+
+.PHONY: setup demo test bench clean
+
+setup: $(VENV)/.setup-stamp $(FMNIST)
+
+$(FMNIST):
+	$(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq dataset-fashion-mnist
+
+# constraints-cpu.txt pins the CPU build of torch (pyproject keeps ranges for users).
+$(VENV)/.setup-stamp: pyproject.toml constraints-cpu.txt
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -c constraints-cpu.txt -e ".[dev]"
+	touch $@
+
+demo: setup
+	$(VENV)/bin/edgekd compress --config examples/demo.yaml
+
+test: setup
+	$(PY) -m pytest -q
+
+bench: setup
+	$(PY) benchmarks/int8_speed_accuracy.py
+	$(PY) benchmarks/kd_vs_labels.py
+
+clean:
+	rm -rf runs .pytest_cache

@@ -1,0 +1,123 @@
+"""Whole pipelines on real Fashion-MNIST slices: from Python, from a config file, resume after a kill, skip on re-run."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+import edgekd
+from edgekd.errors import ConfigError
+from edgekd.fileio import read_json
+
+REPO = Path(__file__).resolve().parents[1]
+
+SMALL = {
+    "data": {"path": "fashion-mnist", "limit": 3000, "eval_limit": 1000},
+    "distill": {"student": "resnet-xs", "epochs": 2, "batch_size": 64, "lr": 0.05},
+    "quantize": {"calibration": "small"},
+    "bench": {"iterations": 20, "warmup": 2},
+}
+
+
+def test_compress_from_python_both_runtimes(demo_teacher: Path, fmnist: Path, tmp_path: Path) -> None:
+    rep = edgekd.compress(demo_teacher, targets=["x86-cpu", "intel-cpu"], run_dir=str(tmp_path / "run"), **SMALL)
+    rows = {(r["target"], r["model"], r["precision"]): r for r in rep["rows"]}
+    assert set(rows) == {(t, m, p) for t in ("x86-cpu", "intel-cpu") for m, p in (("teacher", "fp32"), ("student", "fp32"), ("student", "int8"))}
+    for t in ("x86-cpu", "intel-cpu"):
+        teacher, s32, s8 = rows[(t, "teacher", "fp32")], rows[(t, "student", "fp32")], rows[(t, "student", "int8")]
+        assert teacher["top1"] > 0.85  # the committed teacher on the real test images
+        assert s8["top1"] > 0.6 and abs(s8["top1"] - s32["top1"]) < 0.03  # int8 keeps the fp32 student's accuracy
+        assert s8["size_bytes"] < s32["size_bytes"] < teacher["size_bytes"]
+        assert s8["p50_ms"] > 0 and s8["p50_ms"] <= s8["p99_ms"]
+    run = tmp_path / "run"
+    for f in ("manifest.json", "report.md", "report.json", "pareto.png", "01-distill/student.pt", "01-distill/history.json",
+              "02-export/parity.json", "03-quantize/x86-cpu/calibration.json", "04-lower/intel-cpu/model.xml",
+              "04-lower/x86-cpu/build.json", "05-bench/x86-cpu/latency.json", "05-bench/intel-cpu/accuracy.json"):
+        assert (run / f).exists(), f
+    parity = read_json(run / "02-export/parity.json")
+    assert parity["student"]["parity_torch_vs_onnxruntime"]["samples"] >= 256
+    assert parity["student"]["parity_torch_vs_onnxruntime"]["top1_agreement"] >= 0.995
+    build = read_json(run / "04-lower/x86-cpu/build.json")
+    assert build["int8_kernels"], "ORT should execute int8 kernels (QLinearConv) for the QDQ model"
+    assert read_json(run / "04-lower/intel-cpu/build.json")["int8_kernels"]
+    man = read_json(run / "manifest.json")
+    assert man["inputs"]["data"]["normalize"]["mean"] == [0.286]  # read from the teacher file
+    assert all(s["status"] == "done" for s in man["stages"].values())
+
+    # a second identical call redoes nothing
+    t0 = time.time()
+    edgekd.compress(demo_teacher, targets=["x86-cpu", "intel-cpu"], run_dir=str(run), **SMALL)
+    assert time.time() - t0 < 20
+    man2 = read_json(run / "manifest.json")
+    assert {k: v["finished"] for k, v in man2["stages"].items()} == {k: v["finished"] for k, v in man["stages"].items()}
+
+    # changing only the bench section re-runs only bench
+    edgekd.compress(demo_teacher, targets=["x86-cpu"], run_dir=str(run), **{**SMALL, "bench": {"iterations": 25, "warmup": 2}})
+    man3 = read_json(run / "manifest.json")
+    assert man3["stages"]["distill"]["finished"] == man["stages"]["distill"]["finished"]
+    assert man3["stages"]["bench/x86-cpu"]["finished"] != man["stages"]["bench/x86-cpu"]["finished"]
+
+
+def test_compress_from_config_file_via_cli(demo_teacher: Path, fmnist: Path, tmp_path: Path) -> None:
+    cfg = {"model": str(demo_teacher), "targets": ["x86-cpu"], "run_dir": "run", **SMALL}
+    cfg["distill"] = {**SMALL["distill"], "loss": "dkd", "loss_params": {"warmup": 1}}
+    (tmp_path / "pipeline.yaml").write_text(yaml.safe_dump(cfg))
+    res = subprocess.run([sys.executable, "-m", "edgekd.cli", "-q", "compress", "--config", str(tmp_path / "pipeline.yaml")],
+                         capture_output=True, text=True, cwd=REPO)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "| x86-cpu | onnxruntime | student | int8 |" in res.stdout
+    man = read_json(tmp_path / "run" / "manifest.json")  # run_dir is relative to the config file
+    assert man["config"]["distill"]["loss"] == "dkd"
+
+
+def test_config_file_unknown_key_is_an_error(tmp_path: Path) -> None:
+    (tmp_path / "p.yaml").write_text("model: m.pt\ndistill:\n  epochz: 3\n")
+    with pytest.raises(ConfigError, match="distill.epochz"):
+        edgekd.compress(config=tmp_path / "p.yaml")
+    res = subprocess.run([sys.executable, "-m", "edgekd.cli", "compress", "--config", str(tmp_path / "p.yaml")],
+                         capture_output=True, text=True, cwd=REPO)
+    assert res.returncode == 2 and "unknown key 'distill.epochz'" in res.stderr
+
+
+def test_stages_callable_one_by_one(demo_teacher: Path, fmnist: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    d = edgekd.distill(demo_teacher, run_dir=run, targets=["x86-cpu"], **SMALL)
+    assert d["status"] == "done" and (run / "01-distill/student.pt").exists()
+    assert not (run / "02-export").exists()
+    e = edgekd.export(run_dir=run)
+    assert e["status"] == "done" and (run / "02-export/student.onnx").exists()
+    q = edgekd.quantize(run_dir=run)
+    assert q["x86-cpu"]["metrics"]["top1_agreement_vs_fp32"] > 0.9
+    rep = edgekd.bench(run)
+    assert any(r["precision"] == "int8" for r in rep["rows"])
+
+
+def test_killed_run_resumes_and_loses_nothing(demo_teacher: Path, fmnist: Path, tmp_path: Path) -> None:
+    """SIGKILL during distillation, after at least one epoch checkpoint: the re-run resumes from that epoch."""
+    run = tmp_path / "run"
+    args = [sys.executable, "-m", "edgekd.cli", "-q", "compress", str(demo_teacher), "--target", "x86-cpu", "--data",
+            "fashion-mnist", "--data-limit", "6000", "--eval-limit", "500", "--student", "resnet-xs", "--epochs", "6",
+            "--calibration", "small", "-o", str(run)]
+    proc = subprocess.Popen(args, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ckpt = run / "01-distill" / "ckpt" / "last.pt"
+    deadline = time.time() + 240
+    while not ckpt.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    assert ckpt.exists(), "no epoch checkpoint appeared"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    man = json.loads((run / "manifest.json").read_text())
+    assert man["stages"]["distill"]["status"] == "running"  # the kill left the stage unfinished, the manifest intact
+    res = subprocess.run(args, cwd=REPO, capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr[-3000:]
+    man = read_json(run / "manifest.json")
+    assert man["stages"]["distill"]["metrics"]["resumed_from_epoch"] >= 1
+    assert len(read_json(run / "01-distill/history.json")) == 6
+    assert man["stages"]["bench/x86-cpu"]["status"] == "done"
