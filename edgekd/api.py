@@ -313,6 +313,8 @@ class Pipeline:
         if b.threads:
             settings["threads"] = b.threads
         settings["input_shape"] = list(self.input_shape)
+        settings["warmup_seconds"] = p.measure.warmup_seconds
+        settings["max_seconds"] = p.measure.max_seconds
         artifacts = []
         if b.include_teacher:
             artifacts.append(("teacher", "fp32", self.run.output("export", "teacher")))

@@ -40,8 +40,13 @@ class DeviceInfo(_Strict):
 
 
 class MeasureSettings(_Strict):
+    """Warm-up is ``warmup`` calls and at least ``warmup_seconds``; timing stops at ``iterations`` calls or after
+    ``max_seconds`` (but not before 200 calls)."""
+
     warmup: int = Field(50, ge=0)
-    iterations: int = Field(300, ge=10)
+    warmup_seconds: float = Field(1.0, ge=0)
+    iterations: int = Field(1000, ge=10)
+    max_seconds: float = Field(30.0, gt=0)
     batch_sizes: list[int] = Field(default_factory=lambda: [1])
 
 
@@ -64,10 +69,17 @@ class OrtSettings(_Strict):
 
 
 class OpenvinoSettings(_Strict):
+    """OpenVINO compile settings and NNCF PTQ settings.
+
+    ``bias_correction: full`` runs NNCF's BiasCorrection instead of FastBiasCorrection: slower to quantize (seconds
+    on small models) and more accurate (demo student: 91.87 → 92.52 % top-1, fp32 92.38 %).
+    """
+
     device: str = "CPU"
     performance_hint: Literal["LATENCY", "THROUGHPUT"] = "LATENCY"
     inference_precision: str | None = "f32"
     preset: Literal["performance", "mixed"] = "performance"
+    bias_correction: Literal["fast", "full"] = "full"
 
 
 class Profile(_Strict):

@@ -42,15 +42,26 @@ def artifact_size(path: Path) -> int:
     return size
 
 
-def _timed_loop(call, warmup: int, iterations: int) -> list[float]:  # noqa: ANN001
-    for _ in range(warmup):
-        call()
-    times = []
+def _timed_loop(call, warmup: int, iterations: int, warmup_seconds: float = 1.0, min_runs: int = 200,  # noqa: ANN001
+                max_seconds: float = 30.0) -> list[float]:
+    """Warm up for ``warmup`` calls *and* at least ``warmup_seconds`` (caches, clocks and the runtime's thread
+    pool settle: the first few hundred calls of a sub-millisecond model run measurably slower), then time
+    ``iterations`` calls, stopping early after ``max_seconds`` but never before ``min_runs`` calls."""
     pc = time.perf_counter
-    for _ in range(iterations):
+    t_end = pc() + warmup_seconds
+    n = 0
+    while n < warmup or pc() < t_end:
+        call()
+        n += 1
+    times: list[float] = []
+    t_stop = pc() + max_seconds
+    for i in range(iterations):
         t0 = pc()
         call()
-        times.append(pc() - t0)
+        t1 = pc()
+        times.append(t1 - t0)
+        if t1 > t_stop and i + 1 >= min(min_runs, iterations):
+            break
     return times
 
 
@@ -103,7 +114,8 @@ def bench(backend: str, model: Path, data: Path | None, settings: dict, warmup: 
             x = np.ascontiguousarray(x_eval[:b])
         else:
             x = rng.standard_normal((b, *shape[1:])).astype(np.float32)
-        latency[str(b)] = latency_stats(_timed_loop(make_call(x), warmup, iterations), batch=b)
+        latency[str(b)] = latency_stats(_timed_loop(make_call(x), warmup, iterations, settings.get("warmup_seconds", 1.0),
+                                                    max_seconds=settings.get("max_seconds", 30.0)), batch=b)
 
     result: dict = {"backend": backend, "model": str(model), "size_bytes": artifact_size(model), "load_seconds": load_s,
                     "latency": latency, "threads": threads, "warmup": warmup, "iterations": iterations}
