@@ -10,7 +10,7 @@ REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
 sys.path.insert(0, str(REPO))
 
-from edgekd.bench.envinfo import capture  # noqa: E402
+from edgekd.benchmark.envinfo import capture  # noqa: E402
 from edgekd.fileio import write_json, write_text  # noqa: E402
 
 

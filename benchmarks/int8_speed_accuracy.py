@@ -18,8 +18,8 @@ from _common import REPO, md_table, save
 
 import edgekd
 from edgekd.api import pipeline_from_run, run_worker
-from edgekd.lower.onnxruntime import session_settings
-from edgekd.lower.openvino import compile_settings
+from edgekd.backends.onnxruntime import session_settings
+from edgekd.backends.openvino import compile_settings
 
 
 def main() -> None:

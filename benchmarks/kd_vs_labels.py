@@ -18,7 +18,7 @@ from _common import REPO, md_table, save
 
 from edgekd.config import DistillConfig
 from edgekd.data import load_dataset
-from edgekd.distill.trainer import accuracy, predict_logits, train_student
+from edgekd.kd.trainer import accuracy, predict_logits, train_student
 from edgekd.models.loading import load_model
 from edgekd.models.zoo import build_model
 

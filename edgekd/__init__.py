@@ -3,7 +3,7 @@
     import edgekd
     edgekd.compress("teacher.pt2", targets=["x86-cpu"], data__path="fashion-mnist")
 
-The verbs are imported lazily so that ``edgekd.bench.worker`` (the device-side runner) never imports torch.
+The verbs are imported lazily so that ``edgekd.benchmark.worker`` (the device-side runner) never imports torch.
 """
 
 from __future__ import annotations

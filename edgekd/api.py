@@ -111,7 +111,7 @@ class Pipeline:
     def _distill(self, key: dict[str, Any]) -> StageResult:
         import torch
 
-        from edgekd.distill.trainer import accuracy, predict_logits, train_student
+        from edgekd.kd.trainer import accuracy, predict_logits, train_student
         from edgekd.fileio import atomic_path, sha256_json
         from edgekd.models.student import build_student, save_student
         from edgekd.models.zoo import count_params
@@ -166,8 +166,8 @@ class Pipeline:
     def _export(self) -> StageResult:
         import torch
 
-        from edgekd.export import parity
-        from edgekd.export.onnx_export import export_onnx
+        from edgekd.exporters import parity
+        from edgekd.exporters.onnx_export import export_onnx
         from edgekd.runtimes import make_runner
 
         cfg = self.cfg.export
@@ -217,7 +217,7 @@ class Pipeline:
     def _quantize(self, p: Profile, recipe) -> StageResult:  # noqa: ANN001
         import shutil
 
-        from edgekd.export import parity
+        from edgekd.exporters import parity
         from edgekd.quant.calibration import select
         from edgekd.quant.ptq import nncf_quantize_openvino, ort_quantize
         from edgekd.runtimes import make_runner
@@ -269,7 +269,7 @@ class Pipeline:
         return self.run.run_stage(f"lower/{p.name}", key, lambda: self._lower(p))
 
     def _lower(self, p: Profile) -> StageResult:
-        from edgekd.lower import lower
+        from edgekd.backends import lower
 
         out = self.run.fresh_dir("lower", p.name)
         res = lower(p.backend, self.run.output(f"quantize/{p.name}", "model"), p, out)
@@ -303,8 +303,8 @@ class Pipeline:
         return path
 
     def _bench(self, p: Profile) -> StageResult:
-        from edgekd.lower.onnxruntime import session_settings
-        from edgekd.lower.openvino import compile_settings
+        from edgekd.backends.onnxruntime import session_settings
+        from edgekd.backends.openvino import compile_settings
 
         b = self.cfg.bench
         out = self.run.fresh_dir("bench", p.name)
@@ -313,7 +313,7 @@ class Pipeline:
         if b.threads:
             settings["threads"] = b.threads
         settings["input_shape"] = list(self.input_shape)
-        settings["warmup_seconds"] = p.measure.warmup_seconds
+        settings["warmup_seconds"] = b.warmup_seconds if b.warmup_seconds is not None else p.measure.warmup_seconds
         settings["max_seconds"] = p.measure.max_seconds
         artifacts = []
         if b.include_teacher:
@@ -360,8 +360,8 @@ class Pipeline:
 
 def run_worker(backend: str, model: Path, data: Path | None, settings: dict[str, Any], warmup: int, iterations: int,
                batch_sizes: list[int], logits_out: Path | None) -> dict[str, Any]:
-    """Run :mod:`edgekd.bench.worker` in a fresh interpreter and return its JSON."""
-    cmd = [sys.executable, "-m", "edgekd.bench.worker", "--backend", backend, "--model", str(model), "--settings",
+    """Run :mod:`edgekd.benchmark.worker` in a fresh interpreter and return its JSON."""
+    cmd = [sys.executable, "-m", "edgekd.benchmark.worker", "--backend", backend, "--model", str(model), "--settings",
            json.dumps(settings), "--warmup", str(warmup), "--iterations", str(iterations),
            "--batch-sizes", ",".join(map(str, batch_sizes))]
     if data is not None:
@@ -378,7 +378,7 @@ def run_worker(backend: str, model: Path, data: Path | None, settings: dict[str,
 
 
 def write_report(run_dir: str | Path) -> dict[str, Any]:
-    from edgekd.bench.report import render
+    from edgekd.benchmark.report import render
 
     return render(RunDir(run_dir, create=False))
 

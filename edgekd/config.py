@@ -82,7 +82,8 @@ class QuantizeConfig(Strict):
 class BenchConfig(Strict):
     """Stage 5: latency, memory, size and accuracy."""
 
-    warmup: int | None = Field(None, ge=0)
+    warmup: int | None = Field(None, ge=0, description="default: the profile's")
+    warmup_seconds: float | None = Field(None, ge=0)
     iterations: int | None = Field(None, ge=10)
     threads: int | None = Field(None, ge=1)
     include_teacher: bool = True

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from edgekd import progress
-from edgekd.bench.envinfo import capture
+from edgekd.benchmark.envinfo import capture
 from edgekd.errors import EdgekdError, UsageError
 from edgekd.fileio import read_json, sha256_json, sha256_path, write_json
 

@@ -101,7 +101,7 @@ class Profile(_Strict):
 def builtin_dir() -> Path:
     """The packaged profiles (``edgekd/_targets`` in a wheel), or ``targets/`` of a source checkout."""
     repo = Path(__file__).resolve().parent.parent / "targets"
-    if repo.is_dir():
+    if repo.is_dir() and (repo.parent / "pyproject.toml").is_file():  # a source checkout
         return repo
     return Path(str(resources.files("edgekd") / "_targets"))
 

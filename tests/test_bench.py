@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgekd.bench.stats import latency_stats
-from edgekd.export.onnx_export import export_onnx
+from edgekd.benchmark.stats import latency_stats
+from edgekd.exporters.onnx_export import export_onnx
 from edgekd.models.zoo import build_model
 
 
@@ -36,7 +36,7 @@ def test_worker_never_imports_torch(tmp_path: Path) -> None:
     (tmp_path / "block" / "torch.py").write_text("raise ImportError('torch is blocked in this test')\n")
     repo = Path(__file__).resolve().parents[1]
     env = {"PYTHONPATH": f"{tmp_path / 'block'}:{repo}", "PATH": "/usr/bin:/bin"}
-    res = subprocess.run([sys.executable, "-m", "edgekd.bench.worker", "--backend", "onnxruntime", "--model", str(tmp_path / "m.onnx"),
+    res = subprocess.run([sys.executable, "-m", "edgekd.benchmark.worker", "--backend", "onnxruntime", "--model", str(tmp_path / "m.onnx"),
                           "--data", str(tmp_path / "d.npz"), "--settings", json.dumps({"threads": 1, "input_shape": [1, 1, 28, 28]}),
                           "--warmup", "2", "--iterations", "15", "--batch-sizes", "1,4"], capture_output=True, text=True, env=env)
     assert res.returncode == 0, res.stderr

@@ -13,8 +13,8 @@ import torch
 
 from edgekd.config import DistillConfig, FeaturePairConfig
 from edgekd.data import load_dataset
-from edgekd.distill.features import FeatureRecorder, get_module
-from edgekd.distill.trainer import lr_at, train_student
+from edgekd.kd.features import FeatureRecorder, get_module
+from edgekd.kd.trainer import lr_at, train_student
 from edgekd.errors import UsageError
 from edgekd.models.zoo import build_model
 from helpers import TinyNet

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from edgekd.errors import ParityError
-from edgekd.export import parity
-from edgekd.export.onnx_export import export_onnx
+from edgekd.exporters import parity
+from edgekd.exporters.onnx_export import export_onnx
 from edgekd.models.zoo import build_model
 from edgekd.runtimes import make_runner
 

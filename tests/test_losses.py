@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from edgekd.distill.losses import LOSSES, DecoupledKD, build_loss
+from edgekd.kd.losses import LOSSES, DecoupledKD, build_loss
 
 ZS = np.array([[2.0, 0.5, -1.0, 0.0], [0.1, 0.2, 3.0, -0.5], [-1.0, 1.5, 0.3, 0.9]])
 ZT = np.array([[3.0, 0.0, -2.0, 0.5], [0.0, 0.5, 2.5, 0.0], [-0.5, 2.0, 0.0, 1.5]])

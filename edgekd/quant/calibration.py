@@ -31,7 +31,7 @@ class Recipe(BaseModel):
 
 def builtin_dir() -> Path:
     repo = Path(__file__).resolve().parents[2] / "calibration"
-    if repo.is_dir():
+    if repo.is_dir() and (repo.parent / "pyproject.toml").is_file():  # a source checkout
         return repo
     return Path(str(resources.files("edgekd") / "_calibration"))
 

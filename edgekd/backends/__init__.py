@@ -13,7 +13,7 @@ BACKENDS: Registry[Lowerer] = Registry("backend")
 
 
 def lower(backend: str, model: Path, profile: Profile, out_dir: Path) -> dict[str, Any]:
-    from edgekd.lower import onnxruntime as _ort  # noqa: F401 - registers
-    from edgekd.lower import openvino as _ov  # noqa: F401 - registers
+    from edgekd.backends import onnxruntime as _ort  # noqa: F401 - registers
+    from edgekd.backends import openvino as _ov  # noqa: F401 - registers
 
     return BACKENDS.get(backend)(model, profile, out_dir)

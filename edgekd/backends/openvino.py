@@ -8,7 +8,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from edgekd.lower import BACKENDS
+from edgekd.backends import BACKENDS
 from edgekd.runtimes import ov_compile
 from edgekd.targets import Profile
 

@@ -1,6 +1,6 @@
 """Knowledge-distillation losses, registered by name.
 
-Each logit loss returns only its distillation term; :class:`edgekd.distill.objective.DistillObjective` adds the
+Each logit loss returns only its distillation term; :class:`edgekd.kd.objective.DistillObjective` adds the
 task cross-entropy (weight ``ce_weight``) and any feature terms. Notation: z_S, z_T student/teacher logits,
 p^τ = softmax(z/τ), y the label, B the batch size, C the number of classes; KL is averaged over the batch.
 """

@@ -26,9 +26,9 @@ from torch import nn
 from edgekd import progress
 from edgekd.config import DistillConfig
 from edgekd.data import Dataset
-from edgekd.distill.features import FeatureKD, FeaturePair, FeatureRecorder
-from edgekd.distill.losses import build_loss
-from edgekd.distill.objective import DistillObjective
+from edgekd.kd.features import FeatureKD, FeaturePair, FeatureRecorder
+from edgekd.kd.losses import build_loss
+from edgekd.kd.objective import DistillObjective
 from edgekd.errors import StageError
 from edgekd.fileio import atomic_path
 

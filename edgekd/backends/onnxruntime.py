@@ -16,7 +16,7 @@ from typing import Any
 import onnx
 
 from edgekd.fileio import atomic_path, write_json
-from edgekd.lower import BACKENDS
+from edgekd.backends import BACKENDS
 from edgekd.runtimes import ort_session
 from edgekd.targets import Profile
 

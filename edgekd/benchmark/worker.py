@@ -1,6 +1,6 @@
 """Benchmark one artifact in a fresh process: latency, peak memory, size, accuracy. Imports no torch.
 
-    python -m edgekd.bench.worker --backend onnxruntime --model m.onnx --data eval.npz --settings '{"threads": 2}'
+    python -m edgekd.benchmark.worker --backend onnxruntime --model m.onnx --data eval.npz --settings '{"threads": 2}'
 
 Running each artifact in its own process makes peak RSS (``ru_maxrss``) belong to that artifact alone and keeps
 runtimes from sharing thread pools. Prints one JSON object on stdout.
@@ -67,7 +67,7 @@ def _timed_loop(call, warmup: int, iterations: int, warmup_seconds: float = 1.0,
 
 def bench(backend: str, model: Path, data: Path | None, settings: dict, warmup: int, iterations: int,
           batch_sizes: list[int], preds_out: Path | None) -> dict:
-    from edgekd.bench.stats import latency_stats
+    from edgekd.benchmark.stats import latency_stats
     from edgekd.runtimes import ort_session, ov_compile
 
     rss0 = _rss_mb()

@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from edgekd.distill.features import FeatureKD
-from edgekd.distill.losses import LogitLoss
+from edgekd.kd.features import FeatureKD
+from edgekd.kd.losses import LogitLoss
 
 
 class DistillObjective(nn.Module):
