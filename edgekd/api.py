@@ -35,6 +35,13 @@ class Pipeline:
     """One run: the config, the run directory, and lazily loaded teacher and data."""
 
     def __init__(self, cfg: PipelineConfig) -> None:
+        # Absolute paths, so `edgekd bench RUN` works from any folder later.
+        cfg = cfg.model_copy(deep=True)
+        cfg.model = str(Path(cfg.model).expanduser().resolve()) if Path(cfg.model).expanduser().exists() else cfg.model
+        if cfg.data.path and Path(cfg.data.path).expanduser().exists():
+            cfg.data.path = str(Path(cfg.data.path).expanduser().resolve())
+        if cfg.run_dir:
+            cfg.run_dir = str(Path(cfg.run_dir).expanduser().resolve())
         self.cfg = cfg
         if not Path(cfg.model).expanduser().is_file():
             from edgekd.errors import ModelLoadError

@@ -162,7 +162,7 @@ def resolve_data_path(spec: str | Path) -> Path:
             if Path(d).is_dir():
                 return Path(d)
         raise DataError("Fashion-MNIST is not installed", "run: apt-get install dataset-fashion-mnist (or pass --data PATH)")
-    p = Path(spec).expanduser()
+    p = Path(spec).expanduser().resolve()
     if not p.exists():
         raise DataError(f"data path {p} does not exist", "pass --data with an IDX folder, an image folder or a .npz file")
     return p

@@ -17,13 +17,16 @@ C++ build (env-feasibility §4).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
 
+from edgekd import progress
 from edgekd.fileio import atomic_path
 from edgekd.targets import OpenvinoSettings, OrtSettings
 
@@ -70,8 +73,15 @@ def nncf_quantize_openvino(fp32_onnx: Path, out_xml: Path, calib_x: np.ndarray, 
     model = ov.convert_model(str(fp32_onnx))
     items = [calib_x[i : i + batch] for i in range(0, len(calib_x), batch)]
     preset = nncf.QuantizationPreset.PERFORMANCE if s.preset == "performance" else nncf.QuantizationPreset.MIXED
-    q = nncf.quantize(model, nncf.Dataset(items), preset=preset, subset_size=len(items),
-                      fast_bias_correction=s.bias_correction == "fast")
+    # NNCF draws its progress bars on stdout; stdout is for results, so send them to stderr (or nowhere if quiet).
+    sink = open(os.devnull, "w") if progress.is_quiet() else sys.stderr  # noqa: SIM115
+    try:
+        with contextlib.redirect_stdout(sink):
+            q = nncf.quantize(model, nncf.Dataset(items), preset=preset, subset_size=len(items),
+                              fast_bias_correction=s.bias_correction == "fast")
+    finally:
+        if sink is not sys.stderr:
+            sink.close()
     # Write xml and bin under temporary names, then rename both (the pair is the artifact).
     out_xml.parent.mkdir(parents=True, exist_ok=True)
     tmp_xml = out_xml.with_name(f".{out_xml.stem}.tmp.xml")
