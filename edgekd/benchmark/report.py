@@ -73,15 +73,23 @@ def pareto_png(rows: list[dict[str, Any]], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=110)
-    markers = {"teacher": "s", "student": "o"}
+    from matplotlib.ticker import ScalarFormatter
+
+    fig, ax = plt.subplots(figsize=(6.8, 4.4), dpi=110)
+    targets = sorted({r["target"] for r in rows})
+    colors = {t: plt.cm.tab10(i) for i, t in enumerate(targets)}
+    markers = {("teacher", "fp32"): "s", ("student", "fp32"): "o", ("student", "int8"): "^", ("student", "fp16"): "D"}
     for r in rows:
         if r["p50_ms"] is None or r["top1"] is None:
             continue
-        ax.scatter(r["p50_ms"], 100 * r["top1"], marker=markers.get(r["model"], "o"), s=50)
-        ax.annotate(f"{r['target']}\n{r['model']} {r['precision']}", (r["p50_ms"], 100 * r["top1"]), fontsize=7,
-                    xytext=(4, 4), textcoords="offset points")
+        ax.scatter(r["p50_ms"], 100 * r["top1"], color=colors[r["target"]], s=60, edgecolor="black", linewidth=0.5,
+                   marker=markers.get((r["model"], r["precision"]), "o"),
+                   label=f"{r['target']} ({r['backend']}): {r['model']} {r['precision']}")
+    ax.legend(fontsize=7, loc="lower right")
     ax.set_xscale("log")
+    ax.xaxis.set_major_formatter(ScalarFormatter())
+    ax.xaxis.set_minor_formatter(ScalarFormatter())
+    ax.tick_params(axis="x", which="minor", labelsize=7)
     ax.set_xlabel("p50 latency, batch 1 (ms, log scale)")
     ax.set_ylabel("top-1 on the test split (%)")
     ax.set_title("accuracy vs latency (up-left is better)")
