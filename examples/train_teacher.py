@@ -1,6 +1,8 @@
 """Train the demo teacher: a ResNet-style CNN (edgekd zoo ``resnet-l``, 308k params) on real Fashion-MNIST.
 
     python examples/train_teacher.py --epochs 12 --out examples/fmnist_teacher.pt2
+    python examples/train_teacher.py --arch vit-tiny --optimizer adamw --lr 2e-3 --wd 0.05 --epochs 15 \
+        --label-smoothing 0 --out examples/fmnist_vit_teacher.pt2      # the small ViT teacher for TI benchmarks
 
 Takes about 20 minutes on 2 CPU cores. The result is committed, so the demo and CI never retrain it. The file is a
 ``torch.export`` program (safe to load, no pickle) and carries the input shape, class count and the preprocessing
@@ -51,6 +53,9 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--arch", default="resnet-l")
     ap.add_argument("--out", default="examples/fmnist_teacher.pt2")
+    ap.add_argument("--optimizer", choices=["sgd", "adamw"], default="sgd")
+    ap.add_argument("--wd", type=float, default=5e-4)
+    ap.add_argument("--label-smoothing", type=float, default=0.1)
     args = ap.parse_args()
     torch.manual_seed(args.seed)
     ds = load_dataset("fashion-mnist", mean=MEAN, std=STD)
@@ -59,7 +64,10 @@ def main() -> None:
     y = torch.from_numpy(ds.train.y)
     xt, yt = torch.from_numpy(ds.test.x), torch.from_numpy(ds.test.y)
     model = build_model(args.arch, 1, 10)
-    opt = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9, nesterov=True, weight_decay=5e-4)
+    if args.optimizer == "sgd":
+        opt = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9, nesterov=True, weight_decay=args.wd)
+    else:
+        opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.wd)
     steps = args.epochs * ((len(y) + args.batch - 1) // args.batch)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, total_steps=steps, pct_start=0.2)
     history = []
@@ -70,7 +78,7 @@ def main() -> None:
         total = 0.0
         for i in range(0, len(y), args.batch):
             idx = perm[i : i + args.batch]
-            loss = F.cross_entropy(model(augment(x[idx])), y[idx], label_smoothing=0.1)
+            loss = F.cross_entropy(model(augment(x[idx])), y[idx], label_smoothing=args.label_smoothing)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

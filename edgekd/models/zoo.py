@@ -15,6 +15,7 @@ from typing import Callable
 import torch
 from torch import nn
 
+from edgekd.models.layers import MatMul
 from edgekd.registry import Registry
 
 MODELS: Registry[Callable[..., nn.Module]] = Registry("model")
@@ -131,6 +132,68 @@ class MobileNet(nn.Module):
         return self.fc(torch.flatten(self.pool(x), 1))
 
 
+class Attention(nn.Module):
+    """Multi-head self-attention with every sub-layer a named module, so Teacher Intervention and quantizers reach
+    them by path: q, k, v (Linear) → scores = q·kᵀ (MatMul) → softmax(scores/√d) → context = A·v (MatMul) → proj.
+    """
+
+    def __init__(self, dim: int, heads: int) -> None:
+        super().__init__()
+        self.heads, self.scale = heads, (dim // heads) ** -0.5
+        self.q, self.k, self.v = nn.Linear(dim, dim), nn.Linear(dim, dim), nn.Linear(dim, dim)
+        self.scores, self.context = MatMul(), MatMul()
+        self.softmax = nn.Softmax(dim=-1)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, c = x.shape
+        h = self.heads
+
+        def split(t: torch.Tensor) -> torch.Tensor:
+            return t.reshape(b, n, h, c // h).transpose(1, 2)
+
+        q, k, v = split(self.q(x)), split(self.k(x)), split(self.v(x))
+        attn = self.softmax(self.scores(q, k.transpose(-2, -1)) * self.scale)
+        ctx = self.context(attn, v).transpose(1, 2).reshape(b, n, c)
+        return self.proj(ctx)
+
+
+class Block(nn.Module):
+    """Pre-LN transformer block: x + Attn(LN(x)), then x + MLP(LN(x))."""
+
+    def __init__(self, dim: int, heads: int, mlp_ratio: int = 2) -> None:
+        super().__init__()
+        self.norm1, self.attn = nn.LayerNorm(dim), Attention(dim, heads)
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = nn.Sequential(nn.Linear(dim, dim * mlp_ratio), nn.GELU(), nn.Linear(dim * mlp_ratio, dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x))
+        return x + self.mlp(self.norm2(x))
+
+
+class ViT(nn.Module):
+    """Dosovitskiy et al. 2021 ViT for small images: patch embedding (conv), [CLS] token, learned positions,
+    pre-LN blocks, LN + linear head on [CLS]. The image side must be divisible by ``patch``."""
+
+    def __init__(self, in_channels: int, num_classes: int, width: int = 64, depth: int = 4, heads: int = 4,
+                 patch: int = 4, image: int = 28) -> None:
+        super().__init__()
+        self.patch_embed = nn.Conv2d(in_channels, width, patch, patch)
+        n = (image // patch) ** 2
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, width))
+        self.pos_embed = nn.Parameter(torch.randn(1, n + 1, width) * 0.02)
+        self.blocks = nn.Sequential(*[Block(width, heads) for _ in range(depth)])
+        self.norm = nn.LayerNorm(width)
+        self.head = nn.Linear(width, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.patch_embed(x).flatten(2).transpose(1, 2)
+        x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], 1) + self.pos_embed
+        x = self.norm(self.blocks(x))
+        return self.head(x[:, 0])
+
+
 @dataclass(frozen=True)
 class Preset:
     family: str
@@ -149,6 +212,8 @@ PRESETS: dict[str, Preset] = {
     "mobilenet-s": Preset("mobilenet", 16, 1, 2),
     "mobilenet-m": Preset("mobilenet", 16, 2, 1),
     "mobilenet-se-s": Preset("mobilenet", 16, 1, 2, se=True),
+    "vit-tiny": Preset("vit", 64, 4),
+    "vit-s": Preset("vit", 96, 6),
 }
 
 
@@ -158,6 +223,8 @@ def _make(preset: Preset) -> Callable[..., nn.Module]:
         d = depth or preset.depth
         if preset.family == "resnet":
             return ResNet(in_channels, num_classes, w, d, preset.stem_stride)
+        if preset.family == "vit":
+            return ViT(in_channels, num_classes, w, d)
         return MobileNet(in_channels, num_classes, w, d, se=preset.se, stem_stride=preset.stem_stride)
 
     build.__doc__ = f"{preset.family} width={preset.width} depth={preset.depth} stem_stride={preset.stem_stride}"

@@ -23,15 +23,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from edgekd.kd.features import get_module
+from edgekd.models.layers import MatMul
 from edgekd.errors import UsageError
 from edgekd.quant.quantizers import LSQ, PACT, TWN, FakeQuantizer
-
-
-class MatMul(nn.Module):
-    """``a @ b`` as a module, so attention matmuls can be found by type, quantized and hooked by path."""
-
-    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        return a @ b
 
 
 class QATConfig(BaseModel):
