@@ -210,16 +210,92 @@ class Pipeline:
             raise UsageError(f"target {p.name} does not support precision {prec}", f"choose one of {p.precisions}")
         return prec
 
+    # ---------------------------------------------------------------- stage 3a: QAT (target-independent)
+    def qat(self) -> dict[str, Any]:
+        self.export()
+        q = self.cfg.quantize
+        key = {"qat": q.model_dump(include={"qat", "bits", "ti_mode", "ti_steps", "ti_blocks", "qat_steps", "qat_lr",
+                                            "qat_batch_size", "act_quantizer", "first_last", "keep_fp", "qat_parity_min_agreement"}),
+               "distill": self.run.output_hash("distill"), "data": self.data_key()}
+        return self.run.run_stage("quantize/qat", key, self._qat)
+
+    def _qat(self) -> StageResult:
+        import torch
+
+        from edgekd.exporters import parity
+        from edgekd.exporters.onnx_export import export_onnx
+        from edgekd.fileio import atomic_path
+        from edgekd.quant.intervention import find_attention
+        from edgekd.quant.qat import QATConfig, parse_bits, quantized_copy, set_export_mode
+        from edgekd.quant.qat_train import QATTrainConfig, train_qat
+        from edgekd.runtimes import make_runner
+
+        q = self.cfg.quantize
+        out = self.run.fresh_dir("quantize", "qat")
+        fp = self.student_module()
+        qcfg = QATConfig(**parse_bits(q.bits), act_quantizer=q.act_quantizer, first_last=q.first_last, keep_fp=q.keep_fp)
+        student, plan = quantized_copy(fp, qcfg)
+        ti = "none"
+        if q.qat == "ti":
+            ti = q.ti_mode if q.ti_mode != "auto" else ("g" if find_attention(fp) else "b")
+        tcfg = QATTrainConfig(steps=q.qat_steps, lr=q.qat_lr, batch_size=q.qat_batch_size, ti=ti, ti_steps=q.ti_steps,
+                              blocks=q.ti_blocks, eval_every=max(1, q.qat_steps // 12), seed=self.cfg.distill.seed)
+        progress.log(f"quantize/qat: {q.bits} QAT-{'TI-' + ti.upper() if ti != 'none' else 'KD'} for {q.qat_steps} steps")
+        res = train_qat(fp, student, self.data, tcfg)
+        with atomic_path(out / "student_q.pt") as tmp:
+            torch.save({"edgekd": {"bits": q.bits, "plan": plan}, "state_dict": student.state_dict()}, tmp)
+        set_export_mode(student, True)
+        info = export_onnx(student, self.input_shape, out / "model.onnx", self.cfg.export.opset, "legacy")
+        x = self.data.test.x
+        with torch.no_grad():
+            ref = parity.run_batched(lambda b: student(torch.from_numpy(b)).numpy(), x)
+        set_export_mode(student, False)
+        checks = {}
+        for backend in ("onnxruntime", "openvino"):
+            try:
+                got = parity.run_batched(make_runner(backend, out / "model.onnx", {"graph_optimization": "all"}), x)
+            except Exception as e:  # noqa: BLE001 - a runtime that is not installed is reported, not fatal here
+                checks[backend] = {"error": str(e)[:200]}
+                continue
+            checks[backend] = parity.compare(ref, got)
+        report = {"bits": q.bits, "qat": q.qat, "ti": ti, "plan": plan, "export": info, "training": res,
+                  "parity_vs_torch_fakequant_test": checks,
+                  "low_bit_weights": "deployed as int8 Q/DQ holding the low-bit values exactly (lossless); no runtime "
+                                     "kernel for sub-8-bit convolutions exists in ORT/OpenVINO"}
+        write_json(out / "qat.json", report)
+        for backend, st in checks.items():
+            if "top1_agreement" in st:
+                parity.check(st, what=f"QAT Q/DQ model on {backend} vs torch fake-quant", atol=None,
+                             min_agreement=q.qat_parity_min_agreement)
+        metrics = {"bits": q.bits, "ti": ti, "final_val_top1": res["final_val_top1"],
+                   **{f"{b}_top1_agreement": c.get("top1_agreement") for b, c in checks.items()}}
+        return StageResult({"model": self.run.rel(out / "model.onnx"), "student_q": self.run.rel(out / "student_q.pt"),
+                            "qat": self.run.rel(out / "qat.json")}, metrics)
+
     def quantize(self, p: Profile) -> dict[str, Any]:
         from edgekd.quant.calibration import load_recipe
 
         self.export()
+        if self.cfg.quantize.qat != "none":
+            self.qat()
+            key = {"qat_model": self.run.output_hash("quantize/qat"), "backend": p.backend}
+            return self.run.run_stage(f"quantize/{p.name}", key, lambda: self._copy_qat(p))
         recipe = load_recipe(self.cfg.quantize.calibration)
         backend_settings = p.onnxruntime.model_dump() if p.backend == "onnxruntime" else p.openvino.model_dump()
         key = {"quantize": self.cfg.quantize.model_dump(), "precision": self.precision(p), "backend": p.backend,
                "settings": backend_settings, "recipe": recipe.model_dump(), "export": self.run.output_hash("export"),
                "data": self.data_key()}
         return self.run.run_stage(f"quantize/{p.name}", key, lambda: self._quantize(p, recipe))
+
+    def _copy_qat(self, p: Profile) -> StageResult:
+        import shutil
+
+        out = self.run.fresh_dir("quantize", p.name)
+        shutil.copyfile(self.run.output("quantize/qat", "model"), out / "model.onnx")
+        info = {"tool": "edgekd QAT (fake-quant → ONNX Q/DQ)", "precision": "int8", "source": "quantize/qat"}
+        write_json(out / "calibration.json", info)
+        return StageResult({"model": self.run.rel(out / "model.onnx"), "calibration": self.run.rel(out / "calibration.json")},
+                           {"precision": "int8", "tool": info["tool"]})
 
     def _quantize(self, p: Profile, recipe) -> StageResult:  # noqa: ANN001
         import shutil

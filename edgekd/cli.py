@@ -95,6 +95,11 @@ def compress(
     no_distill: bool = typer.Option(False, "--no-distill", help="quantize the teacher itself"),
     precision: Optional[str] = typer.Option(None, help="int8 | fp32 (default: the profile's)"),
     calibration: Optional[str] = typer.Option(None, help="calibration recipe: default | small | large | path.yaml"),
+    qat: Optional[str] = typer.Option(None, help="quantization-aware training instead of PTQ: kd | ti"),
+    bits: Optional[str] = typer.Option(None, help="QAT bit widths: w8a8 | w4a8 | w2a8 | ternary | w4a4"),
+    ti_mode: Optional[str] = typer.Option(None, help="Teacher Intervention: auto | g | o | c | m (transformers) | b (CNN blocks)"),
+    qat_steps: Optional[int] = typer.Option(None, min=1),
+    keep_fp: Optional[List[str]] = typer.Option(None, help="module path kept in floating point (repeatable)"),
     threads: Optional[int] = typer.Option(None, help="threads for benchmarking (default: the profile's)"),
     data_limit: Optional[int] = typer.Option(None, help="train on only the first N training samples"),
     eval_limit: Optional[int] = typer.Option(None, help="score on only the first N test samples"),
@@ -108,7 +113,8 @@ def compress(
                  distill__student=student, distill__loss=loss, distill__epochs=epochs, distill__batch_size=batch_size,
                  distill__lr=lr, distill__features=_features(feature), distill__augment=augment,
                  distill__enabled=False if no_distill else None, quantize__precision=precision,
-                 quantize__calibration=calibration, bench__threads=threads, data__limit=data_limit,
+                 quantize__calibration=calibration, quantize__qat=qat, quantize__bits=bits, quantize__ti_mode=ti_mode,
+                 quantize__qat_steps=qat_steps, quantize__keep_fp=keep_fp or None, bench__threads=threads, data__limit=data_limit,
                  data__eval_limit=eval_limit, data__mean=_floats(mean), data__std=_floats(std))
     m, c = kw.pop("model"), kw.pop("config")
     _print_summary(api.compress(m, config=c, **kw))

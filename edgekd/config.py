@@ -77,6 +77,18 @@ class QuantizeConfig(Strict):
     calibration: str = Field("default", description="a recipe name from calibration/ or a path to a recipe .yaml")
     calibration_size: int | None = Field(None, gt=0)
     min_top1_agreement: float = Field(0.95, ge=0, le=1, description="int8 vs fp32 student on the val split; lower fails the stage")
+    qat: Literal["none", "kd", "ti"] = Field("none", description="quantization-aware training instead of PTQ")
+    bits: str = Field("w8a8", description="QAT bit widths: w8a8, w4a8, w2a8, ternary, w4a4")
+    ti_mode: Literal["auto", "b", "o", "c", "m", "g"] = Field("auto", description="auto: g for attention models, b for CNNs")
+    ti_steps: int | None = Field(None, ge=1, description="TI step-1 length (default 10% of qat_steps)")
+    ti_blocks: list[str] | None = Field(None, description="block module paths for feature losses and TI-B (default: found by class name)")
+    qat_steps: int = Field(600, ge=1)
+    qat_lr: float = Field(5e-4, gt=0)
+    qat_batch_size: int = Field(64, ge=1)
+    act_quantizer: Literal["lsq", "pact"] = "lsq"
+    first_last: Literal["8bit", "fp", "same"] = "8bit"
+    keep_fp: list[str] = Field(default_factory=list, description="module paths kept in floating point")
+    qat_parity_min_agreement: float = Field(0.995, ge=0, le=1)
 
 
 class BenchConfig(Strict):

@@ -32,7 +32,9 @@ def lower_openvino(model: Path, profile: Profile, out_dir: Path) -> dict[str, An
             os.replace(tmp, dst)
     else:  # an ONNX model (fp32 path): convert to IR
         tmp = out_dir / ".model.tmp.xml"
-        ov.save_model(ov.convert_model(str(model)), str(tmp), compress_to_fp16=False)
+        # read_model (the ONNX frontend) turns Q/DQ pairs into FakeQuantize; convert_model's preprocessing pass
+        # rejects per-channel DequantizeLinear on conv weights (OpenVINO 2026.4), so it is not used here.
+        ov.save_model(ov.Core().read_model(str(model)), str(tmp), compress_to_fp16=False)
         os.replace(tmp.with_suffix(".bin"), xml.with_suffix(".bin"))
         os.replace(tmp, xml)
     settings = compile_settings(profile)

@@ -19,6 +19,12 @@ from edgekd.errors import StageError
 from edgekd.fileio import atomic_path
 
 
+def _has_fake_quant(module: nn.Module) -> bool:
+    from edgekd.quant.quantizers import FakeQuantizer
+
+    return any(isinstance(m, FakeQuantizer) for m in module.modules())
+
+
 def _legacy(module: nn.Module, x: torch.Tensor, opset: int) -> bytes:
     buf = io.BytesIO()
     with warnings.catch_warnings():
@@ -75,6 +81,12 @@ def export_onnx(module: nn.Module, input_shape: tuple[int, ...], path: Path, ops
     if data is None:
         raise StageError(f"ONNX export failed ({'; '.join(errors)})", "simplify the model's forward or try --exporter dynamo")
     model = onnx.load_from_string(data)
+    folded = 0
+    if _has_fake_quant(module):
+        from edgekd.exporters.qdq import frozen_weights, insert_weight_dequantize
+
+        folded = insert_weight_dequantize(model, frozen_weights(module))
+        data = model.SerializeToString()
     try:
         onnx.checker.check_model(model, full_check=True)
     except Exception as e:  # noqa: BLE001
@@ -83,4 +95,4 @@ def export_onnx(module: nn.Module, input_shape: tuple[int, ...], path: Path, ops
         tmp.write_bytes(data)
     opset_used = max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=opset)
     return {"exporter": used, "opset": opset_used, "nodes": len(model.graph.node), "bytes": len(data),
-            "fallback_errors": errors}
+            "int8_weight_initializers": folded, "fallback_errors": errors}

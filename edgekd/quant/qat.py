@@ -186,9 +186,12 @@ def quantized_copy(teacher: nn.Module, cfg: QATConfig) -> tuple[nn.Module, dict[
 
 
 def set_export_mode(model: nn.Module, on: bool = True) -> None:
+    """Switch every quantizer to (or from) its ONNX Q/DQ form; weights are frozen on their grid while on."""
     for m in model.modules():
         if isinstance(m, FakeQuantizer):
             m.export_mode = on
+        if isinstance(m, (QConv2d, QLinear)) and getattr(m, "weight_fake_quant", None) is not None:
+            m.weight_fake_quant.freeze_weight(m.weight if on else None)
 
 
 def regularization(model: nn.Module) -> torch.Tensor:

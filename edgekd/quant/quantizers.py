@@ -22,6 +22,11 @@ def round_ste(x: torch.Tensor) -> torch.Tensor:
     return (x.round() - x).detach() + x
 
 
+def as_constant(t: torch.Tensor) -> torch.Tensor:
+    """A copy with no link to parameters, so the ONNX tracer records it as a constant (and we can fold it to int8)."""
+    return torch.from_numpy(t.detach().cpu().numpy().copy())
+
+
 def grad_scale(x: torch.Tensor, g: float) -> torch.Tensor:
     """x forward, g·∂L/∂x backward (LSQ's step-size gradient scaling)."""
     return (x - x * g).detach() + x * g
@@ -36,6 +41,19 @@ class FakeQuantizer(nn.Module):
         super().__init__()
         self.bits = bits
         self.register_buffer("initialized", torch.tensor(False))
+
+    def freeze_weight(self, w: torch.Tensor | None) -> None:
+        """Export: keep the quantized weight as a (non-persistent) buffer, so the tracer records it as an initializer
+        feeding QuantizeLinear (a plain tensor would be folded into a float constant, losing the Q/DQ pair)."""
+        if w is None:
+            if hasattr(self, "export_weight"):
+                del self._buffers["export_weight"]
+            return
+        with torch.no_grad():
+            self.register_buffer("export_weight", self.quantized_weight(w).detach().clone(), persistent=False)
+
+    def quantized_weight(self, w: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
 
     def int8_range(self, signed: bool, narrow: bool = False) -> tuple[int, int]:
         if signed:
@@ -102,8 +120,9 @@ class LSQ(FakeQuantizer):
     def _export(self, x: torch.Tensor, qn: int, qp: int) -> torch.Tensor:
         s = self.step.detach().abs().clamp_min(1e-8)
         if self.weight:
-            # quantize in torch on the layer's own grid (constant-folded by the exporter), then Q/DQ on int8
-            wq = torch.round(torch.clamp(x / self._shape(x).detach().abs(), qn, qp)) * self._shape(x).detach().abs()
+            # the weight on the layer's own grid (frozen buffer); the graph gets Q/DQ on the int8 grid
+            wq = self.export_weight if hasattr(self, "export_weight") else self.quantized_weight(x)
+            s = as_constant(s)
             zp = torch.zeros(s.numel(), dtype=torch.int32)
             if self.per_channel:
                 return torch.fake_quantize_per_channel_affine(wq, s.float(), zp, 0, -128, 127)
@@ -111,6 +130,11 @@ class LSQ(FakeQuantizer):
         lo, hi = self.int8_range(bool(self.signed))
         x = torch.clamp(x, qn * float(s), qp * float(s))  # the sub-8-bit range, exactly as in training
         return torch.fake_quantize_per_tensor_affine(x, float(s), 0, lo, hi)
+
+    def quantized_weight(self, w: torch.Tensor) -> torch.Tensor:
+        qn, qp = self.qrange()
+        sv = self._shape(w).detach().abs().clamp_min(1e-8)
+        return torch.round(torch.clamp(w / sv, qn, qp)) * sv
 
     def scale(self) -> torch.Tensor:
         return self.step.detach().abs()
@@ -176,14 +200,18 @@ class TWN(FakeQuantizer):
         mask = (a > delta).float()
         return ((a * mask).sum() / mask.sum().clamp_min(1)).reshape(1), delta.reshape(1)
 
-    def forward(self, w: torch.Tensor) -> torch.Tensor:
+    def quantized_weight(self, w: torch.Tensor) -> torch.Tensor:
         alpha, delta = self.alpha_delta(w)
         shape = (-1, *([1] * (w.ndim - 1))) if self.per_channel else (1,) * w.ndim
-        a, d = alpha.view(shape), delta.view(shape)
-        wq = a * torch.sign(w) * (w.abs() > d).float()
+        return alpha.view(shape) * torch.sign(w) * (w.abs() > delta.view(shape)).float()
+
+    def forward(self, w: torch.Tensor) -> torch.Tensor:
+        alpha, delta = self.alpha_delta(w)
+        wq = self.quantized_weight(w)
         if self.export_mode:
             zp = torch.zeros(alpha.numel(), dtype=torch.int32)
-            wq = wq.detach()
+            wq = self.export_weight if hasattr(self, "export_weight") else wq.detach()
+            alpha = as_constant(alpha)
             if self.per_channel:
                 return torch.fake_quantize_per_channel_affine(wq, alpha.float().clamp_min(1e-8), zp, 0, -128, 127)
             return torch.fake_quantize_per_tensor_affine(wq, float(alpha.clamp_min(1e-8)), 0, -128, 127)

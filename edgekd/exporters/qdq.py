@@ -1,0 +1,86 @@
+"""Post-process a Q/DQ ONNX graph so weights are stored as int8 with a DequantizeLinear in front of each layer.
+
+The TorchScript exporter constant-folds ``fake_quantize(weight)`` into a float constant, which loses the weight's
+quantization (OpenVINO then runs the layer in fp32, and the file is as large as the fp32 model). Each quantized
+weight sits on its layer's grid, W = k·s with integer k, so we find every Conv/Gemm/MatMul weight constant that is
+value-for-value one of the model's frozen quantized weights, store k as an int8 initializer, and insert
+``DequantizeLinear(k, s, 0, axis=0)`` — the canonical explicit-quantization form TensorRT, ONNX Runtime and
+OpenVINO expect. Written by hand: no ONNX tool recovers Q/DQ from folded constants.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+from torch import nn
+
+
+def frozen_weights(module: nn.Module) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(quantized float weight, per-output-channel scale) for every fake-quantized Conv/Linear in export mode."""
+    from edgekd.quant.quantizers import LSQ, TWN
+
+    out = []
+    for m in module.modules():
+        fq = getattr(m, "weight_fake_quant", None)
+        if fq is None or not hasattr(fq, "export_weight"):
+            continue
+        w = fq.export_weight.detach().cpu().numpy().astype(np.float32)
+        if isinstance(fq, LSQ):
+            s = fq.step.detach().abs().clamp_min(1e-8).cpu().numpy().astype(np.float32)
+        elif isinstance(fq, TWN):
+            s = fq.alpha_delta(m.weight)[0].detach().clamp_min(1e-8).cpu().numpy().astype(np.float32)
+        else:
+            continue
+        if s.size == 1:
+            s = np.full(w.shape[0], float(s.reshape(-1)[0]), np.float32)
+        out.append((w, s))
+    return out
+
+
+def _constants(graph: onnx.GraphProto) -> dict[str, tuple[str, np.ndarray]]:
+    found: dict[str, tuple[str, np.ndarray]] = {i.name: ("init", numpy_helper.to_array(i)) for i in graph.initializer}
+    for n in graph.node:
+        if n.op_type == "Constant" and n.attribute and n.attribute[0].name == "value":
+            found[n.output[0]] = ("node", numpy_helper.to_array(n.attribute[0].t))
+    return found
+
+
+def insert_weight_dequantize(model: onnx.ModelProto, weights: list[tuple[np.ndarray, np.ndarray]]) -> int:
+    """Rewrite matching weight constants as int8 + DequantizeLinear; returns how many were rewritten."""
+    g = model.graph
+    consts = _constants(g)
+    done = 0
+    new_nodes: list[onnx.NodeProto] = []
+    for n in g.node:
+        if n.op_type in ("Conv", "Gemm", "MatMul") and len(n.input) > 1 and n.input[1] in consts:
+            name = n.input[1]
+            _, arr = consts[name]
+            transposed = False
+            match = next((ws for ws in weights if ws[0].shape == arr.shape and np.allclose(ws[0], arr, rtol=1e-6, atol=0)), None)
+            if match is None and arr.ndim == 2:  # Gemm(transB=0) / MatMul store Wᵀ
+                match = next((ws for ws in weights if ws[0].shape == arr.T.shape and np.allclose(ws[0], arr.T, rtol=1e-6, atol=0)), None)
+                transposed = match is not None
+            if match is not None:
+                w, s = match
+                q = np.clip(np.rint(w / s.reshape(-1, *([1] * (w.ndim - 1)))), -127, 127).astype(np.int8)
+                base = f"{name}_quantized"
+                inits = [numpy_helper.from_array(q.T.copy() if transposed else q, base),
+                         numpy_helper.from_array(s.astype(np.float32), f"{base}_scale"),
+                         numpy_helper.from_array(np.zeros(s.shape, np.int8), f"{base}_zero_point")]
+                g.initializer.extend(inits)
+                deq_out = f"{base}_dequantized"
+                new_nodes.append(helper.make_node("DequantizeLinear", [base, f"{base}_scale", f"{base}_zero_point"],
+                                                  [deq_out], axis=1 if transposed else 0, name=f"{base}_DequantizeLinear"))
+                n.input[1] = deq_out
+                done += 1
+        new_nodes.append(n)
+    if done:
+        used = {i for n in new_nodes for i in n.input} | {o.name for o in g.output}
+        kept_nodes = [n for n in new_nodes if not (n.op_type == "Constant" and n.output[0] not in used)]
+        del g.node[:]
+        g.node.extend(kept_nodes)
+        kept_inits = [i for i in g.initializer if i.name in used]
+        del g.initializer[:]
+        g.initializer.extend(kept_inits)
+    return done
