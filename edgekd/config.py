@@ -90,6 +90,19 @@ class QuantizeConfig(Strict):
     keep_fp: list[str] = Field(default_factory=list, description="module paths kept in floating point")
     qat_parity_min_agreement: float = Field(0.995, ge=0, le=1)
 
+    @field_validator("bits")
+    @classmethod
+    def _bits(cls, v: str) -> str:
+        return _check_bits(v)
+
+
+def _check_bits(v: str) -> str:
+    import re
+
+    if v.lower() in ("ternary", "twn") or re.fullmatch(r"w[2-8]a[2-8]", v.lower()):
+        return v.lower()
+    raise ValueError(f"bad bits {v!r}: use w8a8, w4a8, w2a8, ternary or w4a4")
+
 
 class BenchConfig(Strict):
     """Stage 5: latency, memory, size and accuracy."""

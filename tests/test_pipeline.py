@@ -123,3 +123,30 @@ def test_killed_run_resumes_and_loses_nothing(demo_teacher: Path, fmnist: Path, 
     assert man["stages"]["distill"]["metrics"]["resumed_from_epoch"] >= 1
     assert len(read_json(run / "01-distill/history.json")) == 6
     assert man["stages"]["bench/x86-cpu"]["status"] == "done"
+
+
+def test_qat_with_teacher_intervention_in_the_pipeline(demo_teacher: Path, fmnist: Path, tmp_path: Path) -> None:
+    """--qat ti --bits w4a8: the fake-quant student exports to Q/DQ with int8 weights; ORT and OpenVINO agree with
+    the torch fake-quant model on the test split, and the lowered artifacts run int8 kernels."""
+    run = tmp_path / "run"
+    cfg = {**SMALL, "quantize": {"qat": "ti", "bits": "w4a8", "qat_steps": 60, "ti_steps": 12}}
+    rep = edgekd.compress(demo_teacher, targets=["x86-cpu", "intel-cpu"], run_dir=str(run), **cfg)
+    qat = read_json(run / "03-quantize/qat/qat.json")
+    assert qat["ti"] == "b" and qat["training"]["ti_steps"] == 12 and len(qat["training"]["curve"]) >= 5
+    assert qat["export"]["int8_weight_initializers"] >= 8
+    for backend in ("onnxruntime", "openvino"):
+        assert qat["parity_vs_torch_fakequant_test"][backend]["top1_agreement"] >= 0.995
+    assert read_json(run / "04-lower/intel-cpu/build.json")["int8_kernels"]
+    int8 = [r for r in rep["rows"] if r["precision"] == "int8"]
+    fp32 = {r["target"]: r for r in rep["rows"] if r["model"] == "student" and r["precision"] == "fp32"}
+    assert len(int8) == 2
+    for r in int8:
+        assert r["top1"] > fp32[r["target"]]["top1"] - 0.05
+    assert next(r for r in int8 if r["target"] == "x86-cpu")["size_bytes"] < fp32["x86-cpu"]["size_bytes"]
+
+
+def test_bad_qat_bits_is_a_usage_error(demo_teacher: Path, tmp_path: Path) -> None:
+    res = subprocess.run([sys.executable, "-m", "edgekd.cli", "compress", str(demo_teacher), "--data", "fashion-mnist",
+                          "--qat", "ti", "--bits", "w9a9", "-o", str(tmp_path / "r"), "--epochs", "1", "--data-limit", "500",
+                          "--eval-limit", "300", "--student", "resnet-xs"], capture_output=True, text=True, cwd=REPO)
+    assert res.returncode == 2 and "w9a9" in res.stderr and "Traceback" not in res.stderr
