@@ -7,8 +7,9 @@
 
 Stage order differs from DESIGN.md's sketch in one place: post-training quantization runs on the exported ONNX
 graph with the target runtime's own tool (ONNX Runtime ``quantize_static``, NNCF on the OpenVINO model), so
-``export`` (fp32 + parity) comes before ``quantize``. QAT, which quantizes in PyTorch, will export its Q/DQ graph
-from the quantize stage.
+``export`` (fp32 + parity) comes before ``quantize``. QAT (``quantize/qat``, target-independent, in
+``03-quantize/qat/``) trains the fake-quant student in PyTorch and exports its own Q/DQ graph, which each target's
+quantize stage then takes.
 
 A stage is skipped when the manifest says it finished with the same key — the hash of its config section and its
 inputs' hashes — and its recorded outputs are still on disk with the same hashes. Every file is written atomically,

@@ -134,8 +134,10 @@ def test_qat_with_teacher_intervention_in_the_pipeline(demo_teacher: Path, fmnis
     qat = read_json(run / "03-quantize/qat/qat.json")
     assert qat["ti"] == "b" and qat["training"]["ti_steps"] == 12 and len(qat["training"]["curve"]) >= 5
     assert qat["export"]["int8_weight_initializers"] >= 8
-    for backend in ("onnxruntime", "openvino"):
-        assert qat["parity_vs_torch_fakequant_test"][backend]["top1_agreement"] >= 0.995
+    par = qat["parity_vs_torch_fakequant_test"]
+    for backend in ("onnxruntime-reference", "openvino"):
+        assert par[backend]["top1_agreement"] >= 0.995
+    assert par["onnxruntime-optimized"]["top1_agreement"] >= 0.97
     assert read_json(run / "04-lower/intel-cpu/build.json")["int8_kernels"]
     int8 = [r for r in rep["rows"] if r["precision"] == "int8"]
     fp32 = {r["target"]: r for r in rep["rows"] if r["model"] == "student" and r["precision"] == "fp32"}
