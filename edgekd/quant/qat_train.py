@@ -107,6 +107,10 @@ def train_qat(teacher: nn.Module, student: nn.Module, data: Dataset, cfg: QATTra
     with progress.bar(f"QAT ({'TI-' + ti.upper() if ti != 'none' else 'KD'})", cfg.steps) as bar:
         for step in range(cfg.steps):
             phase1 = step < s1
+            if ti != "none" and step == s1:
+                # step 2 is a separate run in the reference code (run_TI_step_2.sh): fresh optimizer state, so Adam's
+                # moments from the intervened objective do not carry over
+                opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
             # step 2 restarts the LR schedule (warm-up 10 %, cosine), as the reference two-step recipe does
             if phase1:
                 lr = lr_at(step, s1, max(1, s1 // 10), cfg.lr)
