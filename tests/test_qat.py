@@ -240,3 +240,32 @@ def _write(data: bytes) -> str:
     f.write(data)
     f.close()
     return f.name
+
+
+@pytest.mark.parametrize("bits", ["w4a8", "ternary"])
+def test_low_bit_linear_weights_lower_to_matmulnbits_exactly(bits: str, tmp_path) -> None:  # noqa: ANN001
+    """ViT Linear layers with ≤4-bit QAT weights run on ORT's MatMulNBits with identical outputs."""
+    import onnx
+
+    from edgekd.exporters.nbits import to_matmul_nbits
+    from edgekd.exporters.onnx_export import export_onnx
+    from edgekd.runtimes import make_runner
+
+    torch.manual_seed(0)
+    m = build_model("vit-tiny", 1, 10, width=32, depth=2).eval()
+    s, _ = quantized_copy(m, QATConfig(**parse_bits(bits)))
+    x = torch.randn(16, 1, 28, 28)
+    s.eval()
+    s(x)
+    set_export_mode(s, True)
+    info = export_onnx(s, (1, 1, 28, 28), tmp_path / "q.onnx")
+    assert info["int8_weight_initializers"] >= 10
+    model = onnx.load(str(tmp_path / "q.onnx"))
+    n = to_matmul_nbits(model)
+    assert n == 2 * 6  # q, k, v, proj, mlp.0, mlp.2 in each of the 2 blocks (patch embed and head stay 8-bit)
+    onnx.checker.check_model(model)
+    onnx.save(model, str(tmp_path / "n.onnx"))
+    a = make_runner("onnxruntime", tmp_path / "q.onnx", {"graph_optimization": "disable"})(x.numpy())
+    b = make_runner("onnxruntime", tmp_path / "n.onnx", {"graph_optimization": "disable"})(x.numpy())
+    assert np.abs(a - b).max() < 1e-5
+    assert (tmp_path / "n.onnx").stat().st_size < (tmp_path / "q.onnx").stat().st_size

@@ -15,6 +15,7 @@ from typing import Any
 
 import onnx
 
+from edgekd.exporters.nbits import to_matmul_nbits
 from edgekd.fileio import atomic_path, write_json
 from edgekd.backends import BACKENDS
 from edgekd.runtimes import ort_session
@@ -38,11 +39,18 @@ def executed_ops(model: Path, settings: dict[str, Any]) -> dict[str, int]:
 def lower_onnxruntime(model: Path, profile: Profile, out_dir: Path) -> dict[str, Any]:
     out_dir.mkdir(parents=True, exist_ok=True)
     artifact = out_dir / "model.onnx"
+    m = onnx.load(str(model))
+    # ≤4-bit Linear weights (from QAT) run on ORT's 4-bit MatMulNBits kernel; exact, see exporters/nbits.py
+    n_nbits = to_matmul_nbits(m) if any(n.op_type == "DequantizeLinear" for n in m.graph.node) else 0
     with atomic_path(artifact) as tmp:
-        shutil.copyfile(model, tmp)
+        if n_nbits:
+            onnx.save(m, str(tmp))
+        else:
+            shutil.copyfile(model, tmp)
     settings = session_settings(profile)
     write_json(out_dir / "session.json", settings)
     ops = executed_ops(artifact, settings)
     int8_ops = {k: v for k, v in ops.items() if k.startswith(("QLinear", "MatMulInteger", "ConvInteger", "DynamicQuantize", "MatMulNBits"))}
-    return {"artifact": artifact, "settings": settings, "executed_ops": ops, "int8_kernels": int8_ops,
+    low_bit = {"MatMulNBits (4-bit weights)": n_nbits} if n_nbits else {}
+    return {"artifact": artifact, "settings": settings, "executed_ops": ops, "int8_kernels": int8_ops, "low_bit_kernels": low_bit,
             "files": {"model": artifact, "session": out_dir / "session.json"}}

@@ -48,4 +48,7 @@ def lower_openvino(model: Path, profile: Profile, out_dir: Path) -> dict[str, An
                 prec[f"{layer}:{rt['runtimePrecision'].astype(str)}"] += 1
     return {"artifact": xml, "settings": settings, "executed_precisions": dict(prec),
             "int8_kernels": {k: v for k, v in prec.items() if k.endswith(("i8", "u8"))},
+            # sub-8-bit QAT weights run as int8 here: OpenVINO's int4 path (nncf.compress_weights) re-quantizes
+            # float weights and has no exact import of QAT codes, so it is not used
+            "low_bit_kernels": {},
             "files": {"model": xml, "weights": xml.with_suffix(".bin")}}

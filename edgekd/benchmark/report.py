@@ -62,7 +62,11 @@ def markdown(run: RunDir, rows: list[dict[str, Any]]) -> str:
         if stage_id.startswith("lower/") and rec.get("status") == "done":
             b = read_json(run.root / rec["outputs"]["build"])
             kern = b.get("int8_kernels") or {}
-            lines.append(f"- `{stage_id}`: int8 kernels that executed: " + (", ".join(f"{k}×{v}" for k, v in kern.items()) or "none"))
+            low = b.get("low_bit_kernels") or {}
+            line = f"- `{stage_id}`: int8 kernels that executed: " + (", ".join(f"{k}×{v}" for k, v in kern.items()) or "none")
+            if low:
+                line += "; low-bit kernels: " + ", ".join(f"{k}×{v}" for k, v in low.items())
+            lines.append(line)
     lines += ["", "Stages: " + ", ".join(f"{k} {v.get('status')} ({v.get('seconds', 0):.1f}s)" for k, v in m.get("stages", {}).items())]
     return "\n".join(lines) + "\n"
 

@@ -83,9 +83,9 @@ def export_onnx(module: nn.Module, input_shape: tuple[int, ...], path: Path, ops
     model = onnx.load_from_string(data)
     folded = 0
     if _has_fake_quant(module):
-        from edgekd.exporters.qdq import frozen_weights, insert_weight_dequantize
+        from edgekd.exporters.qdq import fold_weight_quantize, frozen_weights, insert_weight_dequantize
 
-        folded = insert_weight_dequantize(model, frozen_weights(module))
+        folded = insert_weight_dequantize(model, frozen_weights(module)) + fold_weight_quantize(model)
         data = model.SerializeToString()
     try:
         onnx.checker.check_model(model, full_check=True)

@@ -84,3 +84,73 @@ def insert_weight_dequantize(model: onnx.ModelProto, weights: list[tuple[np.ndar
         del g.initializer[:]
         g.initializer.extend(kept_inits)
     return done
+
+
+def _const_map(graph: onnx.GraphProto) -> dict[str, np.ndarray]:
+    """Initializers, Constant nodes, and Casts of those (the exporter casts zero-points with a Cast node)."""
+    out = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+    for n in graph.node:  # nodes are topologically sorted
+        if n.op_type == "Constant" and n.attribute and n.attribute[0].name == "value":
+            out[n.output[0]] = numpy_helper.to_array(n.attribute[0].t)
+        elif n.op_type == "Cast" and n.input[0] in out:
+            to = next(a.i for a in n.attribute if a.name == "to")
+            out[n.output[0]] = out[n.input[0]].astype(helper.tensor_dtype_to_np_dtype(to))
+    return out
+
+
+def fold_weight_quantize(model: onnx.ModelProto) -> int:
+    """``QuantizeLinear(constant)`` → int8/uint8 initializer (ONNX formula: saturate(round_half_even(x/s) + zp)), and
+    ``DequantizeLinear(int8 W) → Transpose`` → ``DequantizeLinear(int8 Wᵀ)``; returns the number of folded Q nodes.
+
+    The exporter leaves some weight Q/DQ pairs unfolded (e.g. ternary weights), with the float weight in the file."""
+    g = model.graph
+    consts = _const_map(g)
+    folded = 0
+    nodes = []
+    for n in g.node:
+        if n.op_type == "QuantizeLinear" and all(i in consts for i in n.input if i):
+            x = consts[n.input[0]].astype(np.float32)
+            scale = consts[n.input[1]].astype(np.float32)
+            zp = consts[n.input[2]] if len(n.input) > 2 and n.input[2] else np.zeros((), np.uint8)
+            axis = next((a.i for a in n.attribute if a.name == "axis"), 1)
+            if scale.ndim == 1 and scale.size > 1:
+                shape = [1] * x.ndim
+                shape[axis] = scale.size
+                scale, zpb = scale.reshape(shape), zp.reshape(shape).astype(np.int32)
+            else:
+                zpb = zp.astype(np.int32)
+            info = np.iinfo(zp.dtype)
+            q = np.clip(np.rint(x / scale) + zpb, info.min, info.max).astype(zp.dtype)
+            g.initializer.append(numpy_helper.from_array(q, n.output[0]))
+            folded += 1
+            continue
+        nodes.append(n)
+    # DQ(int8 W) → Transpose(perm 1,0): store Wᵀ and dequantize along the other axis
+    inits = {i.name: i for i in g.initializer}
+    producers = {o: n for n in nodes for o in n.output}
+    final = []
+    renamed: dict[str, str] = {}
+    for n in nodes:
+        dq = producers.get(n.input[0]) if n.op_type == "Transpose" else None
+        perm = next((list(a.ints) for a in n.attribute if a.name == "perm"), None) if dq is not None else None
+        if dq is not None and dq.op_type == "DequantizeLinear" and dq.input[0] in inits and perm == [1, 0]:
+            w = numpy_helper.to_array(inits[dq.input[0]])
+            if w.ndim == 2:
+                axis = next((a.i for a in dq.attribute if a.name == "axis"), 1)
+                name = f"{dq.input[0]}_T"
+                g.initializer.append(numpy_helper.from_array(np.ascontiguousarray(w.T), name))
+                final.append(helper.make_node("DequantizeLinear", [name, *dq.input[1:]], [n.output[0]], axis=1 - axis,
+                                              name=f"{name}_DequantizeLinear"))
+                continue
+        final.append(n)
+    used = {i for n in final for i in n.input} | {o.name for o in g.output}
+    for _ in range(3):
+        final = [n for n in final if not (n.op_type in ("Constant", "Cast", "DequantizeLinear") and n.output[0] not in used)]
+        used = {i for n in final for i in n.input} | {o.name for o in g.output}
+    del g.node[:]
+    g.node.extend(final)
+    alive = [i for i in g.initializer if i.name in used]
+    del g.initializer[:]
+    g.initializer.extend(alive)
+    del renamed
+    return folded
