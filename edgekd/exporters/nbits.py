@@ -24,7 +24,7 @@ def _pack4(codes: np.ndarray) -> np.ndarray:
 
 def to_matmul_nbits(model: onnx.ModelProto, block_size: int = 32) -> int:
     """Rewrite eligible ``DequantizeLinear(int8 W[K,N], axis=1) → MatMul`` pairs; returns how many."""
-    from edgekd.exporters.qdq import _const_map
+    from edgekd.exporters.qdq import _const_map, prune
 
     g = model.graph
     inits = {i.name: i for i in g.initializer}
@@ -60,18 +60,7 @@ def to_matmul_nbits(model: onnx.ModelProto, block_size: int = 32) -> int:
         drop.add(id(dq))
         replaced += 1
     if replaced:
-        kept = [n for n in new_nodes if id(n) not in drop]
-        del g.node[:]
-        g.node.extend(kept)
-        used = {i for n in g.node for i in n.input}
-        for _ in range(2):  # Constant/Cast nodes that only fed the removed DequantizeLinear nodes
-            live = [n for n in g.node if not (n.op_type in ("Constant", "Cast") and n.output[0] not in used)]
-            del g.node[:]
-            g.node.extend(live)
-            used = {i for n in g.node for i in n.input}
-        alive = [i for i in g.initializer if i.name in used]
-        del g.initializer[:]
-        g.initializer.extend(alive)
+        prune(g, [n for n in new_nodes if id(n) not in drop])
         if not any(o.domain == "com.microsoft" for o in model.opset_import):
             model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
     return replaced

@@ -16,6 +16,21 @@ from onnx import helper, numpy_helper
 from torch import nn
 
 
+def prune(graph: onnx.GraphProto, nodes: list[onnx.NodeProto] | None = None) -> None:
+    """Set ``nodes`` (default: the graph's) and drop Constant/Cast/DequantizeLinear nodes and initializers that
+    nothing consumes any more (a rewrite orphans chains of them)."""
+    nodes = list(graph.node if nodes is None else nodes)
+    for _ in range(4):
+        used = {i for n in nodes for i in n.input} | {o.name for o in graph.output}
+        nodes = [n for n in nodes if not (n.op_type in ("Constant", "Cast", "DequantizeLinear") and n.output[0] not in used)]
+    used = {i for n in nodes for i in n.input} | {o.name for o in graph.output}
+    del graph.node[:]
+    graph.node.extend(nodes)
+    alive = [i for i in graph.initializer if i.name in used]
+    del graph.initializer[:]
+    graph.initializer.extend(alive)
+
+
 def frozen_weights(module: nn.Module) -> list[tuple[np.ndarray, np.ndarray]]:
     """(quantized float weight, per-output-channel scale) for every fake-quantized Conv/Linear in export mode."""
     from edgekd.quant.quantizers import LSQ, TWN
@@ -38,24 +53,16 @@ def frozen_weights(module: nn.Module) -> list[tuple[np.ndarray, np.ndarray]]:
     return out
 
 
-def _constants(graph: onnx.GraphProto) -> dict[str, tuple[str, np.ndarray]]:
-    found: dict[str, tuple[str, np.ndarray]] = {i.name: ("init", numpy_helper.to_array(i)) for i in graph.initializer}
-    for n in graph.node:
-        if n.op_type == "Constant" and n.attribute and n.attribute[0].name == "value":
-            found[n.output[0]] = ("node", numpy_helper.to_array(n.attribute[0].t))
-    return found
-
-
 def insert_weight_dequantize(model: onnx.ModelProto, weights: list[tuple[np.ndarray, np.ndarray]]) -> int:
     """Rewrite matching weight constants as int8 + DequantizeLinear; returns how many were rewritten."""
     g = model.graph
-    consts = _constants(g)
+    consts = _const_map(g)
     done = 0
     new_nodes: list[onnx.NodeProto] = []
     for n in g.node:
         if n.op_type in ("Conv", "Gemm", "MatMul") and len(n.input) > 1 and n.input[1] in consts:
             name = n.input[1]
-            _, arr = consts[name]
+            arr = consts[name]
             transposed = False
             match = next((ws for ws in weights if ws[0].shape == arr.shape and np.allclose(ws[0], arr, rtol=1e-6, atol=0)), None)
             if match is None and arr.ndim == 2:  # Gemm(transB=0) / MatMul store Wᵀ
@@ -76,13 +83,7 @@ def insert_weight_dequantize(model: onnx.ModelProto, weights: list[tuple[np.ndar
                 done += 1
         new_nodes.append(n)
     if done:
-        used = {i for n in new_nodes for i in n.input} | {o.name for o in g.output}
-        kept_nodes = [n for n in new_nodes if not (n.op_type == "Constant" and n.output[0] not in used)]
-        del g.node[:]
-        g.node.extend(kept_nodes)
-        kept_inits = [i for i in g.initializer if i.name in used]
-        del g.initializer[:]
-        g.initializer.extend(kept_inits)
+        prune(g, new_nodes)
     return done
 
 
@@ -129,7 +130,6 @@ def fold_weight_quantize(model: onnx.ModelProto) -> int:
     inits = {i.name: i for i in g.initializer}
     producers = {o: n for n in nodes for o in n.output}
     final = []
-    renamed: dict[str, str] = {}
     for n in nodes:
         dq = producers.get(n.input[0]) if n.op_type == "Transpose" else None
         perm = next((list(a.ints) for a in n.attribute if a.name == "perm"), None) if dq is not None else None
@@ -143,14 +143,5 @@ def fold_weight_quantize(model: onnx.ModelProto) -> int:
                                               name=f"{name}_DequantizeLinear"))
                 continue
         final.append(n)
-    used = {i for n in final for i in n.input} | {o.name for o in g.output}
-    for _ in range(3):
-        final = [n for n in final if not (n.op_type in ("Constant", "Cast", "DequantizeLinear") and n.output[0] not in used)]
-        used = {i for n in final for i in n.input} | {o.name for o in g.output}
-    del g.node[:]
-    g.node.extend(final)
-    alive = [i for i in g.initializer if i.name in used]
-    del g.initializer[:]
-    g.initializer.extend(alive)
-    del renamed
+    prune(g, final)
     return folded
