@@ -44,7 +44,17 @@ def main() -> None:
     ap.add_argument("--ti-frac", type=float, default=0.15)
     ap.add_argument("--eval-every", type=int, default=20)
     ap.add_argument("--lr", type=float, default=5e-4)
+    ap.add_argument("--from-json", action="store_true", help="rebuild the Markdown and plot from the saved JSON")
     a = ap.parse_args()
+    if a.from_json:
+        import json
+
+        saved = json.loads((RESULTS / f"ti_{a.model}.json").read_text())
+        for k, v in saved["args"].items():
+            if k != "from_json":
+                setattr(a, k, v)
+        report(a, saved["arch"], saved["fp32_test_top1"], MODELS[a.model][2], saved["runs"])
+        return
     torch.set_num_threads(2)
     path, arch, variants = MODELS[a.model]
     data = load_dataset("fashion-mnist", mean=[0.2860], std=[0.3530])
@@ -65,7 +75,10 @@ def main() -> None:
                 runs.append({"bits": bits, "seed": seed, "variant": v, "curve": res["curve"], "final_val_top1": res["final_val_top1"],
                              "test_top1": test, "block_mse": res["block_mse"], "seconds": time.time() - t0})
                 print(bits, seed, v, f"test {test:.4f}", f"{time.time() - t0:.0f}s", flush=True)
-    # summary per (bits, variant)
+    report(a, arch, fp_test, variants, runs)
+
+
+def report(a: argparse.Namespace, arch: str, fp_test: float, variants: list[str], runs: list[dict]) -> None:
     rows, summary = [], {}
     for bits in a.bits:
         kd_final = statistics.mean(r["final_val_top1"] for r in runs if r["bits"] == bits and r["variant"] == "kd")
@@ -80,12 +93,21 @@ def main() -> None:
             rows.append([bits, "QAT-KD" if v == "kd" else f"TI-{v.upper()}", f"{100 * statistics.mean(test):.2f} ± {100 * summary[f'{bits}/{v}']['test_std']:.2f}",
                          f"{100 * statistics.mean(early):.2f}", reach_txt])
     _plot(runs, a, arch)
+    blocks = list(runs[0]["block_mse"])
+    mse_rows = []
+    for bits in a.bits:
+        for v in variants:
+            rs = [r for r in runs if r["bits"] == bits and r["variant"] == v]
+            mse_rows.append([bits, "QAT-KD" if v == "kd" else f"TI-{v.upper()}",
+                             *[f"{statistics.mean(r['block_mse'][b] for r in rs):.4f}" for b in blocks]])
     md = (f"# Teacher Intervention vs QAT-KD — {arch} on Fashion-MNIST\n\n"
           f"FP32 teacher (= the model being quantized) test top-1 {100 * fp_test:.2f} %. {a.steps} QAT steps, batch 64, "
           f"AdamW lr {a.lr}; TI step 1 = first {int(a.ti_frac * a.steps)} steps; seeds {a.seeds}. Curves: "
           f"`results/ti_{a.model}_curves.png`.\n\n"
           + md_table(["bits", "method", "test top-1 % (mean ± std)", f"val top-1 % at step ≈{a.steps // 4}",
-                      "steps to reach QAT-KD's final val top-1 (per seed)"], rows) + "\n")
+                      "steps to reach QAT-KD's final val top-1 (per seed)"], rows)
+          + "\n\nPer-block MSE between the quantized student's and the FP teacher's block outputs after QAT (512 val "
+          "images, student's own path, mean over seeds):\n\n" + md_table(["bits", "method", *blocks], mse_rows) + "\n")
     save(f"ti_{a.model}", {"arch": arch, "fp32_test_top1": fp_test, "args": vars(a), "summary": summary, "runs": runs}, md)
 
 
@@ -108,8 +130,8 @@ def _plot(runs: list[dict], a: argparse.Namespace, arch: str) -> None:
         ax.set_title(f"{arch} {bits}")
         ax.set_xlabel("QAT step")
         ax.set_ylabel("val top-1 (%)")
-        lo = min(np.percentile([c["val_top1"] * 100 for r in runs if r["bits"] == bits for c in r["curve"]], 10), 100)
-        ax.set_ylim(lo, None)
+        finals = [r["curve"][-1]["val_top1"] * 100 for r in runs if r["bits"] == bits]
+        ax.set_ylim(min(finals) - 8, max(finals) + 1.5)  # the end of training; early steps fall below
         ax.grid(alpha=0.3)
         ax.legend()
     fig.tight_layout()
