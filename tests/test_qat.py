@@ -162,6 +162,7 @@ def test_block_intervention_feeds_teacher_inputs() -> None:
             p.add_(torch.randn_like(p))
     blocks = find_blocks(teacher)
     assert blocks == ["layer1.0", "layer2.0", "layer3.0"]
+    assert find_blocks(build_model("vit-tiny", 1, 10)) == ["blocks.0", "blocks.1", "blocks.2", "blocks.3"]  # not "norm"
     iv = BlockIntervention(student, teacher, blocks)
     x = torch.randn(2, 1, 28, 28)
     with torch.no_grad():

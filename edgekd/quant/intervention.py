@@ -199,7 +199,8 @@ def find_blocks(model: nn.Module) -> list[str]:
     """Residual/transformer blocks by class name (BasicBlock, InvertedResidual, Block, ...), outermost only."""
     found: list[str] = []
     for name, m in model.named_modules():
-        if not name or isinstance(m, (nn.Sequential, nn.ModuleList)):
+        # blocks are containers: a leaf such as LayerNorm matches the "Layer" hint but is not a block
+        if not name or isinstance(m, (nn.Sequential, nn.ModuleList)) or not any(True for _ in m.children()):
             continue
         if any(h in type(m).__name__ for h in BLOCK_CLASS_HINTS) and not any(name.startswith(f + ".") for f in found):
             found.append(name)
