@@ -25,7 +25,8 @@ from edgekd import progress
 from edgekd.config import PipelineConfig, build_config, load_config_file
 from edgekd.errors import DataError, StageError, UsageError
 from edgekd.fileio import sha256_file, write_json
-from edgekd.pipeline import RunDir, StageResult, describe_environment
+from edgekd.benchmark.envinfo import capture as describe_environment
+from edgekd.pipeline import RunDir, StageResult
 from edgekd.targets import Profile, list_profiles, require_built, resolve
 
 STAGES = ("distill", "export", "quantize", "lower", "bench")
@@ -340,9 +341,10 @@ class Pipeline:
             got = parity.run_batched(make_runner(p.backend, art, runner_settings), xv)
             stats = parity.compare(ref, got)
             info["parity_int8_vs_fp32_val"] = stats
-            write_json(out / "calibration.json", info)
-            parity.check(stats, what=f"int8 model for {p.name} vs fp32", atol=None, min_agreement=self.cfg.quantize.min_top1_agreement)
-        write_json(out / "calibration.json", info)
+        write_json(out / "calibration.json", info)  # before the gate, so a failed stage keeps its evidence
+        if "parity_int8_vs_fp32_val" in info:
+            parity.check(info["parity_int8_vs_fp32_val"], what=f"int8 model for {p.name} vs fp32", atol=None,
+                         min_agreement=self.cfg.quantize.min_top1_agreement)
         outputs["calibration"] = self.run.rel(out / "calibration.json")
         metrics = {"precision": prec, "tool": info["tool"]}
         if "parity_int8_vs_fp32_val" in info:

@@ -14,7 +14,7 @@ from typing import Any, List, Optional
 import typer
 
 from edgekd import progress
-from edgekd.errors import EdgekdError
+from edgekd.errors import EdgekdError, UsageError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Distill, quantize, export, lower and benchmark a PyTorch model for an edge device.")
@@ -158,7 +158,7 @@ def bench(run_dir: Path = typer.Argument(..., help="an existing run directory"),
     from edgekd import api
 
     if not run_dir.is_dir():
-        raise EdgekdUsage(f"run directory {run_dir} does not exist", "pass a folder made by edgekd compress")
+        raise UsageError(f"run directory {run_dir} does not exist", "pass a folder made by edgekd compress")
     _print_summary(api.bench(run_dir, bench__threads=threads))
 
 
@@ -168,7 +168,7 @@ def report(run_dir: Path = typer.Argument(..., help="an existing run directory")
     from edgekd import api
 
     if not run_dir.is_dir():
-        raise EdgekdUsage(f"run directory {run_dir} does not exist", "pass a folder made by edgekd compress")
+        raise UsageError(f"run directory {run_dir} does not exist", "pass a folder made by edgekd compress")
     rep = api.report(run_dir)
     typer.echo(rep["markdown"])
 
@@ -183,7 +183,7 @@ def targets(pattern: str = typer.Argument("*", help="wildcard, e.g. 'jetson-*'")
 
     profs = api.targets(pattern)
     if not profs:
-        raise EdgekdUsage(f"no target matches {pattern!r}", "run edgekd targets to list them all")
+        raise UsageError(f"no target matches {pattern!r}", "run edgekd targets to list them all")
     for p in profs:
         if show:
             typer.echo(yaml.safe_dump(p.model_dump(exclude={"source"}), sort_keys=False))
@@ -203,10 +203,6 @@ def inspect(model: str = typer.Argument(...), arch: Optional[str] = typer.Option
     for name, mod in lm.module.named_modules():
         if name:
             typer.echo(f"  {name}: {type(mod).__name__}")
-
-
-class EdgekdUsage(EdgekdError):
-    exit_code = 2
 
 
 def main(argv: Optional[list[str]] = None) -> int:

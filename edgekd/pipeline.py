@@ -27,7 +27,6 @@ from pathlib import Path
 from typing import Any, Callable
 
 from edgekd import progress
-from edgekd.benchmark.envinfo import capture
 from edgekd.errors import EdgekdError, UsageError
 from edgekd.fileio import read_json, sha256_json, sha256_path, write_json
 
@@ -139,6 +138,3 @@ class RunDir:
         d.mkdir(parents=True, exist_ok=True)
         return d
 
-
-def describe_environment() -> dict[str, Any]:
-    return capture()

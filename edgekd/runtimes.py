@@ -42,10 +42,7 @@ def ov_compile(path: str | Path, threads: int | None = None, device: str = "CPU"
         cfg["INFERENCE_NUM_THREADS"] = threads
     if inference_precision and device == "CPU":
         cfg["INFERENCE_PRECISION_HINT"] = inference_precision
-    model = core.read_model(str(path))
-    if model.inputs[0].get_partial_shape().rank.get_length() > 0 and not model.inputs[0].get_partial_shape()[0].is_dynamic:
-        pass
-    return core.compile_model(model, device, cfg)
+    return core.compile_model(core.read_model(str(path)), device, cfg)
 
 
 def make_runner(backend: str, path: str | Path, settings: dict[str, Any]) -> Callable[[np.ndarray], np.ndarray]:

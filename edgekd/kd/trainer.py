@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import time
@@ -178,7 +179,7 @@ def train_student(teacher: nn.Module, student: nn.Module, data: Dataset, cfg: Di
         perm = torch.randperm(n, generator=gen)[rank::world]
         sums: dict[str, float] = {}
         seen = 0
-        with progress.bar(f"distill epoch {epoch + 1}/{cfg.epochs}", steps_per_epoch) if rank == 0 else _null() as b:
+        with progress.bar(f"distill epoch {epoch + 1}/{cfg.epochs}", steps_per_epoch) if rank == 0 else contextlib.nullcontext(progress._NullBar()) as b:
             for i in range(0, len(perm), cfg.batch_size):
                 idx = perm[i : i + cfg.batch_size]
                 xb, yb = x_all[idx], y_all[idx]
@@ -232,10 +233,3 @@ def train_student(teacher: nn.Module, student: nn.Module, data: Dataset, cfg: Di
         t_rec.close()
     return DistResult(student=_unwrap(student_ddp).eval(), history=history, resumed_from_epoch=start_epoch)
 
-
-class _null:  # noqa: N801 - a tiny stand-in context for non-zero ranks
-    def __enter__(self):  # noqa: ANN204
-        return progress._NullBar()
-
-    def __exit__(self, *a: object) -> None:
-        return None

@@ -102,7 +102,7 @@ def _extract_state_dict(obj: Any) -> dict[str, torch.Tensor] | None:
     return None
 
 
-def _build_from_arch(arch: str, sd: dict[str, torch.Tensor], input_shape: tuple[int, ...] | None) -> nn.Module:
+def _build_from_arch(arch: str, sd: dict[str, torch.Tensor]) -> nn.Module:
     factory = resolve_factory(arch)
     name = arch.removeprefix("zoo:")
     if name in MODELS:
@@ -170,12 +170,13 @@ def load_model(
         try:
             obj = torch.load(str(path), map_location="cpu", weights_only=True)
         except pickle.UnpicklingError:
-            if not allow_pickle:
+            if allow_pickle:  # the user's explicit opt-in (--allow-pickle): only then may the pickle run its code
+                obj = torch.load(str(path), map_location="cpu", weights_only=False)
+            else:
                 raise ModelLoadError(
                     f"{path.name} is a pickled Python object; loading it would run code from the file",
                     "if you trust it, add --allow-pickle; better, save a state_dict (+ --arch), TorchScript or .pt2",
                 ) from None
-            obj = torch.load(str(path), map_location="cpu", weights_only=False)  # user opted in explicitly
         except Exception as e:  # noqa: BLE001
             raise ModelLoadError(f"cannot read {path.name}: {e}", "pass a TorchScript, .pt2 or torch.save'd file") from None
         if isinstance(obj, nn.Module):
@@ -191,7 +192,7 @@ def load_model(
             if arch is None:
                 raise ModelLoadError(f"{path.name} is a state_dict, which holds no architecture",
                                      "pass --arch module.path:factory (or a zoo name such as resnet-l)")
-            module = _build_from_arch(arch, sd, shape)
+            module = _build_from_arch(arch, sd)
             missing, unexpected = module.load_state_dict(sd, strict=False)
             if missing or unexpected:
                 raise ModelLoadError(

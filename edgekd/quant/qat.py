@@ -55,31 +55,28 @@ def parse_bits(text: str) -> dict[str, object]:
     return {"weight_bits": wb, "act_bits": ab, "weight_quantizer": "twn" if wb == 2 else "lsq"}
 
 
-class QuantModule(nn.Module):
-    """Mixin state: a weight quantizer and an input quantizer (either may be None)."""
+class _FakeQuantLayer:
+    """Shared by QConv2d and QLinear: ``weight_fake_quant`` and ``input_fake_quant`` (either may be None)."""
 
+    weight: torch.Tensor
     weight_fake_quant: FakeQuantizer | None
     input_fake_quant: FakeQuantizer | None
 
-
-class QConv2d(nn.Conv2d):
     def qweight(self) -> torch.Tensor:
-        return self.weight_fake_quant(self.weight) if self.weight_fake_quant is not None else self.weight  # type: ignore[attr-defined]
+        return self.weight_fake_quant(self.weight) if self.weight_fake_quant is not None else self.weight
 
+    def qinput(self, x: torch.Tensor) -> torch.Tensor:
+        return self.input_fake_quant(x) if self.input_fake_quant is not None else x
+
+
+class QConv2d(_FakeQuantLayer, nn.Conv2d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.input_fake_quant is not None:  # type: ignore[attr-defined]
-            x = self.input_fake_quant(x)  # type: ignore[attr-defined]
-        return self._conv_forward(x, self.qweight(), self.bias)
+        return self._conv_forward(self.qinput(x), self.qweight(), self.bias)
 
 
-class QLinear(nn.Linear):
-    def qweight(self) -> torch.Tensor:
-        return self.weight_fake_quant(self.weight) if self.weight_fake_quant is not None else self.weight  # type: ignore[attr-defined]
-
+class QLinear(_FakeQuantLayer, nn.Linear):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.input_fake_quant is not None:  # type: ignore[attr-defined]
-            x = self.input_fake_quant(x)  # type: ignore[attr-defined]
-        return F.linear(x, self.qweight(), self.bias)
+        return F.linear(self.qinput(x), self.qweight(), self.bias)
 
 
 class QMatMul(MatMul):
@@ -198,10 +195,3 @@ def regularization(model: nn.Module) -> torch.Tensor:
     terms = [m.regularization() for m in model.modules() if isinstance(m, PACT)]
     return torch.stack(terms).sum() if terms else torch.zeros(())
 
-
-@torch.no_grad()
-def calibrate(model: nn.Module, batches: list[torch.Tensor]) -> None:
-    """Initialise every quantizer's range from real inputs (the first batch initialises LSQ/PACT)."""
-    model.eval()
-    for xb in batches[:1]:
-        model(xb)

@@ -55,10 +55,8 @@ class FakeQuantizer(nn.Module):
     def quantized_weight(self, w: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
-    def int8_range(self, signed: bool, narrow: bool = False) -> tuple[int, int]:
-        if signed:
-            return (-127 if narrow else -128), 127
-        return 0, 255
+    def int8_range(self, signed: bool) -> tuple[int, int]:
+        return (-128, 127) if signed else (0, 255)
 
     def extra_repr(self) -> str:
         return f"bits={self.bits}"
