@@ -86,7 +86,10 @@ class Pipeline:
             lm = self.teacher
             d = self.cfg.data
             if d.path is None:
-                raise DataError("no --data given", "pass --data PATH (IDX folder, image folder or .npz), or --data fashion-mnist")
+                self._data = self._synthetic_dataset()
+                self.run.manifest.setdefault("inputs", {})["data"] = self._data.meta
+                self.run.save()
+                return self._data
             norm = lm.meta.get("normalize") or {}
             mean = d.mean if d.mean is not None else norm.get("mean")
             std = d.std if d.std is not None else norm.get("std")
@@ -100,6 +103,14 @@ class Pipeline:
             if d.eval_limit:
                 ds.test = ds.test.take(d.eval_limit)
                 ds.meta["sizes"]["test"] = len(ds.test)
+            if self.cfg.synth.mix:
+                from edgekd.data import ArraySplit
+
+                sx, sy, smeta = self._synthetic_arrays()
+                ds.train = ArraySplit(np.concatenate([ds.train.x, sx]), np.concatenate([ds.train.y, sy]))
+                ds.meta["sizes"]["train"] = len(ds.train)
+                ds.meta["synthetic"] = {"method": smeta["method"], "n": len(sy), "sha256": smeta["sha256"],
+                                        "mixed_into": "train"}
             self._data = ds
             self.run.manifest.setdefault("inputs", {})["data"] = ds.meta
             self.run.save()
@@ -107,7 +118,111 @@ class Pipeline:
 
     def data_key(self) -> dict[str, Any]:
         m = dict(self.data.meta)
-        return {k: m[k] for k in ("source", "format", "sizes", "split_seed", "normalize", "val_fraction")}
+        return {k: m.get(k) for k in ("source", "format", "sizes", "split_seed", "normalize", "val_fraction", "synthetic")}
+
+    # ---------------------------------------------------------------- stage 0: data-free synthesis
+    @property
+    def data_free(self) -> bool:
+        return self.cfg.data.path is None
+
+    def known_normalize(self) -> dict[str, list[float]] | None:
+        """The teacher's input normalisation when known (config, else the model file's metadata)."""
+        norm = self.teacher.meta.get("normalize") or {}
+        mean = self.cfg.data.mean if self.cfg.data.mean is not None else norm.get("mean")
+        std = self.cfg.data.std if self.cfg.data.std is not None else norm.get("std")
+        return {"mean": list(mean), "std": list(std)} if mean is not None and std is not None else None
+
+    def synth_method(self) -> str:
+        from edgekd.data.synth import choose_method
+
+        return choose_method(self.teacher.module, self.cfg.synth.method)
+
+    def synth(self) -> dict[str, Any]:
+        s = self.cfg.synth
+        method = self.synth_method()
+        key = {"synth": s.model_dump(exclude={"mix", "holdout"}), "method": method, "teacher": self.teacher.sha256,
+               "input_shape": list(self.input_shape), "normalize": self.known_normalize()}
+        if method == "dfad":  # the game trains the pipeline's own student
+            key["student"] = self.cfg.distill.model_dump(include={"student", "width", "depth", "seed"})
+        return self.run.run_stage("synth", key, lambda: self._synth(method))
+
+    def _synth(self, method: str) -> StageResult:
+        import torch
+
+        from edgekd.data.synth import synthesize
+        from edgekd.data.synth.io import preview_grid, save_npz
+        from edgekd.fileio import atomic_path
+
+        s = self.cfg.synth
+        out = self.run.fresh_dir("synth", keep=("work",))
+        norm = self.known_normalize()
+        vr = None
+        if norm:
+            m, sd = np.asarray(norm["mean"]), np.asarray(norm["std"])
+            vr = ((0 - m) / sd, (1 - m) / sd)
+        student = recipe = None
+        if method == "dfad":
+            from edgekd.models.student import build_student
+
+            torch.manual_seed(self.cfg.distill.seed)
+            student, recipe = build_student(self.cfg.distill.student, self.input_shape[1], self.num_classes,
+                                            self.cfg.distill.width, self.cfg.distill.depth)
+        progress.log(f"synth: data-free, {s.n} images with {method} (no real data given)" if self.data_free
+                     else f"synth: {s.n} images with {method}, mixed into the real training split")
+        res = synthesize(self.teacher.module, s.n, self.input_shape[1:], self.num_classes, method=method, seed=s.seed,
+                         valid_range=vr, work_dir=out / "work", student=student, iterations=s.iterations,
+                         batch_size=s.batch_size, lr=s.lr)
+        if not res.meta["finite"]:
+            raise StageError("synthetic images contain NaN/inf", "lower --synth-lr or the iterations")
+        save_npz(out / "synth.npz", res.x, res.y, res.meta)
+        preview_grid(out / "preview.png", res.x, res.y, norm["mean"] if norm else None, norm["std"] if norm else None,
+                     title=f"{method}: {s.n} images, labels = teacher top-1")
+        write_json(out / "synth.json", res.meta)
+        outputs = {"data": self.run.rel(out / "synth.npz"), "preview": self.run.rel(out / "preview.png"),
+                   "report": self.run.rel(out / "synth.json")}
+        if student is not None:
+            from edgekd.models.student import save_student
+
+            with atomic_path(out / "dfad_student.pt") as tmp:
+                save_student(str(tmp), student, recipe, {"input_shape": list(self.input_shape), "normalize": norm})
+            outputs["dfad_student"] = self.run.rel(out / "dfad_student.pt")
+        metrics = {k: res.meta[k] for k in ("method", "n", "seconds", "seconds_per_1000_images", "teacher_confidence_mean")}
+        return StageResult(outputs, metrics)
+
+    def _synthetic_arrays(self) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+        self.synth()
+        path = self.run.output("synth", "data")
+        with np.load(path, allow_pickle=False) as z:
+            x, y = z["x"], z["y"]
+        meta = json.loads((self.run.output("synth", "report")).read_text())
+        meta["sha256"] = sha256_file(path)
+        return x, y, meta
+
+    def _synthetic_dataset(self):  # noqa: ANN202
+        """Data-free: the synthetic set split into train / val / test (labels are the teacher's top-1)."""
+        from edgekd.data import ArraySplit, Dataset
+
+        x, y, smeta = self._synthetic_arrays()
+        d, s = self.cfg.data, self.cfg.synth
+        order = np.random.default_rng(d.split_seed).permutation(len(y))
+        h = max(2, int(round(len(y) * s.holdout)))
+        val_idx, test_idx, train_idx = order[: h // 2], order[h // 2 : h], order[h:]
+        if d.limit:
+            train_idx = train_idx[: d.limit]
+        if d.eval_limit:
+            test_idx = test_idx[: d.eval_limit]
+        ds = Dataset(ArraySplit(x[train_idx], y[train_idx]), ArraySplit(x[val_idx], y[val_idx]),
+                     ArraySplit(x[test_idx], y[test_idx]), num_classes=self.num_classes)
+        norm = self.known_normalize()
+        ds.meta = {"source": f"synthetic:{smeta['method']}", "format": "synthetic", "data_free": True,
+                   "labels": "the teacher's top-1 (no real labels: top-1 = agreement with the teacher)",
+                   "classes": None, "num_classes": self.num_classes, "input_shape": list(self.input_shape[1:]),
+                   "sizes": {"train": len(train_idx), "val": len(val_idx), "test": len(test_idx)},
+                   "split_seed": d.split_seed, "val_fraction": s.holdout / 2,
+                   "normalize": {**(norm or {"mean": None, "std": None}), "source": "synthesized in the teacher's input space"},
+                   "synthetic": {"method": smeta["method"], "n": int(len(y)), "sha256": smeta["sha256"],
+                                 "seconds": smeta["seconds"]}}
+        return ds
 
     # ---------------------------------------------------------------- stage 1
     def distill(self) -> dict[str, Any]:
@@ -143,10 +258,18 @@ class Pipeline:
         else:
             torch.manual_seed(cfg.seed)
             student, recipe = build_student(cfg.student, self.input_shape[1], self.num_classes, cfg.width, cfg.depth)
-            res = train_student(teacher, student, self.data, cfg, ckpt_dir)
-            student, history = res.student, res.history
+            if self.data_free and self.synth_method() == "dfad":
+                # DFAD trains the student inside the synthesis game (stage 0); take that student as is.
+                from edgekd.models.student import load_student
+
+                student = load_student(str(self.run.output("synth", "dfad_student")))[0]
+                val = accuracy(predict_logits(student, self.data.val.x), self.data.val.y)
+                history, resumed = [{"epoch": 1, "val_top1": val, "source": "DFAD game (stage synth)"}], 0
+            else:
+                res = train_student(teacher, student, self.data, cfg, ckpt_dir)
+                student, history, resumed = res.student, res.history, res.resumed_from_epoch
             metrics.update(student_val_top1=history[-1]["val_top1"], student_params=count_params(student),
-                           resumed_from_epoch=res.resumed_from_epoch, student=recipe["arch"])
+                           resumed_from_epoch=resumed, student=recipe["arch"])
         outputs: dict[str, str] = {}
         if student is not None:
             extra = {"input_shape": list(self.input_shape), "normalize": self.data.meta["normalize"]}
@@ -314,15 +437,16 @@ class Pipeline:
         fp32 = self.run.output("export", "student")
         prec = self.precision(p)
         outputs: dict[str, str] = {}
-        if prec == "fp32":
+        if prec in ("fp32", "fp16"):  # fp16: the runtime (TensorRT, an OpenVINO GPU/NPU) converts at build time
             art = out / "model.onnx"
             shutil.copyfile(fp32, art)
-            info: dict[str, Any] = {"tool": "none", "precision": "fp32"}
+            info: dict[str, Any] = {"tool": "none", "precision": prec}
             outputs["model"] = self.run.rel(art)
         else:
             cx, cy = select(self.data, recipe, self.cfg.quantize.calibration_size)
             progress.log(f"quantize/{p.name}: int8 PTQ with {len(cx)} calibration samples ({recipe.name})")
-            if p.backend == "onnxruntime":
+            if p.backend in ("onnxruntime", "tensorrt"):
+                # TensorRT profiles carry ORT settings that make TensorRT's explicit-INT8 form (signed, symmetric)
                 art = out / "model.onnx"
                 info = ort_quantize(fp32, art, cx, p.onnxruntime)
                 runner_settings = {"graph_optimization": "all", "threads": p.threads}
@@ -338,7 +462,11 @@ class Pipeline:
             # int8 vs fp32 on the val split (real data the student never trained on)
             xv = self.data.val.x
             ref = parity.run_batched(make_runner("onnxruntime", fp32, {"graph_optimization": "all"}), xv)
-            got = parity.run_batched(make_runner(p.backend, art, runner_settings), xv)
+            if p.backend == "tensorrt":  # no engine here: ORT's reference kernels run the same Q/DQ math
+                got = parity.run_batched(make_runner("onnxruntime", art, {"graph_optimization": "disable"}), xv)
+                info["parity_runtime"] = "onnxruntime-reference (TensorRT's Q/DQ semantics)"
+            else:
+                got = parity.run_batched(make_runner(p.backend, art, runner_settings), xv)
             stats = parity.compare(ref, got)
             info["parity_int8_vs_fp32_val"] = stats
         write_json(out / "calibration.json", info)  # before the gate, so a failed stage keeps its evidence
@@ -361,13 +489,51 @@ class Pipeline:
         from edgekd.backends import lower
 
         out = self.run.fresh_dir("lower", p.name)
-        res = lower(p.backend, self.run.output(f"quantize/{p.name}", "model"), p, out)
+        if p.backend == "tensorrt":
+            res = self._lower_tensorrt(p, out)
+        else:
+            res = lower(p.backend, self.run.output(f"quantize/{p.name}", "model"), p, out)
         build = {"backend": p.backend, "profile": p.name, "precision": self.precision(p),
                  **{k: v for k, v in res.items() if k not in ("files", "artifact")}, "artifact": self.run.rel(res["artifact"])}
         write_json(out / "build.json", build)
         outputs = {k: self.run.rel(v) for k, v in res["files"].items()}
         outputs["build"] = self.run.rel(out / "build.json")
         return StageResult(outputs, {"int8_kernels": sum(res.get("int8_kernels", {}).values())})
+
+    def _lower_tensorrt(self, p: Profile, out: Path) -> dict[str, Any]:
+        """The build-on-device bundle; its manifest records the accuracy the engine should reach (ORT reference
+        kernels on the test split) and the accuracy half of the INT8-vs-FP16 gate, decided here."""
+        from edgekd.backends.tensorrt import lower_tensorrt
+        from edgekd.exporters import parity
+        from edgekd.runtimes import make_runner
+
+        qmodel = self.run.output(f"quantize/{p.name}", "model")
+        fp32 = self.run.output("export", "student")
+        prec = self.precision(p)
+        x, y = self.data.test.x, self.data.test.y
+        ref = {"graph_optimization": "disable"}
+        acc32 = float((parity.run_batched(make_runner("onnxruntime", fp32, ref), x).argmax(1) == y).mean())
+        expected: dict[str, Any] = {"fp32": {"top1": acc32, "samples": int(len(y))}}
+        if prec == "int8":
+            acc8 = float((parity.run_batched(make_runner("onnxruntime", qmodel, ref), x).argmax(1) == y).mean())
+            expected["int8"] = {"top1": acc8, "samples": int(len(y))}
+            drop = 100 * (acc32 - acc8)
+            budget = p.tensorrt.accuracy_budget_points
+            if drop > budget:
+                prec = "fp16"
+                expected["gate_reason"] = f"INT8 loses {drop:.2f} pt vs FP32 (budget {budget:g} pt): shipping FP16"
+            else:
+                expected["gate_reason"] = f"INT8 within the accuracy budget ({drop:+.2f} pt vs FP32, budget {budget:g} pt)"
+        else:
+            expected["gate_reason"] = f"precision {prec} requested"
+        n = min(1000, len(y))
+        res = lower_tensorrt(qmodel, p, out, fp32_onnx=fp32, input_shape=list(self.input_shape), samples=(x[:n], y[:n]),
+                             expected=expected, precision=prec)
+        res["bundle_precision"] = prec
+        res["expected_accuracy"] = expected
+        if res.get("engine_note"):
+            progress.log(f"lower/{p.name}: bundle written; {res['engine_note']}")
+        return res
 
     # ---------------------------------------------------------------- stage 5
     def bench(self, p: Profile, force: bool = False) -> dict[str, Any]:
@@ -391,20 +557,39 @@ class Pipeline:
             marker.write_text(want)
         return path
 
+    def _bench_bundle_only(self, p: Profile, out: Path) -> StageResult:
+        """A TensorRT target where no engine could be built here: no latency, the expected accuracy from lowering."""
+        build = json.loads(self.run.output(f"lower/{p.name}", "build").read_text())
+        note = build.get("engine_note") or "no engine"
+        exp = build.get("expected_accuracy", {})
+        rows = [{"role": "student", "precision": k, "top1": v["top1"], "samples": v["samples"],
+                 "measured_on": "onnxruntime-reference (expected TensorRT accuracy)"} for k, v in exp.items() if isinstance(v, dict)]
+        write_json(out / "latency.json", {"target": p.name, "backend": p.backend, "skipped": note, "results": [],
+                                          "environment": describe_environment()})
+        write_json(out / "accuracy.json", {"target": p.name, "test_samples": len(self.data.test), "results": rows,
+                                           "gate": exp.get("gate_reason"), "bundle_precision": build.get("bundle_precision")})
+        progress.log(f"bench/{p.name}: latency not measured ({note})")
+        return StageResult({"latency": self.run.rel(out / "latency.json"), "accuracy": self.run.rel(out / "accuracy.json")},
+                           {"latency_skipped": note, "expected_top1": {r["precision"]: r["top1"] for r in rows}})
+
     def _bench(self, p: Profile) -> StageResult:
         from edgekd.backends.onnxruntime import session_settings
         from edgekd.backends.openvino import compile_settings
 
         b = self.cfg.bench
         out = self.run.fresh_dir("bench", p.name)
+        if p.backend == "tensorrt" and not self.run.output(f"lower/{p.name}", "model").name.endswith(".engine"):
+            return self._bench_bundle_only(p, out)
         eval_npz = self.eval_file()
-        settings = session_settings(p) if p.backend == "onnxruntime" else compile_settings(p)
+        settings = {"onnxruntime": session_settings, "openvino": compile_settings}.get(p.backend, lambda _p: {"threads": None})(p)
         if b.threads:
             settings["threads"] = b.threads
         settings["input_shape"] = list(self.input_shape)
         settings["warmup_seconds"] = b.warmup_seconds if b.warmup_seconds is not None else p.measure.warmup_seconds
         settings["max_seconds"] = p.measure.max_seconds
         artifacts = []
+        if p.backend == "tensorrt":  # engines exist for the student only; the teacher stays an ONNX file
+            b = b.model_copy(update={"include_teacher": False, "include_student_fp32": False})
         if b.include_teacher:
             artifacts.append(("teacher", "fp32", self.run.output("export", "teacher")))
         if b.include_student_fp32 and self.precision(p) != "fp32":
@@ -557,6 +742,51 @@ def bench(run_dir: str | Path, **kw: Any) -> dict[str, Any]:
 
 def report(run_dir: str | Path) -> dict[str, Any]:
     return write_report(run_dir)
+
+
+def synth(model: str | Path, *, out: str | Path = "synth.npz", n: int = 2048, method: str = "auto", iterations: int | None = None,
+          batch_size: int | None = None, lr: float | None = None, seed: int = 0, arch: str | None = None,
+          input_shape: str | None = None, allow_pickle: bool = False, mean: list[float] | None = None,
+          std: list[float] | None = None) -> dict[str, Any]:
+    """Synthesize ``n`` images from the teacher alone and write ``out`` (.npz: x, y, meta), a preview PNG and a JSON
+    record. Under ``torchrun`` the batches are shared between ranks and rank 0 writes."""
+    from edgekd.data.synth import synthesize
+    from edgekd.data.synth.io import preview_grid, save_npz
+    from edgekd.kd.trainer import maybe_init_distributed
+    from edgekd.models.loading import load_model, probe, require_input_shape
+
+    out = Path(out)
+    if out.suffix != ".npz":
+        raise UsageError(f"--out {out} must end in .npz", "e.g. --out synth.npz")
+    lm = load_model(str(model), arch=arch, input_shape=input_shape, allow_pickle=allow_pickle)
+    shape = require_input_shape(lm)
+    k = probe(lm.module, shape)
+    norm = lm.meta.get("normalize") or {}
+    mean = mean if mean is not None else norm.get("mean")
+    std = std if std is not None else norm.get("std")
+    vr = None
+    if mean is not None and std is not None:
+        m_, s_ = np.asarray(mean, np.float32), np.asarray(std, np.float32)
+        vr = ((0 - m_) / s_, (1 - m_) / s_)
+    distributed = maybe_init_distributed()
+    res = synthesize(lm.module, n, shape[1:], k, method=method, seed=seed, valid_range=vr,
+                     work_dir=out.parent / f".{out.stem}.work", iterations=iterations, batch_size=batch_size, lr=lr)
+    rank = 0
+    if distributed:
+        import torch.distributed as dist
+
+        rank = dist.get_rank()
+    if rank != 0:
+        return {"written": False, **{k_: res.meta[k_] for k_ in ("method", "n", "seconds")}}
+    meta = {**res.meta, "teacher": {"path": lm.path, "sha256": lm.sha256}, "normalize": {"mean": mean, "std": std}}
+    save_npz(out, res.x, res.y, meta)
+    png = preview_grid(out.with_suffix(".png"), res.x, res.y, mean, std, title=f"{res.meta['method']}: labels = teacher top-1")
+    write_json(out.with_suffix(".json"), meta)
+    import shutil
+
+    shutil.rmtree(out.parent / f".{out.stem}.work", ignore_errors=True)  # per-batch shards, kept only for resuming
+    return {"written": True, "out": str(out), "preview": str(png), **{k_: res.meta[k_] for k_ in
+                                                                     ("method", "n", "seconds", "seconds_per_1000_images")}}
 
 
 def targets(pattern: str = "*") -> list[Profile]:

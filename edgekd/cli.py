@@ -100,6 +100,11 @@ def compress(
     ti_mode: Optional[str] = typer.Option(None, help="Teacher Intervention: auto | g | o | c | m (transformers) | b (CNN blocks)"),
     qat_steps: Optional[int] = typer.Option(None, min=1),
     keep_fp: Optional[List[str]] = typer.Option(None, help="module path kept in floating point (repeatable)"),
+    synth: Optional[str] = typer.Option(None, "--synth", help="data-free synthesis: auto | genie | deepinversion | zeroq | dfad "
+                                        "(default with no --data: auto; with --data: mix synthetic images into the real ones)"),
+    synth_n: Optional[int] = typer.Option(None, "--synth-n", help="number of synthetic images (default 2048)"),
+    synth_iterations: Optional[int] = typer.Option(None, "--synth-iterations", help="per batch (default: the method's)"),
+    synth_lr: Optional[float] = typer.Option(None, "--synth-lr"),
     threads: Optional[int] = typer.Option(None, help="threads for benchmarking (default: the profile's)"),
     data_limit: Optional[int] = typer.Option(None, help="train on only the first N training samples"),
     eval_limit: Optional[int] = typer.Option(None, help="score on only the first N test samples"),
@@ -115,9 +120,37 @@ def compress(
                  distill__enabled=False if no_distill else None, quantize__precision=precision,
                  quantize__calibration=calibration, quantize__qat=qat, quantize__bits=bits, quantize__ti_mode=ti_mode,
                  quantize__qat_steps=qat_steps, quantize__keep_fp=keep_fp or None, bench__threads=threads, data__limit=data_limit,
-                 data__eval_limit=eval_limit, data__mean=_floats(mean), data__std=_floats(std))
+                 data__eval_limit=eval_limit, data__mean=_floats(mean), data__std=_floats(std), synth__method=synth,
+                 synth__n=synth_n, synth__iterations=synth_iterations, synth__lr=synth_lr,
+                 synth__mix=True if (synth and data) else None)
     m, c = kw.pop("model"), kw.pop("config")
     _print_summary(api.compress(m, config=c, **kw))
+
+
+@app.command(name="synth")
+def synth_cmd(
+    model: str = typer.Argument(..., help="the teacher model file"),
+    out: Path = typer.Option(Path("synth.npz"), "--out", "-o", help="output .npz (a preview grid .png and a .json go next to it)"),
+    n: int = typer.Option(2048, "--n", min=1, help="number of images"),
+    method: str = typer.Option("auto", "--method", "-m", help="auto | genie | deepinversion | zeroq | dfad"),
+    iterations: Optional[int] = typer.Option(None, help="per batch (default: the method's published setting)"),
+    batch_size: Optional[int] = typer.Option(None, min=2),
+    lr: Optional[float] = typer.Option(None),
+    seed: int = typer.Option(0),
+    arch: Optional[str] = typer.Option(None),
+    input_shape: Optional[str] = typer.Option(None),
+    allow_pickle: bool = typer.Option(False, "--allow-pickle"),
+    mean: Optional[str] = typer.Option(None, help="the teacher's input mean (0..1 scale), to clip pixels to the valid range"),
+    std: Optional[str] = typer.Option(None),
+) -> None:
+    """Synthesize data from the teacher alone (data-free): BN-statistics inversion or DFAD. Works under torchrun."""
+    from edgekd import api
+
+    res = api.synth(model, out=out, n=n, method=method, iterations=iterations, batch_size=batch_size, lr=lr, seed=seed,
+                    arch=arch, input_shape=input_shape, allow_pickle=allow_pickle, mean=_floats(mean), std=_floats(std))
+    if res.get("written"):
+        typer.echo(f"{res['method']}: {res['n']} images in {res['seconds']:.1f} s ({res['seconds_per_1000_images']:.1f} s per 1000) "
+                   f"→ {res['out']} (+ {Path(res['preview']).name})")
 
 
 def _stage_cmd(stage: str):  # noqa: ANN202
@@ -152,36 +185,68 @@ for _s in ("distill", "export", "quantize", "lower"):
 
 
 @app.command()
-def bench(run_dir: Path = typer.Argument(..., help="an existing run directory"),
+def bench(path: Path = typer.Argument(..., help="a run directory, or one artifact (.onnx, OpenVINO .xml, TensorRT .engine)"),
+          profile: Optional[str] = typer.Option(None, "--profile", "-p", help="device profile for an artifact (name or .yaml)"),
+          data: Optional[Path] = typer.Option(None, "--data", help="for an artifact: .npz with x (inputs) and y (labels)"),
+          out: Optional[Path] = typer.Option(None, "--out", help="for an artifact: folder for result.json/.md and latency.png"),
           threads: Optional[int] = typer.Option(None, help="override the profile's thread count")) -> None:
-    """Re-measure latency and accuracy of an existing run and rewrite its report."""
+    """Re-measure a run (rewrites its report), or measure one artifact on this device — no torch needed for that."""
+    if path.is_file():
+        from edgekd.benchmark.device import bench_artifact
+
+        if not profile:
+            raise UsageError(f"benchmarking the artifact {path.name} needs a device profile", "add --profile NAME (list: edgekd targets)")
+        res = bench_artifact(path, profile, data, threads, out)
+        typer.echo(res["markdown"])
+        return
     from edgekd import api
 
-    if not run_dir.is_dir():
-        raise UsageError(f"run directory {run_dir} does not exist", "pass a folder made by edgekd compress")
-    _print_summary(api.bench(run_dir, bench__threads=threads))
+    if not path.is_dir():
+        raise UsageError(f"{path} does not exist", "pass a run directory made by edgekd compress, or an artifact file")
+    _print_summary(api.bench(path, bench__threads=threads))
 
 
 @app.command()
-def report(run_dir: Path = typer.Argument(..., help="an existing run directory")) -> None:
-    """Write report.md, report.json and pareto.png for a run and print the table."""
+def report(run_dirs: List[Path] = typer.Argument(..., help="a run directory (two with --compare)"),
+           compare: bool = typer.Option(False, "--compare", help="compare two runs side by side")) -> None:
+    """Write report.md, report.json, pareto.png and latency.png for a run and print the table; or compare two runs."""
     from edgekd import api
 
-    if not run_dir.is_dir():
-        raise UsageError(f"run directory {run_dir} does not exist", "pass a folder made by edgekd compress")
-    rep = api.report(run_dir)
+    for d in run_dirs:
+        if not d.is_dir():
+            raise UsageError(f"run directory {d} does not exist", "pass a folder made by edgekd compress")
+    if compare:
+        if len(run_dirs) != 2:
+            raise UsageError(f"--compare takes two run directories, got {len(run_dirs)}", "edgekd report --compare RUN_A RUN_B")
+        from edgekd.benchmark.report import compare as compare_runs
+        from edgekd.pipeline import RunDir
+
+        typer.echo(compare_runs(RunDir(run_dirs[0], create=False), RunDir(run_dirs[1], create=False))["markdown"])
+        return
+    if len(run_dirs) != 1:
+        raise UsageError("report takes one run directory", "use --compare for two")
+    rep = api.report(run_dirs[0])
     typer.echo(rep["markdown"])
 
 
 @app.command()
-def targets(pattern: str = typer.Argument("*", help="wildcard, e.g. 'jetson-*'"),
+def targets(args: Optional[List[str]] = typer.Argument(None, help="a wildcard (e.g. 'jetson-*'), or: show NAME"),
             show: bool = typer.Option(False, "--show", help="print the full profile(s) as YAML")) -> None:
-    """List device profiles (built-in and from $EDGEKD_TARGETS_PATH)."""
+    """List device profiles (built-in and from $EDGEKD_TARGETS_PATH); `edgekd targets show NAME` prints one."""
     import yaml
 
-    from edgekd import api
+    from edgekd.targets import list_profiles, resolve
 
-    profs = api.targets(pattern)
+    args = list(args or [])
+    if args and args[0] == "show":
+        if len(args) != 2:
+            raise UsageError("targets show takes one profile name", "e.g. edgekd targets show jetson-orin-nano")
+        p = resolve(args[1])
+        typer.echo(yaml.safe_dump(p.model_dump(exclude={"source"}), sort_keys=False).rstrip())
+        typer.echo(f"# from {p.source}")
+        return
+    pattern = args[0] if args else "*"
+    profs = list_profiles(pattern)
     if not profs:
         raise UsageError(f"no target matches {pattern!r}", "run edgekd targets to list them all")
     for p in profs:
@@ -217,6 +282,14 @@ def main(argv: Optional[list[str]] = None) -> int:
             traceback.print_exc()
         print(f"error: {e.one_line()}", file=sys.stderr)
         return e.exit_code
+    except ModuleNotFoundError as e:
+        if _STATE["debug"] or "--debug" in argv:
+            traceback.print_exc()
+        hint = {"torch": "this command trains or exports: pip install 'edgekd[full]' (device-side benchmarking needs only 'edgekd[runtime]')",
+                "openvino": "pip install 'edgekd[runtime]' (or openvino)", "onnxruntime": "pip install 'edgekd[runtime]'",
+                "tensorrt": "TensorRT comes with JetPack / NVIDIA's packages"}.get((e.name or "").split(".")[0], "install the missing package")
+        print(f"error: the {e.name} package is not installed (hint: {hint})", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("interrupted: finished stages are kept; run the same command again to resume", file=sys.stderr)
         return 130

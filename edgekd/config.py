@@ -104,6 +104,34 @@ def _check_bits(v: str) -> str:
     raise ValueError(f"bad bits {v!r}: use w8a8, w4a8, w2a8, ternary or w4a4")
 
 
+#: the presets of edgekd.data.synth (listed here so that reading a config never imports torch; a test keeps them equal)
+SYNTH_METHODS = ("deepinversion", "dfad", "genie", "zeroq")
+
+
+class SynthConfig(Strict):
+    """Stage 0 (data-free): synthesize calibration and transfer data from the teacher (algorithms.md §2).
+
+    Runs when no real data is given (``data.path`` unset), or with ``mix: true`` to add synthetic samples to a few
+    real ones (``--data DIR --data-limit 100 --synth genie``)."""
+
+    method: str = Field("auto", description="auto (genie with BatchNorm, dfad without) | genie | deepinversion | zeroq | dfad")
+    n: int = Field(2048, ge=16, description="number of synthetic images")
+    iterations: int | None = Field(None, ge=1, description="per batch (pixel/generator presets) or DFAD rounds; default: the preset's")
+    batch_size: int | None = Field(None, ge=2)
+    lr: float | None = Field(None, gt=0)
+    seed: int = 0
+    mix: bool = Field(False, description="with real data: add the synthetic samples to the real training split")
+    holdout: float = Field(0.2, gt=0, lt=0.9, description="data-free only: fraction held out as val/test (half each)")
+
+    @field_validator("method")
+    @classmethod
+    def _method(cls, v: str) -> str:
+        v = v.lower()
+        if v != "auto" and v not in SYNTH_METHODS:
+            raise ValueError(f"unknown synthesis method {v!r}: use auto, {', '.join(SYNTH_METHODS)}")
+        return v
+
+
 class BenchConfig(Strict):
     """Stage 5: latency, memory, size and accuracy."""
 
@@ -123,6 +151,7 @@ class PipelineConfig(Strict):
     targets: list[str] = Field(default_factory=lambda: ["x86-cpu"])
     run_dir: str | None = None
     data: DataConfig = Field(default_factory=DataConfig)
+    synth: SynthConfig = Field(default_factory=SynthConfig)
     distill: DistillConfig = Field(default_factory=DistillConfig)
     export: ExportConfig = Field(default_factory=ExportConfig)
     quantize: QuantizeConfig = Field(default_factory=QuantizeConfig)

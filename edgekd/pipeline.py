@@ -2,7 +2,7 @@
 
     runs/<name>/
       manifest.json       config, versions, input hashes, per-stage status/timings/metrics/output hashes
-      01-distill/ 02-export/ 03-quantize/<target>/ 04-lower/<target>/ 05-bench/<target>/
+      00-synth/ (data-free runs)  01-distill/ 02-export/ 03-quantize/<target>/ 04-lower/<target>/ 05-bench/<target>/
       report.md report.json pareto.png
 
 Stage order differs from DESIGN.md's sketch in one place: post-training quantization runs on the exported ONNX
@@ -31,7 +31,7 @@ from edgekd.errors import EdgekdError, UsageError
 from edgekd.fileio import read_json, sha256_json, sha256_path, write_json
 
 MANIFEST = "manifest.json"
-STAGE_DIRS = {"distill": "01-distill", "export": "02-export", "quantize": "03-quantize", "lower": "04-lower", "bench": "05-bench"}
+STAGE_DIRS = {"synth": "00-synth", "distill": "01-distill", "export": "02-export", "quantize": "03-quantize", "lower": "04-lower", "bench": "05-bench"}
 
 
 def now() -> str:

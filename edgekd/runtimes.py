@@ -45,6 +45,70 @@ def ov_compile(path: str | Path, threads: int | None = None, device: str = "CPU"
     return core.compile_model(core.read_model(str(path)), device, cfg)
 
 
+class TensorrtRunner:
+    """Run a serialized TensorRT engine (one input, one output) with the ``tensorrt`` and ``cuda-python`` packages
+    only — no torch, no pycuda. ``runner(x)`` returns logits; ``prepare(x)`` + ``execute()`` time the engine alone."""
+
+    def __init__(self, engine_path: str | Path) -> None:
+        try:
+            import tensorrt as trt
+            from cuda import cudart  # cuda-python
+        except ImportError as e:
+            raise BackendUnavailableError(f"cannot run a TensorRT engine here: {e}",
+                                          "run on the device, with TensorRT and cuda-python installed (pip install cuda-python)") from None
+        self.trt, self.cudart = trt, cudart
+        logger = trt.Logger(trt.Logger.WARNING)
+        self.engine = trt.Runtime(logger).deserialize_cuda_engine(Path(engine_path).read_bytes())
+        if self.engine is None:
+            raise BackendUnavailableError(f"TensorRT could not load {Path(engine_path).name}",
+                                          "engines only load on the GPU and TensorRT version that built them: rebuild with build.sh")
+        self.context = self.engine.create_execution_context()
+        names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
+        self.inp = next(n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT)
+        self.out = next(n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT)
+        self.stream = self._ok(cudart.cudaStreamCreate())
+        self._bufs: dict[str, tuple[int, int]] = {}
+        self._host_out: np.ndarray | None = None
+
+    def _ok(self, res: Any) -> Any:
+        err, *rest = res if isinstance(res, tuple) else (res,)
+        if int(err) != 0:
+            raise RuntimeError(f"CUDA error {err}")
+        return rest[0] if len(rest) == 1 else rest
+
+    def _buffer(self, name: str, nbytes: int) -> int:
+        ptr, size = self._bufs.get(name, (0, 0))
+        if size < nbytes:
+            if ptr:
+                self.cudart.cudaFree(ptr)
+            ptr = self._ok(self.cudart.cudaMalloc(nbytes))
+            self._bufs[name] = (ptr, nbytes)
+            self.context.set_tensor_address(name, ptr)
+        return ptr
+
+    def prepare(self, x: np.ndarray) -> None:
+        x = np.ascontiguousarray(x, np.float32)
+        self.context.set_input_shape(self.inp, x.shape)
+        d_in = self._buffer(self.inp, x.nbytes)
+        out_shape = tuple(self.context.get_tensor_shape(self.out))
+        self._host_out = np.empty(out_shape, np.float32)
+        self._buffer(self.out, self._host_out.nbytes)
+        kind = self.cudart.cudaMemcpyKind.cudaMemcpyHostToDevice
+        self._ok(self.cudart.cudaMemcpy(d_in, x.ctypes.data, x.nbytes, kind))
+
+    def execute(self) -> None:
+        self.context.execute_async_v3(self.stream)
+        self._ok(self.cudart.cudaStreamSynchronize(self.stream))
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        self.prepare(x)
+        self.execute()
+        assert self._host_out is not None
+        kind = self.cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost
+        self._ok(self.cudart.cudaMemcpy(self._host_out.ctypes.data, self._bufs[self.out][0], self._host_out.nbytes, kind))
+        return self._host_out.copy()
+
+
 def make_runner(backend: str, path: str | Path, settings: dict[str, Any]) -> Callable[[np.ndarray], np.ndarray]:
     """A function mapping an input batch to logits, for accuracy and parity."""
     threads = settings.get("threads")
@@ -61,4 +125,6 @@ def make_runner(backend: str, path: str | Path, settings: dict[str, Any]) -> Cal
             return np.array(req.infer({0: np.ascontiguousarray(x, np.float32)})[compiled.outputs[0]])
 
         return run
-    raise BackendUnavailableError(f"no runner for backend {backend!r}", "use onnxruntime or openvino")
+    if backend == "tensorrt":
+        return TensorrtRunner(path)
+    raise BackendUnavailableError(f"no runner for backend {backend!r}", "use onnxruntime, openvino or tensorrt")

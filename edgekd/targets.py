@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from edgekd.errors import TargetError
 
-BACKENDS_BUILT = ("onnxruntime", "openvino")
+BACKENDS_BUILT = ("onnxruntime", "openvino", "tensorrt")
 
 
 class _Strict(BaseModel):
@@ -82,6 +82,24 @@ class OpenvinoSettings(_Strict):
     bias_correction: Literal["fast", "full"] = "full"
 
 
+class TensorrtSettings(_Strict):
+    """TensorRT build settings (trtexec flags / builder config) and the INT8-vs-FP16 gate.
+
+    ``max_opset``: the newest ONNX opset this TensorRT's parser reads (TensorRT support matrix: 8.5/8.6 → 17,
+    10.x → 20 is a safe floor, 11.x → 25). ``dla_core``: run on this DLA core (profiles whose device has
+    ``dla_cores``), with GPU fallback for layers DLA cannot run. Gate: keep INT8 only if FP16 p50 / INT8 p50 ≥
+    ``int8_min_speedup`` and INT8 top-1 ≥ FP16 top-1 − ``accuracy_budget_points``."""
+
+    max_opset: int = Field(17, ge=13)
+    workspace_mb: int = Field(1024, ge=16)
+    builder_optimization_level: int = Field(3, ge=0, le=5)
+    dla_core: int | None = Field(None, ge=0)
+    allow_gpu_fallback: bool = True
+    sparsity: bool = False
+    int8_min_speedup: float = Field(1.1, gt=0)
+    accuracy_budget_points: float = Field(1.0, ge=0)
+
+
 class Profile(_Strict):
     name: str
     description: str
@@ -95,6 +113,7 @@ class Profile(_Strict):
     measure: MeasureSettings = Field(default_factory=MeasureSettings)
     onnxruntime: OrtSettings = Field(default_factory=OrtSettings)
     openvino: OpenvinoSettings = Field(default_factory=OpenvinoSettings)
+    tensorrt: TensorrtSettings = Field(default_factory=TensorrtSettings)
     source: str | None = None
 
 
@@ -126,6 +145,9 @@ def load_profile_file(path: Path) -> Profile:
         raise TargetError(f"profile {path.name}: {where}: {first['msg']}", "see targets/x86-cpu.yaml for the schema") from None
     if prof.default_precision not in prof.precisions:
         raise TargetError(f"profile {path.name}: default_precision {prof.default_precision} is not in precisions", "fix the profile")
+    if prof.tensorrt.dla_core is not None and prof.tensorrt.dla_core >= prof.device.dla_cores:
+        raise TargetError(f"profile {path.name}: tensorrt.dla_core {prof.tensorrt.dla_core} but the device has "
+                          f"{prof.device.dla_cores} DLA cores", "set dla_core below device.dla_cores, or remove it")
     prof.source = str(path)
     return prof
 
@@ -163,5 +185,5 @@ def require_built(profile: Profile) -> None:
     if profile.backend not in BACKENDS_BUILT:
         raise TargetError(
             f"target {profile.name} needs the {profile.backend} backend, which edgekd cannot lower to yet",
-            f"use a target with backend {' or '.join(BACKENDS_BUILT)} (e.g. x86-cpu, intel-cpu); TensorRT bundles are tracked in issue #5",
+            f"use a target with backend {' or '.join(BACKENDS_BUILT)} (e.g. x86-cpu, intel-cpu, jetson)",
         )

@@ -11,7 +11,7 @@ import platform
 from pathlib import Path
 from typing import Any
 
-PACKAGES = ("edgekd", "torch", "onnx", "onnxruntime", "openvino", "nncf", "numpy", "onnxscript")
+PACKAGES = ("edgekd", "torch", "onnx", "onnxruntime", "openvino", "nncf", "numpy", "onnxscript", "tensorrt")
 ISA_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8", "amx_bf16", "asimddp", "sve", "i8mm")
 
 
@@ -48,5 +48,49 @@ def cpu_info() -> dict[str, Any]:
     return info
 
 
+def _read(path: str) -> str | None:
+    try:
+        return Path(path).read_text().strip()
+    except OSError:
+        return None
+
+
+def jetson_info() -> dict[str, Any] | None:
+    """L4T release, JetPack (from the nvidia-l4t-core package when dpkg is there), power mode (nvpmodel), GPU clock,
+    thermal zones. None off Jetson."""
+    release = _read("/etc/nv_tegra_release")
+    if release is None:
+        return None
+    import re
+    import subprocess
+
+    info: dict[str, Any] = {"l4t": release.splitlines()[0]}
+    m = re.search(r"R(\d+) \(release\), REVISION: ([\d.]+)", release)
+    if m:
+        info["l4t_version"] = f"{m.group(1)}.{m.group(2)}"
+    for cmd, key in ((["nvpmodel", "-q"], "power_mode"), (["dpkg-query", "-W", "-f=${Version}", "nvidia-jetpack"], "jetpack")):
+        try:
+            out = subprocess.run(cmd, capture_output=True, text=True, timeout=5).stdout.strip()
+            if out:
+                info[key] = out.splitlines()[0].replace("NV Power Mode: ", "")
+        except (OSError, subprocess.TimeoutExpired):
+            pass
+    for f in Path("/sys/devices").glob("**/devfreq/*/cur_freq"):
+        if "gpu" in str(f) or "ga10b" in str(f) or "gv11b" in str(f):
+            info["gpu_cur_freq_hz"] = _read(str(f))
+            break
+    temps = {}
+    for z in sorted(Path("/sys/class/thermal").glob("thermal_zone*")):
+        name, t = _read(str(z / "type")), _read(str(z / "temp"))
+        if name and t and t.lstrip("-").isdigit():
+            temps[name] = int(t) / 1000.0
+    info["temps_c"] = temps
+    return info
+
+
 def capture() -> dict[str, Any]:
-    return {"platform": platform.platform(), "cpu": cpu_info(), "versions": versions()}
+    env: dict[str, Any] = {"platform": platform.platform(), "cpu": cpu_info(), "versions": versions()}
+    jet = jetson_info()
+    if jet:
+        env["jetson"] = jet
+    return env

@@ -16,7 +16,16 @@ def collect(run: RunDir) -> list[dict[str, Any]]:
             continue
         target = stage_id.split("/", 1)[1]
         lat = read_json(run.root / rec["outputs"]["latency"])
-        acc = {(a["role"], a["precision"]): a for a in read_json(run.root / rec["outputs"]["accuracy"])["results"]}
+        acc_doc = read_json(run.root / rec["outputs"]["accuracy"])
+        acc = {(a["role"], a["precision"]): a for a in acc_doc["results"]}
+        if lat.get("skipped"):  # a TensorRT bundle with no engine built here: expected accuracy, no latency
+            for a in acc_doc["results"]:
+                rows.append({"target": target, "backend": lat["backend"], "model": a["role"], "precision": a["precision"],
+                             "top1": a.get("top1"), "agreement_with_teacher": None, "p50_ms": None, "p90_ms": None,
+                             "p99_ms": None, "cov": None, "throughput_per_s": {}, "speedup_vs_teacher_p50": None,
+                             "size_bytes": None, "peak_rss_mb": None, "threads": None, "artifact": None,
+                             "note": f"expected ({a.get('measured_on')}); latency: {lat['skipped']}"})
+            continue
         for r in lat["results"]:
             a = acc.get((r["role"], r["precision"]), {})
             l1 = r["latency"].get("1", {})
@@ -27,6 +36,8 @@ def collect(run: RunDir) -> list[dict[str, Any]]:
                 "cov": l1.get("cov"), "throughput_per_s": {b: v["throughput_per_s"] for b, v in r["latency"].items()},
                 "speedup_vs_teacher_p50": r.get("speedup_vs_teacher_p50"), "size_bytes": r["size_bytes"],
                 "peak_rss_mb": r["peak_rss_mb"], "threads": r.get("threads"), "artifact": r.get("artifact"),
+                "p95_ms": l1.get("p95_ms"), "mean_ms": l1.get("mean_ms"), "outliers": l1.get("outliers"),
+                "times_ms": l1.get("times_ms"), "tegrastats": l1.get("tegrastats"),
             })
     return rows
 
@@ -47,15 +58,31 @@ def markdown(run: RunDir, rows: list[dict[str, Any]]) -> str:
     if d.get("student"):
         lines.append(f"Student `{d['student']}`: {d.get('student_params', 0):,} params vs teacher {d.get('teacher_params', 0):,}; "
                      f"val top-1 {d.get('student_val_top1', 0):.4f} (teacher {d.get('teacher_val_top1', 0):.4f}).")
+    if data.get("data_free"):
+        syn = data.get("synthetic", {})
+        lines.append(f"**Data-free run**: no real data was given; {syn.get('n')} images were synthesized with "
+                     f"`{syn.get('method')}` ({syn.get('seconds', 0):.0f} s). Top-1 below is agreement with the teacher's "
+                     "labels on held-out synthetic images, not accuracy on real data.")
+    elif data.get("synthetic"):
+        syn = data["synthetic"]
+        lines.append(f"Training data mixed with {syn.get('n')} synthetic images (`{syn.get('method')}`).")
     cpu = m.get("environment", {}).get("cpu", {})
     lines += [f"Measured on: {cpu.get('model', '?')} ({cpu.get('logical_cores')} logical cores, ISA {', '.join(cpu.get('isa', []))}).", ""]
     lines += ["| target | runtime | model | precision | top-1 | agree w/ teacher | p50 ms | p90 ms | p99 ms | speed-up | size KB | peak RSS MB |",
               "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
+        size = None if r["size_bytes"] is None else r["size_bytes"] / 1024
         lines.append(f"| {r['target']} | {r['backend']} | {r['model']} | {r['precision']} | {_fmt(r['top1'], '.4f')} | "
                      f"{_fmt(r['agreement_with_teacher'], '.4f')} | {_fmt(r['p50_ms'], '.3f')} | {_fmt(r['p90_ms'], '.3f')} | "
-                     f"{_fmt(r['p99_ms'], '.3f')} | {_fmt(r['speedup_vs_teacher_p50'], '.1f')}× | {r['size_bytes'] / 1024:.0f} | "
-                     f"{r['peak_rss_mb']:.0f} |")
+                     f"{_fmt(r['p99_ms'], '.3f')} | {_fmt(r['speedup_vs_teacher_p50'], '.1f')}× | {_fmt(size, '.0f')} | "
+                     f"{_fmt(r['peak_rss_mb'], '.0f')} |")
+    for r in rows:
+        if r.get("note"):
+            lines.append(f"\n- {r['target']} {r['model']} {r['precision']}: {r['note']}")
+        tele = r.get("tegrastats") or {}
+        if tele.get("energy_per_inference_mj") is not None:
+            lines.append(f"\n- {r['target']} {r['model']} {r['precision']}: {tele['energy_per_inference_mj']:.2f} mJ per inference "
+                         f"(mean input power {tele['power_in_mw_mean']:.0f} mW, peak temperatures {tele.get('peak_temps_c')})")
     lines += ["", "Latency: batch 1, one process per artifact, after warm-up; speed-up = teacher p50 / model p50 on the same "
               "runtime and thread count. Accuracy: top-1 on the held-out test split.", ""]
     for stage_id, rec in sorted(m.get("stages", {}).items()):
@@ -66,9 +93,97 @@ def markdown(run: RunDir, rows: list[dict[str, Any]]) -> str:
             line = f"- `{stage_id}`: int8 kernels that executed: " + (", ".join(f"{k}×{v}" for k, v in kern.items()) or "none")
             if low:
                 line += "; low-bit kernels: " + ", ".join(f"{k}×{v}" for k, v in low.items())
+            if b.get("backend") == "tensorrt":
+                lint = b.get("qdq_lint") or {}
+                line = (f"- `{stage_id}`: TensorRT bundle ({b.get('bundle_precision')}; {b.get('tensorrt')}); engines built here: "
+                        f"{', '.join(b.get('engines_built') or []) or 'none'}; Q/DQ lint: "
+                        f"{'TensorRT-ready' if lint.get('ok') else 'PROBLEMS: ' + '; '.join(lint.get('errors', [])[:3]) if lint else 'n/a'}"
+                        f"; INT8-vs-FP16 gate: {(b.get('expected_accuracy') or {}).get('gate_reason')}")
             lines.append(line)
+    lines += parity_lines(run)
     lines += ["", "Stages: " + ", ".join(f"{k} {v.get('status')} ({v.get('seconds', 0):.1f}s)" for k, v in m.get("stages", {}).items())]
     return "\n".join(lines) + "\n"
+
+
+def parity_lines(run: RunDir) -> list[str]:
+    """Torch FP32 ↔ ONNX ↔ quantized ↔ lowered artifact, side by side (top-1 agreement, max |Δlogit|)."""
+    st = run.manifest.get("stages", {})
+    rows: list[tuple[str, dict[str, Any]]] = []
+    exp = st.get("export", {})
+    if exp.get("status") == "done" and "parity" in exp.get("outputs", {}):
+        par = read_json(run.root / exp["outputs"]["parity"])
+        for name, rec in par.items():
+            rows.append((f"{name}: torch FP32 → ONNX (ONNX Runtime)", rec.get("parity_torch_vs_onnxruntime", {})))
+    qat = st.get("quantize/qat", {})
+    if qat.get("status") == "done":
+        q = read_json(run.root / qat["outputs"]["qat"])
+        for rt, rec in q.get("parity_vs_torch_fakequant_test", {}).items():
+            rows.append((f"student: torch fake-quant → Q/DQ ONNX on {rt}", rec))
+    for sid, rec in sorted(st.items()):
+        if sid.startswith("quantize/") and sid != "quantize/qat" and rec.get("status") == "done":
+            cal = read_json(run.root / rec["outputs"]["calibration"])
+            if "parity_int8_vs_fp32_val" in cal:
+                rt = cal.get("parity_runtime", "the target runtime")
+                rows.append((f"student: ONNX FP32 → INT8 for {sid.split('/', 1)[1]} ({rt}, val split)", cal["parity_int8_vs_fp32_val"]))
+    if not rows:
+        return []
+    out = ["", "Parity (top-1 agreement, max |Δ logit|):", "", "| comparison | top-1 agreement | max abs diff | samples |",
+           "|---|---|---|---|"]
+    for name, r in rows:
+        if "top1_agreement" in r:
+            out.append(f"| {name} | {r['top1_agreement']:.4f} | {_fmt(r.get('max_abs_diff'), '.2e')} | {r.get('samples', '–')} |")
+    return out
+
+
+def latency_png(rows: list[dict[str, Any]], path: Path) -> bool:
+    """Latency distribution (batch 1) per artifact: a violin of the recorded per-call times."""
+    data = [(f"{r['target']}\n{r['model']} {r['precision']}", r["times_ms"]) for r in rows if r.get("times_ms")]
+    if not data:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(max(5.0, 1.3 * len(data)), 4.0), dpi=110)
+    ax.violinplot([d for _, d in data], showmedians=True, showextrema=False)
+    ax.set_xticks(range(1, len(data) + 1), [n for n, _ in data], fontsize=7)
+    ax.set_yscale("log")
+    ax.set_ylabel("latency per call, batch 1 (ms, log)")
+    ax.set_title("latency distribution")
+    ax.grid(alpha=0.3, axis="y")
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp)
+    plt.close(fig)
+    tmp.replace(path)
+    return True
+
+
+def compare(run_a: RunDir, run_b: RunDir) -> dict[str, Any]:
+    """Rows of two runs joined on (target, model, precision): top-1 and p50 side by side, B/A latency ratio."""
+    a = {(r["target"], r["model"], r["precision"]): r for r in collect(run_a)}
+    b = {(r["target"], r["model"], r["precision"]): r for r in collect(run_b)}
+    keys = sorted(set(a) | set(b))
+    rows = []
+    for k in keys:
+        ra, rb = a.get(k, {}), b.get(k, {})
+        pa, pb = ra.get("p50_ms"), rb.get("p50_ms")
+        ta, tb = ra.get("top1"), rb.get("top1")
+        rows.append({"target": k[0], "model": k[1], "precision": k[2], "top1_a": ta, "top1_b": tb,
+                     "top1_delta_points": 100 * (tb - ta) if ta is not None and tb is not None else None,
+                     "p50_ms_a": pa, "p50_ms_b": pb, "p50_ratio_b_over_a": pb / pa if pa and pb else None})
+    md = [f"# edgekd compare — A: {run_a.root.name}, B: {run_b.root.name}", "",
+          "| target | model | precision | top-1 A | top-1 B | Δ pt | p50 ms A | p50 ms B | B/A |", "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        md.append(f"| {r['target']} | {r['model']} | {r['precision']} | {_fmt(r['top1_a'], '.4f')} | {_fmt(r['top1_b'], '.4f')} | "
+                  f"{_fmt(r['top1_delta_points'], '+.2f')} | {_fmt(r['p50_ms_a'], '.3f')} | {_fmt(r['p50_ms_b'], '.3f')} | "
+                  f"{_fmt(r['p50_ratio_b_over_a'], '.2f')} |")
+    env_a = run_a.manifest.get("environment", {}).get("cpu", {}).get("model")
+    env_b = run_b.manifest.get("environment", {}).get("cpu", {}).get("model")
+    if env_a != env_b:
+        md += ["", f"Note: measured on different machines (A: {env_a}; B: {env_b}); latency ratios compare machines too."]
+    return {"a": str(run_a.root), "b": str(run_b.root), "rows": rows, "markdown": "\n".join(md) + "\n"}
 
 
 def pareto_png(rows: list[dict[str, Any]], path: Path) -> None:
@@ -108,11 +223,12 @@ def pareto_png(rows: list[dict[str, Any]], path: Path) -> None:
 def render(run: RunDir) -> dict[str, Any]:
     rows = collect(run)
     md = markdown(run, rows)
-    report = {"run": str(run.root), "rows": rows, "stages": {k: {kk: v.get(kk) for kk in ("status", "seconds", "metrics")}
+    report = {"run": str(run.root), "rows": [{k: v for k, v in r.items() if k != "times_ms"} for r in rows], "stages": {k: {kk: v.get(kk) for kk in ("status", "seconds", "metrics")}
                                                             for k, v in run.manifest.get("stages", {}).items()}}
     write_json(run.root / "report.json", report)
     write_text(run.root / "report.md", md)
-    if rows:
+    if any(r["p50_ms"] is not None for r in rows):
         pareto_png(rows, run.root / "pareto.png")
+        latency_png(rows, run.root / "latency.png")
     report["markdown"] = md
     return report

@@ -68,6 +68,7 @@ def _timed_loop(call, warmup: int, iterations: int, warmup_seconds: float = 1.0,
 def bench(backend: str, model: Path, data: Path | None, settings: dict, warmup: int, iterations: int,
           batch_sizes: list[int], preds_out: Path | None) -> dict:
     from edgekd.benchmark.stats import latency_stats
+    from edgekd.benchmark.tegrastats import TegrastatsSampler, summarize
     from edgekd.runtimes import ort_session, ov_compile
 
     rss0 = _rss_mb()
@@ -103,6 +104,16 @@ def bench(backend: str, model: Path, data: Path | None, settings: dict, warmup: 
 
         def infer(x: np.ndarray) -> np.ndarray:
             return np.array(req.infer({0: x})[out0])
+    elif backend == "tensorrt":
+        from edgekd.runtimes import TensorrtRunner
+
+        runner = TensorrtRunner(model)
+
+        def make_call(x: np.ndarray):  # noqa: ANN202
+            runner.prepare(x)  # copy once; the loop times enqueue + sync only
+            return runner.execute
+
+        infer = runner
     else:
         raise SystemExit(f"unknown backend {backend}")
     load_s = time.perf_counter() - t_load
@@ -114,8 +125,16 @@ def bench(backend: str, model: Path, data: Path | None, settings: dict, warmup: 
             x = np.ascontiguousarray(x_eval[:b])
         else:
             x = rng.standard_normal((b, *shape[1:])).astype(np.float32)
-        latency[str(b)] = latency_stats(_timed_loop(make_call(x), warmup, iterations, settings.get("warmup_seconds", 1.0),
-                                                    max_seconds=settings.get("max_seconds", 30.0)), batch=b)
+        with TegrastatsSampler() as tele:  # Jetson power/thermal telemetry; a no-op elsewhere
+            times = _timed_loop(make_call(x), warmup, iterations, settings.get("warmup_seconds", 1.0),
+                                max_seconds=settings.get("max_seconds", 30.0))
+        latency[str(b)] = latency_stats(times, batch=b)
+        if b == 1:  # the raw distribution, for the report's latency plot (at most 2000 values)
+            latency[str(b)]["times_ms"] = [round(t * 1e3, 5) for t in times[:2000]]
+        if tele.available:
+            # the sampler also covers the warm-up; energy uses the mean power over the whole window and the timed
+            # calls' share of it
+            latency[str(b)]["tegrastats"] = summarize(tele.samples, sum(times), len(times) * b)
 
     result: dict = {"backend": backend, "model": str(model), "size_bytes": artifact_size(model), "load_seconds": load_s,
                     "latency": latency, "threads": threads, "warmup": warmup, "iterations": iterations}

@@ -193,6 +193,10 @@ def load_dataset(
             x, y = z["x"], z["y"].astype(np.int64)
             if "x_test" in z and "y_test" in z:
                 x_test, y_test = z["x_test"], z["y_test"].astype(np.int64)
+            if "normalized" in z and bool(z["normalized"]) and mean is None:
+                # edgekd synth output: already in the model's input space
+                mean = [0.0] * int(_to_nchw(x[:1], channels).shape[1])
+                std = [1.0] * len(mean)
         fmt = "npz"
     elif root.is_dir() and _find_idx(root, "train", "images") is not None:
         x, y, x_test, y_test = load_idx_folder(root)

@@ -1,0 +1,106 @@
+"""Device-side benchmarking of one artifact, with no torch: ``edgekd bench model.onnx --profile x86-cpu --data s.npz``.
+
+This is what runs on a Jetson, a Raspberry Pi or an Intel box after ``pip install 'edgekd[runtime]'``: it needs
+numpy and the runtime of the artifact (ONNX Runtime, OpenVINO, or TensorRT + cuda-python) and nothing else. The
+measurement is the same worker the pipeline uses (a fresh process per artifact), so numbers are comparable.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from edgekd.errors import UsageError
+from edgekd.fileio import write_json, write_text
+from edgekd.targets import Profile, resolve
+
+SUFFIX_BACKEND = {".xml": "openvino", ".engine": "tensorrt", ".plan": "tensorrt", ".trt": "tensorrt"}
+
+
+def backend_for(artifact: Path, profile: Profile) -> str:
+    """.xml → OpenVINO, .engine/.plan → TensorRT, .onnx → the profile's runtime (ONNX Runtime for TensorRT profiles,
+    which is how a bundle's ONNX is checked before the engine exists)."""
+    if artifact.suffix in SUFFIX_BACKEND:
+        return SUFFIX_BACKEND[artifact.suffix]
+    if artifact.suffix != ".onnx":
+        raise UsageError(f"cannot benchmark {artifact.name}: unknown artifact type",
+                         "pass a .onnx, an OpenVINO .xml or a TensorRT .engine file")
+    return "openvino" if profile.backend == "openvino" else "onnxruntime"
+
+
+def settings_for(backend: str, profile: Profile, threads: int | None) -> dict[str, Any]:
+    if backend == "onnxruntime":
+        s: dict[str, Any] = {"threads": profile.threads, "graph_optimization": profile.onnxruntime.graph_optimization,
+                             "execution_providers": profile.onnxruntime.execution_providers}
+    elif backend == "openvino":
+        o = profile.openvino
+        s = {"threads": profile.threads, "device": o.device, "performance_hint": o.performance_hint,
+             "inference_precision": o.inference_precision}
+    else:
+        s = {"threads": None}
+    if threads:
+        s["threads"] = threads
+    s["warmup_seconds"] = profile.measure.warmup_seconds
+    s["max_seconds"] = profile.measure.max_seconds
+    return s
+
+
+def _input_shape(artifact: Path, data: Path | None, backend: str) -> list[int]:
+    import numpy as np
+
+    if data is not None:
+        with np.load(data) as z:
+            return [1, *z["x"].shape[1:]]
+    if backend == "onnxruntime" or artifact.suffix == ".onnx":
+        import onnx
+
+        g = onnx.load(str(artifact), load_external_data=False).graph
+        dims = [d.dim_value or 1 for d in g.input[0].type.tensor_type.shape.dim]
+        return [1, *dims[1:]]
+    raise UsageError(f"cannot tell the input shape of {artifact.name}", "pass --data samples.npz (arrays x and y)")
+
+
+def bench_artifact(artifact: str | Path, profile: str, data: str | Path | None = None, threads: int | None = None,
+                   out_dir: str | Path | None = None) -> dict[str, Any]:
+    """Measure one artifact on this machine with the profile's settings; write result.json/result.md (+ latency.png)
+    to ``out_dir`` when given. Returns the result."""
+    from edgekd.api import run_worker
+    from edgekd.benchmark.envinfo import capture
+    from edgekd.benchmark.report import latency_png
+
+    art = Path(artifact)
+    if not art.is_file():
+        raise UsageError(f"artifact {art} does not exist", "pass the .onnx/.xml/.engine file to benchmark")
+    prof = resolve(profile)
+    dpath = Path(data) if data else None
+    if dpath is not None and not dpath.is_file():
+        raise UsageError(f"data file {dpath} does not exist", "pass a .npz with arrays x (inputs) and y (labels)")
+    backend = backend_for(art, prof)
+    settings = settings_for(backend, prof, threads)
+    settings["input_shape"] = _input_shape(art, dpath, backend)
+    res = run_worker(backend, art, dpath, settings, prof.measure.warmup, prof.measure.iterations, prof.measure.batch_sizes, None)
+    res.update(profile=prof.name, artifact=str(art), environment=capture())
+    l1 = res["latency"].get("1", {})
+    acc = res.get("accuracy", {})
+    md = (f"# {art.name} on {prof.name} ({backend})\n\n| top-1 | p50 ms | p90 ms | p95 ms | p99 ms | mean ms | CoV | outliers | "
+          "throughput/s | size KB | peak RSS MB |\n|---|---|---|---|---|---|---|---|---|---|---|\n"
+          f"| {acc.get('top1', float('nan')):.4f} | {l1.get('p50_ms', 0):.3f} | {l1.get('p90_ms', 0):.3f} | {l1.get('p95_ms', 0):.3f} | "
+          f"{l1.get('p99_ms', 0):.3f} | {l1.get('mean_ms', 0):.3f} | {l1.get('cov', 0):.3f} | {l1.get('outliers', 0)} | "
+          f"{l1.get('throughput_per_s', 0):.0f} | {res['size_bytes'] / 1024:.0f} | {res['peak_rss_mb']:.0f} |\n")
+    for b, st in res["latency"].items():
+        if b != "1":
+            md += f"\nbatch {b}: p50 {st['p50_ms']:.3f} ms, {st['throughput_per_s']:.0f} samples/s"
+    res["markdown"] = md
+    if out_dir:
+        od = Path(out_dir)
+        od.mkdir(parents=True, exist_ok=True)
+        write_json(od / "result.json", {k: v for k, v in res.items() if k != "markdown"})
+        write_text(od / "result.md", md)
+        latency_png([{"target": prof.name, "model": art.stem, "precision": "", "times_ms": l1.get("times_ms")}],
+                    od / "latency.png")
+    return res
+
+
+def load_json(path: Path) -> Any:
+    return json.loads(path.read_text())
