@@ -20,9 +20,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from edgekd.errors import TargetError
 
-BACKENDS_BUILT = ("onnxruntime", "openvino", "tensorrt")
-
-
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -80,6 +77,7 @@ class OpenvinoSettings(_Strict):
     inference_precision: str | None = "f32"
     preset: Literal["performance", "mixed"] = "performance"
     bias_correction: Literal["fast", "full"] = "full"
+    int4_matmul: bool = Field(True, description="store ≤4-bit QAT MatMul weights as exact i4 constants (int4 FullyConnected kernel)")
 
 
 class TensorrtSettings(_Strict):
@@ -179,11 +177,3 @@ def resolve(name: str) -> Profile:
 
 def list_profiles(pattern: str = "*") -> list[Profile]:
     return [p for n, p in sorted(all_profiles().items()) if fnmatch.fnmatch(n, pattern) or any(fnmatch.fnmatch(a, pattern) for a in p.aliases)]
-
-
-def require_built(profile: Profile) -> None:
-    if profile.backend not in BACKENDS_BUILT:
-        raise TargetError(
-            f"target {profile.name} needs the {profile.backend} backend, which edgekd cannot lower to yet",
-            f"use a target with backend {' or '.join(BACKENDS_BUILT)} (e.g. x86-cpu, intel-cpu, jetson)",
-        )

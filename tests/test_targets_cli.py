@@ -11,7 +11,7 @@ import torch
 
 from edgekd import targets
 from edgekd.errors import TargetError
-from edgekd.targets import require_built, resolve
+from edgekd.targets import resolve
 from helpers import make_net
 
 REPO = Path(__file__).resolve().parents[1]
@@ -39,11 +39,6 @@ def test_builtin_profiles_and_aliases() -> None:
     assert resolve("rpi5").onnxruntime.activation_type == "int8"
     assert resolve("x86-cpu").onnxruntime.reduce_range is True
     assert [p.name for p in targets.list_profiles("*-cpu")] == ["intel-cpu", "x86-cpu"]
-
-
-def test_unbuilt_backend_gives_a_clear_error() -> None:
-    with pytest.raises(TargetError, match="tensorrt"):
-        require_built(resolve("jetson"))
 
 
 def test_user_profile_folder_overrides_and_schema_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -85,12 +80,6 @@ def test_cli_empty_data_folder(tmp_path: Path) -> None:
     res = cli("compress", str(p), "--arch", "helpers:make_net", "--input-shape", "1x1x28x28", "--data",
               str(tmp_path / "imgs"), "-o", str(tmp_path / "run"), cwd=Path(__file__).parent)
     assert_one_line_error(res, "no images")
-
-
-def test_cli_tensorrt_target_is_refused_clearly(tmp_path: Path) -> None:
-    p = tmp_path / "m.pt"
-    torch.save(make_net().state_dict(), p)
-    assert_one_line_error(cli("compress", str(p), "--target", "jetson"), "tensorrt")
 
 
 def test_cli_debug_shows_traceback(tmp_path: Path) -> None:

@@ -13,6 +13,51 @@ from edgekd.runtimes import ov_compile
 from edgekd.targets import Profile
 
 
+def _feeds_matmul_weight(node: Any, depth: int = 0) -> bool:
+    """Does this node's output reach a MatMul's second input through weight-decompression ops only?"""
+    if depth > 6:
+        return False
+    for target in node.output(0).get_target_inputs():
+        consumer = target.get_node()
+        kind = consumer.get_type_name()
+        if kind == "MatMul" and target.get_index() == 1:
+            return True
+        if kind in ("Convert", "Subtract", "Multiply", "Reshape", "Transpose", "Unsqueeze") and _feeds_matmul_weight(consumer, depth + 1):
+            return True
+    return False
+
+
+def pack_int4_weights(model: Any) -> int:
+    """Store int8 MatMul weight constants whose values all lie in [−8, 7] — the ≤4-bit codes of a QAT export — as
+    OpenVINO ``i4`` constants. Exact (the same integers, the same scales), and the CPU plugin then runs its int4
+    weight-compressed FullyConnected kernel on them. OpenVINO's own int4 path (``nncf.compress_weights``)
+    re-quantizes float weights, which would not reproduce the QAT codes, hence this hand-written rewrite.
+    Convolution weights stay int8: there is no int4 convolution kernel. Returns the number of constants packed."""
+    import numpy as np
+    import openvino as ov
+    import openvino.opset13 as ops
+
+    packed = 0
+    for op in model.get_ordered_ops():
+        if op.get_type_name() != "Constant" or op.get_output_element_type(0) != ov.Type.i8:
+            continue
+        data = op.get_data()
+        if data.size < 2 or data.min() < -8 or data.max() > 7 or not _feeds_matmul_weight(op):
+            continue
+        flat = data.astype(np.int8).ravel()
+        if flat.size % 2:
+            flat = np.concatenate([flat, np.zeros(1, np.int8)])
+        t = ov.Tensor(ov.Type.i4, list(data.shape))
+        nibbles = ((flat[0::2] & 0x0F) | ((flat[1::2] & 0x0F) << 4)).astype(np.uint8)  # low nibble first
+        t.data.view(np.uint8).reshape(-1)[:] = nibbles
+        c = ops.constant(t)
+        c.set_friendly_name(op.get_friendly_name())
+        for target in list(op.output(0).get_target_inputs()):
+            target.replace_source_output(c.output(0))
+        packed += 1
+    return packed
+
+
 def compile_settings(profile: Profile) -> dict[str, Any]:
     s = profile.openvino
     return {"threads": profile.threads, "device": s.device, "performance_hint": s.performance_hint,
@@ -34,10 +79,23 @@ def lower_openvino(model: Path, profile: Profile, out_dir: Path) -> dict[str, An
         tmp = out_dir / ".model.tmp.xml"
         # read_model (the ONNX frontend) turns Q/DQ pairs into FakeQuantize; convert_model's preprocessing pass
         # rejects per-channel DequantizeLinear on conv weights (OpenVINO 2026.4), so it is not used here.
-        ov.save_model(ov.Core().read_model(str(model)), str(tmp), compress_to_fp16=False)
+        m = ov.Core().read_model(str(model))
+        int4_packed = pack_int4_weights(m) if profile.openvino.int4_matmul else 0
+        ov.save_model(m, str(tmp), compress_to_fp16=False)
         os.replace(tmp.with_suffix(".bin"), xml.with_suffix(".bin"))
         os.replace(tmp, xml)
+    if model.suffix == ".xml":
+        int4_packed = 0
     settings = compile_settings(profile)
+    devices = ov.Core().available_devices
+    if settings["device"].split(".")[0] not in {d.split(".")[0] for d in devices}:
+        # an iGPU/NPU profile lowered on a machine without that device: the IR is device-independent; compiling
+        # (and benchmarking) happens where the device is
+        return {"artifact": xml, "settings": settings, "compiled": False, "int8_kernels": {}, "low_bit_kernels": {},
+                "int4_weight_constants": int4_packed,
+                "device_note": f"OpenVINO device {settings['device']} is not present here (available: {', '.join(devices)}); "
+                               "compile and benchmark on the device (edgekd bench model.xml --profile ...)",
+                "files": {"model": xml, "weights": xml.with_suffix(".bin")}}
     compiled = ov_compile(xml, settings["threads"], settings["device"], settings["performance_hint"], settings["inference_precision"])
     prec: collections.Counter[str] = collections.Counter()
     for op in compiled.get_runtime_model().get_ordered_ops():
@@ -46,9 +104,10 @@ def lower_openvino(model: Path, profile: Profile, out_dir: Path) -> dict[str, An
             layer = rt["layerType"].astype(str)
             if layer in ("Convolution", "FullyConnected", "MatMul", "GroupConvolution", "Eltwise"):
                 prec[f"{layer}:{rt['runtimePrecision'].astype(str)}"] += 1
+                # weight-compressed FullyConnected reports the weights' precision (i4/u4) as its runtime precision
+
     return {"artifact": xml, "settings": settings, "executed_precisions": dict(prec),
             "int8_kernels": {k: v for k, v in prec.items() if k.endswith(("i8", "u8"))},
-            # sub-8-bit QAT weights run as int8 here: OpenVINO's int4 path (nncf.compress_weights) re-quantizes
-            # float weights and has no exact import of QAT codes, so it is not used
-            "low_bit_kernels": {},
+            "low_bit_kernels": {k: v for k, v in prec.items() if k.endswith(("i4", "u4"))},
+            "int4_weight_constants": int4_packed,
             "files": {"model": xml, "weights": xml.with_suffix(".bin")}}
