@@ -61,6 +61,7 @@ class OrtSettings(_Strict):
     per_channel: bool = True
     calibration_method: Literal["minmax", "entropy", "percentile"] = "minmax"
     activation_symmetric: bool = False
+    quantize_bias: bool = Field(True, description="int32 bias Q/DQ (ORT fuses it); TensorRT wants float biases")
     graph_optimization: Literal["disable", "basic", "extended", "all"] = "all"
     execution_providers: list[str] = Field(default_factory=lambda: ["CPUExecutionProvider"])
 

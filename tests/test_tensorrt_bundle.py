@@ -35,6 +35,7 @@ def test_every_required_profile_exists_and_jetson_resolves() -> None:
             assert p.device.compute_capability and p.device.tensorrt, p.name
             # TensorRT's explicit INT8 needs signed symmetric Q/DQ: the profile's quantizer settings must make that
             assert p.onnxruntime.activation_type == "int8" and p.onnxruntime.activation_symmetric and not p.onnxruntime.reduce_range
+            assert not p.onnxruntime.quantize_bias  # TensorRT keeps biases in float
 
 
 def test_dla_core_beyond_the_device_is_a_schema_error(tmp_path: Path) -> None:

@@ -49,7 +49,7 @@ def ort_quantize(fp32_onnx: Path, out_path: Path, calib_x: np.ndarray, s: OrtSet
     qtype = {"uint8": QuantType.QUInt8, "int8": QuantType.QInt8}
     method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
               "percentile": CalibrationMethod.Percentile}[s.calibration_method]
-    extra = {"ActivationSymmetric": s.activation_symmetric, "WeightSymmetric": True}
+    extra = {"ActivationSymmetric": s.activation_symmetric, "WeightSymmetric": True, "QuantizeBias": s.quantize_bias}
     with tempfile.TemporaryDirectory() as td:
         pre = Path(td) / "pre.onnx"
         logging.getLogger("root").setLevel(logging.ERROR)
@@ -60,7 +60,8 @@ def ort_quantize(fp32_onnx: Path, out_path: Path, calib_x: np.ndarray, s: OrtSet
                             weight_type=qtype[s.weight_type], calibrate_method=method, extra_options=extra)
     return {"tool": "onnxruntime.quantization.quantize_static", "format": "QDQ", "activation_type": s.activation_type,
             "weight_type": s.weight_type, "reduce_range": s.reduce_range, "per_channel": s.per_channel,
-            "calibration_method": s.calibration_method, "activation_symmetric": s.activation_symmetric}
+            "calibration_method": s.calibration_method, "activation_symmetric": s.activation_symmetric,
+            "quantize_bias": s.quantize_bias}
 
 
 def nncf_quantize_openvino(fp32_onnx: Path, out_xml: Path, calib_x: np.ndarray, s: OpenvinoSettings,

@@ -18,6 +18,7 @@ Adam against the preset's loss; the teacher stays frozen in eval mode, read thro
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from dataclasses import dataclass, field
@@ -121,7 +122,7 @@ def invert_batch(teacher: nn.Module, preset: SynthPreset, b: int, input_shape: S
         jitter = _jitter_px(preset, h)
         first_loss = last_loss = float("nan")
         with bn_stats(teacher, preset.stat) as hook:
-            swing = swing_convolution(teacher, gen) if preset.swing else _nullcontext()
+            swing = swing_convolution(teacher, gen) if preset.swing else contextlib.nullcontext()
             with swing:
                 for it in range(preset.iterations):
                     if preset.scheduler == "cosine":
@@ -167,14 +168,6 @@ def invert_batch(teacher: nn.Module, preset: SynthPreset, b: int, input_shape: S
         with torch.no_grad():
             out = (G(z) if G is not None else x).detach().clone()
     return out, {"bn_loss_first": first_loss, "bn_loss_last": last_loss}
-
-
-class _nullcontext:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *a: object) -> None:
-        return None
 
 
 def _dist() -> tuple[int, int]:
