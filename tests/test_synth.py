@@ -70,6 +70,11 @@ def _train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int = 300)
     return model.eval()
 
 
+def _exported(model: nn.Module, chw: tuple[int, int, int]) -> torch.export.ExportedProgram:
+    """A .pt2 program with a dynamic batch axis (what users save with torch.export)."""
+    return torch.export.export(model.eval(), (torch.randn(2, *chw),), dynamic_shapes=({0: torch.export.Dim("batch")},))
+
+
 @pytest.fixture(scope="module")
 def digits() -> tuple[torch.Tensor, torch.Tensor]:
     return _digits()
@@ -133,6 +138,13 @@ def test_bn_preset_on_a_teacher_without_batchnorm_names_dfad(plain_teacher: nn.M
     assert choose_method(plain_teacher, "auto") == "dfad"
     with pytest.raises(DataError, match="dfad"):
         synthesize(plain_teacher, 8, (1, 8, 8), 10, method="genie")
+
+
+def test_torchscript_teacher_cannot_be_hooked_so_auto_picks_dfad(bn_teacher: nn.Module) -> None:
+    scripted = torch.jit.trace(bn_teacher, torch.randn(1, 1, 8, 8))
+    assert choose_method(scripted, "auto") == "dfad"
+    with pytest.raises(DataError, match="dfad"):
+        choose_method(scripted, "zeroq")
 
 
 def test_swing_convolution_wraps_only_strided_convs_and_shifts_their_input(bn_teacher: nn.Module) -> None:
@@ -241,8 +253,8 @@ def test_synth_cli_writes_npz_preview_and_loads_as_data(tmp_path: Path) -> None:
     from helpers import TinyNet
 
     net = TinyNet().eval()
-    path = tmp_path / "tiny.pt"
-    torch.jit.save(torch.jit.trace(net, torch.randn(1, 1, 28, 28)), str(path))
+    path = tmp_path / "tiny.pt2"
+    torch.export.save(_exported(net, (1, 28, 28)), str(path))
     out = tmp_path / "s" / "synth.npz"
     env = dict(os.environ, PYTHONPATH=str(REPO), EDGEKD_QUIET="1")
     proc = subprocess.run([sys.executable, "-m", "edgekd.cli", "synth", str(path), "--input-shape", "1x1x28x28", "--n", "40",
@@ -264,8 +276,8 @@ def test_synth_cli_writes_npz_preview_and_loads_as_data(tmp_path: Path) -> None:
 
 
 def test_synthesis_under_torchrun_matches_a_single_process(bn_teacher: nn.Module, tmp_path: Path) -> None:
-    model = tmp_path / "t.pt"
-    torch.jit.save(torch.jit.trace(bn_teacher, torch.randn(1, 1, 8, 8)), str(model))
+    model = tmp_path / "t.pt2"
+    torch.export.save(_exported(bn_teacher, (1, 8, 8)), str(model))
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO), EDGEKD_QUIET="1")
     args = ["synth", str(model), "--input-shape", "1x1x8x8", "--n", "48", "--method", "zeroq", "--iterations", "8",
             "--batch-size", "16", "--seed", "5"]

@@ -48,13 +48,17 @@ class SynthResult:
 
 
 def choose_method(teacher: nn.Module, method: str) -> str:
-    """``auto`` → Genie-D when the teacher has BatchNorm layers, DFAD otherwise. A BN preset on a teacher without
-    BatchNorm is a usage error that names DFAD."""
-    has_bn = bool(bn_layers(teacher))
+    """``auto`` → Genie-D when the teacher has BatchNorm layers (reachable by hooks), DFAD otherwise. A BN preset on
+    a teacher without BatchNorm, or on a TorchScript teacher (no hooks), is an error that names DFAD."""
+    scripted = isinstance(teacher, torch.jit.ScriptModule)
+    has_bn = bool(bn_layers(teacher)) and not scripted
     method = method.lower()
     if method == "auto":
         return "genie" if has_bn else "dfad"
     preset = get_preset(method)
+    if preset.requires_bn and scripted:
+        raise DataError(f"synthesis method {method!r} reads BatchNorm inputs through forward hooks, which TorchScript "
+                        "models do not support", "use --synth dfad, or give the teacher as .pt2 or state_dict + --arch")
     if preset.requires_bn and not has_bn:
         raise DataError(f"synthesis method {method!r} matches BatchNorm statistics, but the teacher has no BatchNorm layer",
                         "use --synth dfad (adversarial, needs no BatchNorm), or pass real data with --data")
