@@ -8,7 +8,8 @@ Peers, run with their documented defaults on the same FP32 ONNX and the same 300
 
 edgekd, two ways:
 - *same network*: the teacher quantized with the target profile's settings (x86-cpu: per-channel U8S8 +
-  reduce_range; intel-cpu: NNCF with full bias correction) — compares quantization quality and speed alone;
+  reduce_range, for CPUs without VNNI; x86-cpu-vnni: per-channel U8S8 with full 8-bit weights; intel-cpu: NNCF
+  with full bias correction) — compares quantization quality and speed alone;
 - *pipeline*: the distilled INT8 student of the demo run (examples/demo.yaml) — what ``edgekd compress`` ships.
 
 Models: the demo CNN teacher (resnet-l) and the small ViT teacher (vit-tiny). Top-1 on the real 10k test images;
@@ -73,7 +74,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="peers-"))
     eval_npz = work / "eval.npz"
     np.savez(eval_npz, x=data.test.x, y=data.test.y)
-    x86, intel = resolve("x86-cpu"), resolve("intel-cpu")
+    x86, vnni, intel = resolve("x86-cpu"), resolve("x86-cpu-vnni"), resolve("intel-cpu")
     arts: dict[str, list[tuple[str, str, Path]]] = {}
     for name, file, arch in (("cnn (resnet-l)", "fmnist_teacher.state_dict.pt", "resnet-l"),
                              ("vit (vit-tiny)", "fmnist_vit_teacher.state_dict.pt", "vit-tiny")):
@@ -84,10 +85,12 @@ def main() -> None:
         export_onnx(m, (1, 1, 28, 28), fp32, 17, "legacy")
         ort_default(fp32, d / "ort_default.onnx", cx)
         ort_quantize(fp32, d / "edgekd_ort.onnx", cx, x86.onnxruntime)
+        ort_quantize(fp32, d / "edgekd_ort_vnni.onnx", cx, vnni.onnxruntime)
         nncf_default(fp32, d / "nncf_default.xml", cx)
         nncf_quantize_openvino(fp32, d / "edgekd_ov.xml", cx, intel.openvino)
         arts[name] = [("onnxruntime", "FP32 (reference)", fp32), ("onnxruntime", "peer: ORT quantize_static defaults", d / "ort_default.onnx"),
                       ("onnxruntime", "edgekd x86-cpu, same network", d / "edgekd_ort.onnx"),
+                      ("onnxruntime", "edgekd x86-cpu-vnni, same network", d / "edgekd_ort_vnni.onnx"),
                       ("openvino", "FP32 (reference)", fp32), ("openvino", "peer: nncf.quantize defaults", d / "nncf_default.xml"),
                       ("openvino", "edgekd intel-cpu, same network", d / "edgekd_ov.xml")]
     demo = Path(a.demo_run)
