@@ -147,6 +147,11 @@ def test_torchscript_teacher_cannot_be_hooked_so_auto_picks_dfad(bn_teacher: nn.
         choose_method(scripted, "zeroq")
 
 
+def test_non_image_inputs_get_a_clear_error(plain_teacher: nn.Module) -> None:
+    with pytest.raises(DataError, match="--data"):
+        synthesize(plain_teacher, 8, (64,), 10, method="dfad")
+
+
 def test_swing_convolution_wraps_only_strided_convs_and_shifts_their_input(bn_teacher: nn.Module) -> None:
     seen = []
     conv2 = bn_teacher.f[3]

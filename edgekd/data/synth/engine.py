@@ -195,6 +195,9 @@ def synthesize(teacher: nn.Module, n: int, input_shape: Sequence[int], num_class
     """
     if n < 1:
         raise DataError(f"asked for {n} synthetic images", "pass --n 1 or more")
+    if len(input_shape) != 3:
+        raise DataError(f"data-free synthesis makes images (C, H, W); this model takes inputs of shape {tuple(input_shape)}",
+                        "pass real data with --data")
     teacher = teacher.eval()
     for p in teacher.parameters():
         p.requires_grad_(False)
