@@ -13,7 +13,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from edgekd.benchmark.report import compare, latency_png
+from edgekd.benchmark.report import compare, latency_png, recommendations
 from edgekd.benchmark.stats import latency_stats
 from edgekd.benchmark.tegrastats import parse_line, summarize
 from edgekd.pipeline import RunDir
@@ -147,3 +147,13 @@ def test_report_compare_two_runs(tmp_path: Path) -> None:
 def test_latency_plot_needs_timings(tmp_path: Path) -> None:
     assert latency_png([{"target": "t", "model": "m", "precision": "p", "times_ms": None}], tmp_path / "l.png") is False
     assert latency_png([{"target": "t", "model": "m", "precision": "p", "times_ms": [1.0, 1.2, 0.9]}], tmp_path / "l.png")
+
+
+def test_report_recommends_fp32_when_int8_is_not_faster() -> None:
+    row = {"target": "x86-cpu", "model": "student"}
+    slow = [{**row, "precision": "fp32", "p50_ms": 0.20}, {**row, "precision": "int8", "p50_ms": 0.34}]
+    fast = [{**row, "precision": "fp32", "p50_ms": 0.20}, {**row, "precision": "int8", "p50_ms": 0.08}]
+    (rec,) = recommendations(slow)
+    assert "x86-cpu" in rec and "0.340 vs 0.200" in rec and "--precision fp32" in rec
+    assert recommendations(fast) == []
+    assert recommendations([{**row, "precision": "int8", "p50_ms": None}]) == []

@@ -46,6 +46,24 @@ def _fmt(v: Any, spec: str) -> str:
     return "–" if v is None else format(v, spec)
 
 
+def recommendations(rows: list[dict[str, Any]]) -> list[str]:
+    """Where the measured INT8 student is not faster than its FP32 export on the same target (batch 1), say so:
+    INT8 then buys size only, and FP32 is the better deployment (``--precision fp32``). Tiny transformers on CPU
+    runtimes are the usual case: the Q/DQ work around small MatMuls costs more than the int8 kernels save."""
+    out = []
+    by_target: dict[str, dict[str, dict[str, Any]]] = {}
+    for r in rows:
+        if r["model"] == "student" and r.get("p50_ms") is not None:
+            by_target.setdefault(r["target"], {})[r["precision"]] = r
+    for target, recs in sorted(by_target.items()):
+        fp32, int8 = recs.get("fp32"), recs.get("int8")
+        if fp32 and int8 and int8["p50_ms"] >= fp32["p50_ms"]:
+            out.append(f"{target}: the INT8 student is not faster than FP32 at batch 1 ({int8['p50_ms']:.3f} vs "
+                       f"{fp32['p50_ms']:.3f} ms); it only saves size. Deploy FP32 here unless size matters "
+                       "(edgekd compress ... --precision fp32).")
+    return out
+
+
 def markdown(run: RunDir, rows: list[dict[str, Any]]) -> str:
     m = run.manifest
     data = m.get("inputs", {}).get("data", {})
@@ -83,6 +101,8 @@ def markdown(run: RunDir, rows: list[dict[str, Any]]) -> str:
         if tele.get("energy_per_inference_mj") is not None:
             lines.append(f"\n- {r['target']} {r['model']} {r['precision']}: {tele['energy_per_inference_mj']:.2f} mJ per inference "
                          f"(mean input power {tele['power_in_mw_mean']:.0f} mW, peak temperatures {tele.get('peak_temps_c')})")
+    for rec in recommendations(rows):
+        lines.append(f"\n- **Recommendation** — {rec}")
     lines += ["", "Latency: batch 1, one process per artifact, after warm-up; speed-up = teacher p50 / model p50 on the same "
               "runtime and thread count. Accuracy: top-1 on the held-out test split.", ""]
     for stage_id, rec in sorted(m.get("stages", {}).items()):
@@ -223,7 +243,8 @@ def pareto_png(rows: list[dict[str, Any]], path: Path) -> None:
 def render(run: RunDir) -> dict[str, Any]:
     rows = collect(run)
     md = markdown(run, rows)
-    report = {"run": str(run.root), "rows": [{k: v for k, v in r.items() if k != "times_ms"} for r in rows], "stages": {k: {kk: v.get(kk) for kk in ("status", "seconds", "metrics")}
+    report = {"run": str(run.root), "rows": [{k: v for k, v in r.items() if k != "times_ms"} for r in rows],
+              "recommendations": recommendations(rows), "stages": {k: {kk: v.get(kk) for kk in ("status", "seconds", "metrics")}
                                                             for k, v in run.manifest.get("stages", {}).items()}}
     write_json(run.root / "report.json", report)
     write_text(run.root / "report.md", md)
