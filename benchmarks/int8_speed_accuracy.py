@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import statistics
-from pathlib import Path
 
 from _common import REPO, md_table, save
 

@@ -13,7 +13,6 @@ import argparse
 import statistics
 import time
 
-import numpy as np
 import torch
 from _common import REPO, md_table, save
 

@@ -81,16 +81,15 @@ class Pipeline:
         if self._data is None:
             from edgekd.data import load_dataset
 
-            lm = self.teacher
+            self.teacher  # loads the model: input_shape and num_classes
             d = self.cfg.data
             if d.path is None:
                 self._data = self._synthetic_dataset()
                 self.run.manifest.setdefault("inputs", {})["data"] = self._data.meta
                 self.run.save()
                 return self._data
-            norm = lm.meta.get("normalize") or {}
-            mean = d.mean if d.mean is not None else norm.get("mean")
-            std = d.std if d.std is not None else norm.get("std")
+            norm = self.known_normalize()
+            mean, std = (norm["mean"], norm["std"]) if norm else (None, None)
             ds = load_dataset(d.path, channels=self.input_shape[1], size=tuple(self.input_shape[2:4]) if len(self.input_shape) == 4 else None,
                               val_fraction=d.val_fraction, seed=d.split_seed, mean=mean, std=std, limit=d.limit)
             if tuple(ds.input_shape) != tuple(self.input_shape[1:]):
@@ -148,16 +147,15 @@ class Pipeline:
         import torch
 
         from edgekd.data.synth import synthesize
-        from edgekd.data.synth.io import preview_grid, save_npz
+        from edgekd.data.synth.engine import valid_range
+        from edgekd.data.synth.io import write_set
         from edgekd.fileio import atomic_path
 
         s = self.cfg.synth
         out = self.run.fresh_dir("synth", keep=("work",))
         norm = self.known_normalize()
-        vr = None
-        if norm:
-            m, sd = np.asarray(norm["mean"]), np.asarray(norm["std"])
-            vr = ((0 - m) / sd, (1 - m) / sd)
+        mean, std = (norm["mean"], norm["std"]) if norm else (None, None)
+        vr = valid_range(mean, std)
         student = recipe = None
         if method == "dfad":
             from edgekd.models.student import build_student
@@ -172,10 +170,8 @@ class Pipeline:
                          batch_size=s.batch_size, lr=s.lr)
         if not res.meta["finite"]:
             raise StageError("synthetic images contain NaN/inf", "lower --synth-lr or the iterations")
-        save_npz(out / "synth.npz", res.x, res.y, res.meta)
-        preview_grid(out / "preview.png", res.x, res.y, norm["mean"] if norm else None, norm["std"] if norm else None,
-                     title=f"{method}: {s.n} images, labels = teacher top-1")
-        write_json(out / "synth.json", res.meta)
+        write_set(out / "synth.npz", out / "preview.png", out / "synth.json", res, mean, std,
+                  title=f"{method}: {s.n} images, labels = teacher top-1")
         outputs = {"data": self.run.rel(out / "synth.npz"), "preview": self.run.rel(out / "preview.png"),
                    "report": self.run.rel(out / "synth.json")}
         if student is not None:
@@ -555,39 +551,34 @@ class Pipeline:
             marker.write_text(want)
         return path
 
-    def _bench_bundle_only(self, p: Profile, out: Path) -> StageResult:
-        """A TensorRT target where no engine could be built here: no latency, the expected accuracy from lowering."""
-        build = json.loads(self.run.output(f"lower/{p.name}", "build").read_text())
-        note = build.get("engine_note") or "no engine"
-        exp = build.get("expected_accuracy", {})
-        rows = [{"role": "student", "precision": k, "top1": v["top1"], "samples": v["samples"],
-                 "measured_on": "onnxruntime-reference (expected TensorRT accuracy)"} for k, v in exp.items() if isinstance(v, dict)]
+    def _bench_unmeasured(self, p: Profile, out: Path, note: str, rows: list[dict[str, Any]], **extra: Any) -> StageResult:
+        """A target whose device is not here: no latency; ``rows`` hold the expected accuracy and how it was got."""
         write_json(out / "latency.json", {"target": p.name, "backend": p.backend, "skipped": note, "results": [],
                                           "environment": describe_environment()})
-        write_json(out / "accuracy.json", {"target": p.name, "test_samples": len(self.data.test), "results": rows,
-                                           "gate": exp.get("gate_reason"), "bundle_precision": build.get("bundle_precision")})
+        write_json(out / "accuracy.json", {"target": p.name, "test_samples": len(self.data.test), "results": rows, **extra})
         progress.log(f"bench/{p.name}: latency not measured ({note})")
         return StageResult({"latency": self.run.rel(out / "latency.json"), "accuracy": self.run.rel(out / "accuracy.json")},
                            {"latency_skipped": note, "expected_top1": {r["precision"]: r["top1"] for r in rows}})
 
+    def _bench_bundle_only(self, p: Profile, out: Path) -> StageResult:
+        """A TensorRT target where no engine could be built here: the expected accuracy recorded at lowering."""
+        build = json.loads(self.run.output(f"lower/{p.name}", "build").read_text())
+        exp = build.get("expected_accuracy", {})
+        rows = [{"role": "student", "precision": k, "top1": v["top1"], "samples": v["samples"],
+                 "measured_on": "onnxruntime-reference (expected TensorRT accuracy)"} for k, v in exp.items() if isinstance(v, dict)]
+        return self._bench_unmeasured(p, out, build.get("engine_note") or "no engine", rows,
+                                      gate=exp.get("gate_reason"), bundle_precision=build.get("bundle_precision"))
+
     def _bench_device_absent(self, p: Profile, out: Path, build: dict[str, Any]) -> StageResult:
-        """An OpenVINO GPU/NPU profile on a machine without that device: accuracy of the IR on the CPU plugin (the
-        expected accuracy), no latency."""
+        """An OpenVINO GPU/NPU profile on a machine without that device: accuracy of the IR on the CPU plugin."""
         from edgekd.exporters import parity
         from edgekd.runtimes import make_runner
 
         ir = self.run.output(f"lower/{p.name}", "model")
         logits = parity.run_batched(make_runner("openvino", ir, {"device": "CPU", "inference_precision": "f32"}), self.data.test.x)
-        top1 = float((logits.argmax(1) == self.data.test.y).mean())
-        note = build["device_note"]
-        write_json(out / "latency.json", {"target": p.name, "backend": p.backend, "skipped": note, "results": [],
-                                          "environment": describe_environment()})
-        write_json(out / "accuracy.json", {"target": p.name, "test_samples": len(self.data.test), "results": [
-            {"role": "student", "precision": self.precision(p), "top1": top1, "samples": len(self.data.test),
-             "measured_on": "OpenVINO CPU plugin (expected accuracy on the device)"}]})
-        progress.log(f"bench/{p.name}: latency not measured ({note})")
-        return StageResult({"latency": self.run.rel(out / "latency.json"), "accuracy": self.run.rel(out / "accuracy.json")},
-                           {"latency_skipped": note, "expected_top1": top1})
+        rows = [{"role": "student", "precision": self.precision(p), "top1": float((logits.argmax(1) == self.data.test.y).mean()),
+                 "samples": len(self.data.test), "measured_on": "OpenVINO CPU plugin (expected accuracy on the device)"}]
+        return self._bench_unmeasured(p, out, build["device_note"], rows)
 
     def _bench(self, p: Profile) -> StageResult:
         from edgekd.backends.onnxruntime import session_settings
@@ -772,7 +763,8 @@ def synth(model: str | Path, *, out: str | Path = "synth.npz", n: int = 2048, me
     """Synthesize ``n`` images from the teacher alone and write ``out`` (.npz: x, y, meta), a preview PNG and a JSON
     record. Under ``torchrun`` the batches are shared between ranks and rank 0 writes."""
     from edgekd.data.synth import synthesize
-    from edgekd.data.synth.io import preview_grid, save_npz
+    from edgekd.data.synth.engine import valid_range
+    from edgekd.data.synth.io import write_set
     from edgekd.kd.trainer import maybe_init_distributed
     from edgekd.models.loading import load_model, probe, require_input_shape
 
@@ -785,10 +777,7 @@ def synth(model: str | Path, *, out: str | Path = "synth.npz", n: int = 2048, me
     norm = lm.meta.get("normalize") or {}
     mean = mean if mean is not None else norm.get("mean")
     std = std if std is not None else norm.get("std")
-    vr = None
-    if mean is not None and std is not None:
-        m_, s_ = np.asarray(mean, np.float32), np.asarray(std, np.float32)
-        vr = ((0 - m_) / s_, (1 - m_) / s_)
+    vr = valid_range(mean, std)
     distributed = maybe_init_distributed()
     res = synthesize(lm.module, n, shape[1:], k, method=method, seed=seed, valid_range=vr,
                      work_dir=out.parent / f".{out.stem}.work", iterations=iterations, batch_size=batch_size, lr=lr)
@@ -800,9 +789,8 @@ def synth(model: str | Path, *, out: str | Path = "synth.npz", n: int = 2048, me
     if rank != 0:
         return {"written": False, **{k_: res.meta[k_] for k_ in ("method", "n", "seconds")}}
     meta = {**res.meta, "teacher": {"path": lm.path, "sha256": lm.sha256}, "normalize": {"mean": mean, "std": std}}
-    save_npz(out, res.x, res.y, meta)
-    png = preview_grid(out.with_suffix(".png"), res.x, res.y, mean, std, title=f"{res.meta['method']}: labels = teacher top-1")
-    write_json(out.with_suffix(".json"), meta)
+    png = out.with_suffix(".png")
+    write_set(out, png, out.with_suffix(".json"), res, mean, std, title=f"{res.meta['method']}: labels = teacher top-1", meta=meta)
     import shutil
 
     shutil.rmtree(out.parent / f".{out.stem}.work", ignore_errors=True)  # per-batch shards, kept only for resuming

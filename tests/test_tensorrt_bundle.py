@@ -18,6 +18,7 @@ from onnx import TensorProto, helper, numpy_helper
 from edgekd.backends.tensorrt import (builder_config, choose_precision, lint_qdq, tensorrt_status, trtexec_args,
                                       trtexec_timing_args, write_bundle)
 from edgekd.errors import TargetError
+from edgekd.fileio import sha256_file
 from edgekd.targets import list_profiles, load_profile_file, resolve
 
 TRT_PROFILES = [p.name for p in list_profiles() if p.backend == "tensorrt"]
@@ -145,7 +146,8 @@ def test_bundle_holds_script_manifest_and_samples(tmp_path: Path) -> None:
         assert (b / f).exists(), f
     m = json.loads((b / "manifest.json").read_text())
     assert m["tensorrt_wanted"] == "8.5" and m["compute_capability_wanted"] == "7.2"
-    assert m["onnx"]["int8_onnx"]["sha256"] == res["manifest"]["onnx"]["int8_onnx"]["sha256"] and len(m["onnx"]["int8_onnx"]["sha256"]) == 64
+    assert m["onnx"]["int8_onnx"]["sha256"] == sha256_file(b / "model.int8.onnx") == sha256_file(q)
+    assert res["files"]["int8_onnx"] == b / "model.int8.onnx"
     assert m["qdq_lint"]["ok"] and m["expected_accuracy"]["int8"]["top1"] == 0.9
     assert m["trtexec"]["int8"] == trtexec_args(p, "model.int8.onnx", "model.int8.engine", "int8", "x", [1, 1, 8, 8])
     sh = (b / "build.sh").read_text()

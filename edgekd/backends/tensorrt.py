@@ -31,7 +31,6 @@ from typing import Any
 
 import numpy as np
 
-from edgekd.backends import BACKENDS
 from edgekd.fileio import sha256_file, write_json, write_text
 from edgekd.targets import Profile
 
@@ -409,16 +408,15 @@ def write_bundle(profile: Profile, int8_onnx: Path | None, fp32_onnx: Path, out_
     return {"manifest": manifest, "files": files}
 
 
-@BACKENDS.register("tensorrt")
-def lower_tensorrt(model: Path, profile: Profile, out_dir: Path, *, fp32_onnx: Path | None = None, input_shape: list[int] | None = None,
+def lower_tensorrt(model: Path, profile: Profile, out_dir: Path, *, fp32_onnx: Path, input_shape: list[int],
                    samples: tuple[np.ndarray, np.ndarray] | None = None, expected: dict[str, Any] | None = None,
                    precision: str = "int8") -> dict[str, Any]:
+    """Not in the backends registry: besides the model it needs the FP32 ONNX, the input shape, held-out samples and
+    the expected accuracy, which the pipeline's lower stage supplies."""
     from edgekd import __version__
 
     int8 = model if precision == "int8" else None  # the accuracy half of the gate already chose fp16 otherwise
-    fp32 = fp32_onnx or model
-    shape = input_shape or [1, 1, 28, 28]
-    res = write_bundle(profile, int8, fp32, out_dir, shape, samples, expected or {}, __version__)
+    res = write_bundle(profile, int8, fp32_onnx, out_dir, input_shape, samples, expected or {}, __version__)
     manifest, files = res["manifest"], res["files"]
     ok, reason = tensorrt_status()
     engines: dict[str, Any] = {}
@@ -426,7 +424,7 @@ def lower_tensorrt(model: Path, profile: Profile, out_dir: Path, *, fp32_onnx: P
         name = manifest["input"]["name"]
         for p, src in (("fp16", out_dir / "model.fp32.onnx"), ("int8", out_dir / "model.int8.onnx")):
             if src.exists():
-                engines[p] = build_engine(src, out_dir / f"model.{p}.engine", profile, p, name, shape, out_dir / "timing.cache")
+                engines[p] = build_engine(src, out_dir / f"model.{p}.engine", profile, p, name, input_shape, out_dir / "timing.cache")
                 files[f"engine_{p}"] = out_dir / f"model.{p}.engine"
     artifact = files.get("engine_int8") or files.get("engine_fp16") or files.get("int8_onnx") or files["fp32_onnx"]
     files["model"] = artifact  # the engine where one was built, else the ONNX the device builds from

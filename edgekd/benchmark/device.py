@@ -7,7 +7,6 @@ measurement is the same worker the pipeline uses (a fresh process per artifact),
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -100,7 +99,3 @@ def bench_artifact(artifact: str | Path, profile: str, data: str | Path | None =
         latency_png([{"target": prof.name, "model": art.stem, "precision": "", "times_ms": l1.get("times_ms")}],
                     od / "latency.png")
     return res
-
-
-def load_json(path: Path) -> Any:
-    return json.loads(path.read_text())

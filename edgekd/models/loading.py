@@ -171,7 +171,7 @@ def load_model(
             obj = torch.load(str(path), map_location="cpu", weights_only=True)
         except pickle.UnpicklingError:
             if allow_pickle:  # the user's explicit opt-in (--allow-pickle): only then may the pickle run its code
-                obj = torch.load(str(path), map_location="cpu", weights_only=False)
+                obj = torch.load(str(path), map_location="cpu", weights_only=not allow_pickle)
             else:
                 raise ModelLoadError(
                     f"{path.name} is a pickled Python object; loading it would run code from the file",

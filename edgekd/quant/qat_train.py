@@ -11,7 +11,6 @@ steps equals the baseline's (Kim et al. 2023, §1.5 of the spec).
 
 from __future__ import annotations
 
-import math
 import time
 from typing import Any, Literal
 

@@ -76,6 +76,15 @@ def teacher_fingerprint(model: nn.Module) -> str:
     return h.hexdigest()
 
 
+def valid_range(mean: Sequence[float] | None, std: Sequence[float] | None) -> tuple[np.ndarray, np.ndarray] | None:
+    """The normalised-input range [(0 − mean)/std, (1 − mean)/std] per channel, or None when the preprocessing is
+    unknown."""
+    if mean is None or std is None:
+        return None
+    m, s = np.asarray(mean, np.float32), np.asarray(std, np.float32)
+    return (0 - m) / s, (1 - m) / s
+
+
 def batch_seed(seed: int, index: int) -> int:
     return (seed * 1_000_003 + index * 7_919) % (2**31 - 1)
 
@@ -174,14 +183,6 @@ def invert_batch(teacher: nn.Module, preset: SynthPreset, b: int, input_shape: S
     return out, {"bn_loss_first": first_loss, "bn_loss_last": last_loss}
 
 
-def _dist() -> tuple[int, int]:
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
 def synthesize(teacher: nn.Module, n: int, input_shape: Sequence[int], num_classes: int, *, method: str = "auto",
                seed: int = 0, valid_range: tuple[Sequence[float], Sequence[float]] | None = None,
                work_dir: str | Path | None = None, student: nn.Module | None = None, desc: str = "synth",
@@ -239,7 +240,9 @@ def synthesize(teacher: nn.Module, n: int, input_shape: Sequence[int], num_class
 
 def _invert_all(teacher: nn.Module, preset: SynthPreset, n: int, shape: tuple[int, int, int], num_classes: int, seed: int,
                 vr: tuple[torch.Tensor, torch.Tensor] | None, work_dir: str | Path | None, desc: str) -> tuple[torch.Tensor, list[dict[str, Any]]]:
-    rank, world = _dist()
+    from edgekd.kd.trainer import dist_info
+
+    rank, world = dist_info()
     bs = preset.batch_size
     sizes = [min(bs, n - i) for i in range(0, n, bs)]
     key = sha256_json({"preset": preset.as_dict(), "shape": shape, "k": num_classes, "seed": seed,

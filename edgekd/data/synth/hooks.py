@@ -86,6 +86,10 @@ class BNStatsHook:
             bn = self.layers[i][1]
             yield mean, var, bn.running_mean.detach(), bn.running_var.detach()
 
+    def called_layers(self) -> list[str]:
+        """Names of the BN layers of the last forward pass, in the order of :meth:`targets`."""
+        return [self.layers[i][0] for i in self._order]
+
     def remove(self) -> None:
         for h in self._handles:
             h.remove()

@@ -23,6 +23,17 @@ def save_npz(path: str | Path, x: np.ndarray, y: np.ndarray, meta: dict[str, Any
     return path
 
 
+def write_set(npz: Path, png: Path, json_path: Path, res: Any, mean: Sequence[float] | None, std: Sequence[float] | None,
+              title: str, meta: dict[str, Any] | None = None) -> None:
+    """Write a :class:`~edgekd.data.synth.engine.SynthResult` as .npz, preview grid .png and .json record."""
+    from edgekd.fileio import write_json
+
+    meta = meta if meta is not None else res.meta
+    save_npz(npz, res.x, res.y, meta)
+    preview_grid(png, res.x, res.y, mean, std, title=title)
+    write_json(json_path, meta)
+
+
 def preview_grid(path: str | Path, x: np.ndarray, y: np.ndarray | None = None, mean: Sequence[float] | None = None,
                  std: Sequence[float] | None = None, max_images: int = 64, title: str | None = None) -> Path:
     """A grid of up to ``max_images`` images (de-normalised when mean/std are known, else min-max scaled per image),

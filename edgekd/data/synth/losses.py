@@ -61,8 +61,7 @@ def bn_statistics_gap(model: torch.nn.Module, x: torch.Tensor) -> list[dict[str,
     with bn_stats(model, "batch") as hook:
         model(x)
         out = []
-        for i, (mean, var, rm, rv) in zip(hook._order, hook.targets()):
-            name = hook.layers[i][0]
+        for name, (mean, var, rm, rv) in zip(hook.called_layers(), hook.targets()):
             s, s_hat = (rv + EPS).sqrt(), (var + EPS).sqrt()
             out.append({"layer": name, "mean_gap": float((mean - rm).norm() / s.norm()),
                         "std_gap": float((s_hat - s).norm() / s.norm())})
