@@ -28,6 +28,7 @@ from edgekd.fileio import sha256_file, write_json
 from edgekd.benchmark.envinfo import capture as describe_environment
 from edgekd.pipeline import RunDir, StageResult
 from edgekd.targets import Profile, list_profiles, resolve
+from edgekd.data.synth.presets import is_adversarial
 
 STAGES = ("distill", "export", "quantize", "lower", "bench")
 
@@ -139,7 +140,7 @@ class Pipeline:
         method = self.synth_method()
         key = {"synth": s.model_dump(exclude={"mix", "holdout"}), "method": method, "teacher": self.teacher.sha256,
                "input_shape": list(self.input_shape), "normalize": self.known_normalize()}
-        if method == "dfad":  # the game trains the pipeline's own student
+        if is_adversarial(method):  # the game trains the pipeline's own student
             key["student"] = self.cfg.distill.model_dump(include={"student", "width", "depth", "seed"})
         return self.run.run_stage("synth", key, lambda: self._synth(method))
 
@@ -157,7 +158,7 @@ class Pipeline:
         mean, std = (norm["mean"], norm["std"]) if norm else (None, None)
         vr = valid_range(mean, std)
         student = recipe = None
-        if method == "dfad":
+        if is_adversarial(method):
             from edgekd.models.student import build_student
 
             torch.manual_seed(self.cfg.distill.seed)
@@ -252,7 +253,7 @@ class Pipeline:
         else:
             torch.manual_seed(cfg.seed)
             student, recipe = build_student(cfg.student, self.input_shape[1], self.num_classes, cfg.width, cfg.depth)
-            if self.data_free and self.synth_method() == "dfad":
+            if self.data_free and is_adversarial(self.synth_method()):
                 # DFAD trains the student inside the synthesis game (stage 0); take that student as is.
                 from edgekd.models.student import load_student
 

@@ -92,6 +92,8 @@ def compress(
     lr: Optional[float] = typer.Option(None),
     feature: Optional[List[str]] = typer.Option(None, help="feature KD pair STUDENT_PATH:TEACHER_PATH (repeatable)"),
     augment: Optional[bool] = typer.Option(None, "--augment/--no-augment"),
+    mixup: Optional[float] = typer.Option(None, "--mixup", min=0.0, help="mixup α for distillation (teacher sees the mixed "
+                                          "images; default 0, or 1 in data-free runs)"),
     no_distill: bool = typer.Option(False, "--no-distill", help="quantize the teacher itself"),
     precision: Optional[str] = typer.Option(None, help="int8 | fp32 (default: the profile's)"),
     calibration: Optional[str] = typer.Option(None, help="calibration recipe: default | small | large | path.yaml"),
@@ -100,7 +102,7 @@ def compress(
     ti_mode: Optional[str] = typer.Option(None, help="Teacher Intervention: auto | g | o | c | m (transformers) | b (CNN blocks)"),
     qat_steps: Optional[int] = typer.Option(None, min=1),
     keep_fp: Optional[List[str]] = typer.Option(None, help="module path kept in floating point (repeatable)"),
-    synth: Optional[str] = typer.Option(None, "--synth", help="data-free synthesis: auto | genie | deepinversion | zeroq | dfad "
+    synth: Optional[str] = typer.Option(None, "--synth", help="data-free synthesis: auto | genie | deepinversion | zeroq | dfad | dfad-bn "
                                         "(default with no --data: auto; with --data: mix synthetic images into the real ones)"),
     synth_n: Optional[int] = typer.Option(None, "--synth-n", help="number of synthetic images (default 2048)"),
     synth_iterations: Optional[int] = typer.Option(None, "--synth-iterations", help="per batch (default: the method's)"),
@@ -116,7 +118,7 @@ def compress(
 
     kw = _common(model, config, target, data, run_dir, arch, input_shape, allow_pickle,
                  distill__student=student, distill__loss=loss, distill__epochs=epochs, distill__batch_size=batch_size,
-                 distill__lr=lr, distill__features=_features(feature), distill__augment=augment,
+                 distill__lr=lr, distill__features=_features(feature), distill__augment=augment, distill__mixup=mixup,
                  distill__enabled=False if no_distill else None, quantize__precision=precision,
                  quantize__calibration=calibration, quantize__qat=qat, quantize__bits=bits, quantize__ti_mode=ti_mode,
                  quantize__qat_steps=qat_steps, quantize__keep_fp=keep_fp or None, bench__threads=threads, data__limit=data_limit,
@@ -132,7 +134,7 @@ def synth_cmd(
     model: str = typer.Argument(..., help="the teacher model file"),
     out: Path = typer.Option(Path("synth.npz"), "--out", "-o", help="output .npz (a preview grid .png and a .json go next to it)"),
     n: int = typer.Option(2048, "--n", min=1, help="number of images"),
-    method: str = typer.Option("auto", "--method", "-m", help="auto | genie | deepinversion | zeroq | dfad"),
+    method: str = typer.Option("auto", "--method", "-m", help="auto | genie | deepinversion | zeroq | dfad | dfad-bn"),
     iterations: Optional[int] = typer.Option(None, help="per batch (default: the method's published setting)"),
     batch_size: Optional[int] = typer.Option(None, min=2),
     lr: Optional[float] = typer.Option(None),

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from edgekd.errors import ConfigError
 
@@ -55,6 +55,8 @@ class DistillConfig(Strict):
     weight_decay: float = Field(5e-4, ge=0)
     warmup_epochs: float = Field(0.5, ge=0)
     augment: bool = False
+    mixup: float = Field(0.0, ge=0, description="Beta(α, α) mixup of the transfer inputs, teacher queried on the mixed "
+                         "images (function matching); 0 = off. Helps small and synthetic transfer sets")
     teacher_cache: Literal["auto", "on", "off"] = "auto"
     seed: int = 0
     threads: int | None = None
@@ -105,7 +107,7 @@ def _check_bits(v: str) -> str:
 
 
 #: the presets of edgekd.data.synth (listed here so that reading a config never imports torch; a test keeps them equal)
-SYNTH_METHODS = ("deepinversion", "dfad", "genie", "zeroq")
+SYNTH_METHODS = ("deepinversion", "dfad", "dfad-bn", "genie", "zeroq")
 
 
 class SynthConfig(Strict):
@@ -156,6 +158,17 @@ class PipelineConfig(Strict):
     export: ExportConfig = Field(default_factory=ExportConfig)
     quantize: QuantizeConfig = Field(default_factory=QuantizeConfig)
     bench: BenchConfig = Field(default_factory=BenchConfig)
+
+    @model_validator(mode="after")
+    def _data_free_distill_defaults(self) -> "PipelineConfig":
+        """With no real data the transfer set is a fixed synthetic sample; distil by function matching (flips/shifts
+        plus mixup, the teacher queried on every augmented batch) unless the user chose otherwise. Measured on the
+        demo CNN with 1024 Genie images, 300 epochs: 66.9 % without mixup, 74.2 % with (benchmarks/datafree.py)."""
+        if self.data.path is None:
+            upd = {k: v for k, v in (("mixup", 1.0), ("augment", True)) if k not in self.distill.model_fields_set}
+            if upd:
+                self.distill = self.distill.model_copy(update=upd)
+        return self
 
     @field_validator("targets", mode="before")
     @classmethod

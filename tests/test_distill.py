@@ -97,3 +97,44 @@ def test_kd_beats_labels_alone_on_real_data(fmnist: Path) -> None:
         res = train_student(teacher, student, data, DistillConfig(loss=loss, epochs=6, batch_size=64, lr=0.05))
         accs[loss] = res.history[-1]["val_top1"]
     assert accs["kd"] > accs["ce"] + 0.005, accs
+
+
+def test_mixup_batch_is_a_convex_combination_with_matching_soft_targets() -> None:
+    import numpy as np
+    import torch.nn.functional as F
+
+    from edgekd.kd.trainer import mixup_batch
+
+    np.random.seed(0)
+    x = torch.stack([torch.full((1, 4, 4), float(i)) for i in range(16)])
+    y = torch.arange(16) % 10
+    xm, y_hard, soft = mixup_batch(x, y, 1.0, 10)
+    assert xm.shape == x.shape and soft.shape == (16, 10)
+    assert torch.allclose(soft.sum(1), torch.ones(16))
+    # each mixed image is constant (a mix of two constant images) and its value says which λ was drawn
+    lam_x = soft.gather(1, y[:, None]).squeeze(1)  # weight of the sample's own label (unless the partner shares it)
+    assert (xm.flatten(1).std(1) < 1e-6).all()
+    assert not torch.allclose(xm, x)
+    # the dominant hard label carries at least half of the soft target's mass
+    assert (soft.gather(1, y_hard[:, None]).squeeze(1) >= 0.5 - 1e-6).all()
+    assert (lam_x >= 0).all() and F.one_hot(y_hard, 10).shape == (16, 10)
+
+
+def test_mixup_refuses_a_cached_teacher(idx_dir: Path) -> None:
+    from edgekd.errors import ConfigError
+
+    data = load_dataset(str(idx_dir))
+    cfg = DistillConfig(student="resnet-s", epochs=1, mixup=1.0, teacher_cache="on")
+    with pytest.raises(ConfigError, match="mixup"):
+        train_student(TinyNet(), build_model("resnet-s", 1, 10), data, cfg)
+
+
+def test_data_free_runs_default_to_function_matching_unless_told_otherwise() -> None:
+    from edgekd.config import build_config
+
+    free = build_config(model="m.pt")
+    assert free.distill.mixup == 1.0 and free.distill.augment is True
+    told = build_config(model="m.pt", distill={"mixup": 0.0, "augment": False})
+    assert told.distill.mixup == 0.0 and told.distill.augment is False
+    real = build_config(model="m.pt", data={"path": "fashion-mnist"})
+    assert real.distill.mixup == 0.0 and real.distill.augment is False

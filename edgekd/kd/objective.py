@@ -22,10 +22,12 @@ class DistillObjective(nn.Module):
 
     def forward(self, zs: torch.Tensor, zt: torch.Tensor | None, y: torch.Tensor, epoch: float = 0.0,
                 s_feats: dict[str, torch.Tensor] | None = None,
-                t_feats: dict[str, torch.Tensor] | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+                t_feats: dict[str, torch.Tensor] | None = None,
+                y_soft: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+        """``y_soft`` (B×C probabilities, e.g. mixup's mixed one-hot) replaces ``y`` in the cross-entropy term."""
         parts: dict[str, torch.Tensor] = {}
         if self.ce_weight:
-            parts["ce"] = self.ce_weight * F.cross_entropy(zs, y)
+            parts["ce"] = self.ce_weight * F.cross_entropy(zs, y if y_soft is None else y_soft)
         if zt is not None:
             parts["logit"] = self.logit_loss(zs, zt, y, epoch)
         if self.feature_kd is not None and s_feats is not None and t_feats is not None:

@@ -30,7 +30,7 @@ from edgekd.data import Dataset
 from edgekd.kd.features import FeatureKD, FeaturePair, FeatureRecorder
 from edgekd.kd.losses import build_loss
 from edgekd.kd.objective import DistillObjective
-from edgekd.errors import StageError
+from edgekd.errors import ConfigError, StageError
 from edgekd.fileio import atomic_path
 
 
@@ -63,6 +63,25 @@ def augment_batch(x: torch.Tensor, pad: int = 2) -> torch.Tensor:
     flip = torch.from_numpy(np.random.rand(n) < 0.5)
     x[flip] = x[flip].flip(-1)
     return x
+
+
+def mixup_batch(x: torch.Tensor, y: torch.Tensor, alpha: float, num_classes: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Mixup (Zhang et al., ICLR 2018) as used for distillation by "function matching" (Beyer et al., "Knowledge
+    distillation: A good teacher is patient and consistent", CVPR 2022): each sample is mixed with a random partner,
+
+        x̃ = λ·x + (1 − λ)·x[π],   λ ~ Beta(α, α) per sample,
+
+    and the teacher is queried on the *same* x̃ (a consistent teacher), so a small or synthetic transfer set yields a
+    new input, and a new teacher answer, at every step. Returns (x̃, the dominant hard label, the mixed one-hot
+    target for the cross-entropy term)."""
+    n = x.shape[0]
+    lam = torch.from_numpy(np.random.beta(alpha, alpha, size=n).astype(np.float32))
+    perm = torch.from_numpy(np.random.permutation(n))
+    shape = (n,) + (1,) * (x.dim() - 1)
+    xm = lam.view(shape) * x + (1 - lam.view(shape)) * x[perm]
+    y2 = y[perm]
+    soft = lam[:, None] * F.one_hot(y, num_classes).float() + (1 - lam[:, None]) * F.one_hot(y2, num_classes).float()
+    return xm, torch.where(lam >= 0.5, y, y2), soft
 
 
 def lr_at(step: int, total: int, warmup: int, base: float) -> float:
@@ -156,7 +175,11 @@ def train_student(teacher: nn.Module, student: nn.Module, data: Dataset, cfg: Di
     else:
         student_ddp = student
 
-    cache_teacher = use_teacher and (cfg.teacher_cache == "on" or (cfg.teacher_cache == "auto" and not cfg.augment and not pairs))
+    online = cfg.augment or cfg.mixup > 0 or bool(pairs)  # the teacher must see each step's own inputs
+    if cfg.teacher_cache == "on" and cfg.mixup > 0:
+        raise ConfigError("distill.teacher_cache 'on' cannot be used with mixup (the teacher must see the mixed images)",
+                          "set distill.teacher_cache: auto")
+    cache_teacher = use_teacher and (cfg.teacher_cache == "on" or (cfg.teacher_cache == "auto" and not online))
     if cache_teacher and start_epoch < cfg.epochs and teacher_logits is not None:
         teacher_logits_t = torch.from_numpy(np.asarray(teacher_logits, np.float32))
     elif cache_teacher and start_epoch < cfg.epochs:
@@ -185,6 +208,9 @@ def train_student(teacher: nn.Module, student: nn.Module, data: Dataset, cfg: Di
                 xb, yb = x_all[idx], y_all[idx]
                 if cfg.augment:
                     xb = augment_batch(xb)
+                y_soft = None
+                if cfg.mixup > 0:
+                    xb, yb, y_soft = mixup_batch(xb, yb, cfg.mixup, data.num_classes)
                 for g in opt.param_groups:
                     g["lr"] = lr_at(step, total_steps, warmup_steps, cfg.lr)
                 zt = None
@@ -200,7 +226,7 @@ def train_student(teacher: nn.Module, student: nn.Module, data: Dataset, cfg: Di
                 zs = student_ddp(xb)
                 zs = zs[0] if isinstance(zs, (tuple, list)) else zs
                 s_feats = s_rec.pop() if s_rec else None
-                loss, parts = objective(zs, zt, yb, epoch + i / max(1, len(perm)), s_feats, t_feats)
+                loss, parts = objective(zs, zt, yb, epoch + i / max(1, len(perm)), s_feats, t_feats, y_soft)
                 if not torch.isfinite(loss):
                     raise StageError(f"distillation loss became {float(loss)} at epoch {epoch + 1}",
                                      "lower --lr, or pick another --loss; finished epochs are kept")

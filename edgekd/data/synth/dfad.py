@@ -6,7 +6,8 @@ statistics (so it works for LayerNorm ViTs and BN-free CNNs):
     student, 5 steps per round on fresh batches:   min_S  ‖S(G(z)) − T(G(z))‖₁      (G detached)
     generator, 1 step per round:                    max_G  ‖S(G(z)) − T(G(z))‖₁
 
-with mean absolute error on logits, the teacher frozen in eval mode and the student in train mode. Defaults follow
+with mean absolute error on logits, the teacher frozen in eval mode and the student in train mode. The ``dfad-bn``
+preset adds BN-statistics matching and a class-balance term to the generator's loss (see :func:`train_dfad`). Defaults follow
 the reference MNIST recipe (VainF/Data-Free-Adversarial-Distillation ``DFAD_mnist.py``): nz = 100, SGD lr 0.01
 momentum 0.9 wd 5e-4 for S, Adam lr 1e-3 for G; a cosine schedule replaces the reference's step schedule.
 """
@@ -24,6 +25,8 @@ from torch import nn
 
 from edgekd import progress
 from edgekd.data.synth.generator import Generator
+from edgekd.data.synth.hooks import bn_stats
+from edgekd.data.synth.losses import bn_matching_loss
 from edgekd.data.synth.presets import SynthPreset
 from edgekd.errors import StageError
 
@@ -39,7 +42,19 @@ class DFADResult:
 def train_dfad(teacher: nn.Module, student: nn.Module, preset: SynthPreset, input_shape: Sequence[int], seed: int = 0, *,
                student_steps: int = 5, desc: str = "dfad", eval_fn: Callable[[nn.Module], float] | None = None,
                eval_every: int = 0) -> DFADResult:
-    """Run ``preset.iterations`` rounds of the DFAD game; returns the trained student and generator."""
+    """Run ``preset.iterations`` rounds of the DFAD game; returns the trained student and generator.
+
+    With a BN preset (``dfad-bn``: ``preset.stat == "batch"``) the generator step also matches the teacher's
+    BatchNorm statistics and keeps the classes balanced (Choi et al., CVPR-W 2020):
+
+        L_G = −‖S(x) − T(x)‖₁ + λ_BN·Σ_l (‖μ_l − μ̂_l‖² + ‖σ_l − σ̂_l‖²)/C_l + λ_bal·Σ_k p̄_k log p̄_k,
+        p̄ = mean over the batch of softmax(T(x)),   x = G(z)
+
+    (the last term is minus the entropy of the batch's mean class distribution: the generator is pushed to cover
+    every class instead of the few the adversarial term finds easiest).
+    """
+    bn_weight = preset.bn_weight if preset.stat != "none" else 0.0
+    balance_weight = preset.balance_weight
     c, h, w = (int(v) for v in input_shape)
     teacher = teacher.eval()
     for p in teacher.parameters():
@@ -73,13 +88,24 @@ def train_dfad(teacher: nn.Module, student: nn.Module, preset: SynthPreset, inpu
                 s_loss = float(loss_s.detach())
             z = torch.randn(bs, preset.nz, generator=gen)
             x = G(z)
-            loss_g = -F.l1_loss(student(x), teacher(x))
+            if bn_weight:
+                with bn_stats(teacher, "batch") as hook:
+                    t = teacher(x)
+                    bn_loss, _ = bn_matching_loss(hook, "std-l2sq")
+            else:
+                t = teacher(x)
+                bn_loss = torch.zeros(())
+            adv = F.l1_loss(student(x), t)
+            loss_g = -adv + bn_weight * bn_loss
+            if balance_weight:
+                p_mean = F.softmax(t, 1).mean(0)
+                loss_g = loss_g + balance_weight * (p_mean * p_mean.clamp_min(1e-8).log()).sum()
             opt_g.zero_grad(set_to_none=True)
             loss_g.backward()
             opt_g.step()
             if not (math.isfinite(s_loss) and math.isfinite(float(loss_g.detach()))):
                 raise StageError(f"DFAD loss became non-finite at round {it}", "lower the learning rates (--synth-lr)")
-            rec = {"round": it + 1, "student_l1": s_loss, "generator_l1": -float(loss_g.detach())}
+            rec = {"round": it + 1, "student_l1": s_loss, "generator_l1": float(adv.detach()), "bn_loss": float(bn_loss.detach())}
             if eval_fn is not None and eval_every and ((it + 1) % eval_every == 0 or it + 1 == preset.iterations):
                 rec["eval"] = eval_fn(student)
                 student.train()

@@ -9,6 +9,8 @@ genie          G + latents  no      batch mean / std, l2²  input N(0,1) prior, 
 deepinversion  pixels       yes     batch mean / var, l2   CE, TV-l2, l2, jitter/flip  2000
 zeroq          pixels       no      per-sample mean/std    input N(0,1) prior          500
 dfad           G (adv.)     no      none                   adversarial L1 on logits    (a training run)
+dfad-bn        G (adv.)     no      batch mean / std, l2²  adversarial L1, class       (a training run)
+                                                           balance (batch entropy)
 =============  ===========  ======  =====================  ==========================  ================
 
 ``iterations``/``batch_size``/``lr`` can be overridden per run; the run records what was used.
@@ -33,6 +35,7 @@ class SynthPreset:
     first_bn_multiplier: float = 1.0
     input_prior: bool = False  # ‖mean_c(x)‖²/B + ‖1 − std_c(x)‖²/B: input statistics pulled to N(0, 1)
     ce_weight: float = 0.0  # cross-entropy toward sampled labels (class-conditional synthesis)
+    balance_weight: float = 0.0  # adversarial presets: − H(mean_batch softmax(T(x))), keeps every class generated
     tv_l2: float = 0.0
     tv_l1: float = 0.0
     l2: float = 0.0
@@ -81,6 +84,20 @@ PRESETS.add("dfad", SynthPreset(
     name="dfad", variables="adversarial", stat="none", match="none", lr=0.01, lr_generator=1e-3, betas=(0.9, 0.999),
     scheduler="cosine", iterations=2000, batch_size=256, nz=100, requires_bn=False,
     reference="Fang et al. Data-Free Adversarial Distillation. arXiv 1912.11006 (VainF/Data-Free-Adversarial-Distillation, MNIST recipe)"))
+
+
+PRESETS.add("dfad-bn", SynthPreset(
+    name="dfad-bn", variables="adversarial", stat="batch", match="std-l2sq", bn_weight=1.0, balance_weight=1.0,
+    lr=0.01, lr_generator=1e-3, betas=(0.9, 0.999), scheduler="cosine", iterations=2000, batch_size=256, nz=100,
+    requires_bn=True,
+    reference="DFAD (Fang et al., arXiv 1912.11006) with the generator regularisers of Choi et al., Data-Free Network "
+              "Quantization With Adversarial Knowledge Distillation, CVPR Workshops 2020: BN-statistics matching and "
+              "batch categorical entropy (class balance)"))
+
+
+def is_adversarial(name: str) -> bool:
+    """True for presets that train a student inside the synthesis game (DFAD and its variants)."""
+    return PRESETS.get(name.lower()).variables == "adversarial"
 
 
 def get_preset(name: str) -> SynthPreset:
