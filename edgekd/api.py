@@ -28,7 +28,6 @@ from edgekd.fileio import sha256_file, write_json
 from edgekd.benchmark.envinfo import capture as describe_environment
 from edgekd.pipeline import RunDir, StageResult
 from edgekd.targets import Profile, list_profiles, resolve
-from edgekd.data.synth.presets import is_adversarial
 
 STAGES = ("distill", "export", "quantize", "lower", "bench")
 
@@ -671,6 +670,13 @@ def write_report(run_dir: str | Path) -> dict[str, Any]:
 
 
 # -------------------------------------------------------------------------------- public verbs
+
+
+def is_adversarial(method: str) -> bool:
+    """Lazy: the synthesis presets live under edgekd.data, which imports torch (the device-side runner must not)."""
+    from edgekd.data.synth.presets import is_adversarial as _is_adv
+
+    return _is_adv(method)
 
 
 def _config(model: str | None = None, config: str | Path | PipelineConfig | None = None, **kw: Any) -> PipelineConfig:

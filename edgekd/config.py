@@ -161,11 +161,14 @@ class PipelineConfig(Strict):
 
     @model_validator(mode="after")
     def _data_free_distill_defaults(self) -> "PipelineConfig":
-        """With no real data the transfer set is a fixed synthetic sample; distil by function matching (flips/shifts
-        plus mixup, the teacher queried on every augmented batch) unless the user chose otherwise. Measured on the
-        demo CNN with 1024 Genie images, 300 epochs: 66.9 % without mixup, 74.2 % with (benchmarks/datafree.py)."""
+        """With no real data the transfer set is a fixed synthetic sample: distil by function matching (flips/shifts
+        plus mixup, the teacher queried on every augmented batch) for a long schedule, unless the user chose
+        otherwise. Measured on the demo CNN with 1024 Genie images (benchmarks/datafree.py, seed 0): 45.6 % after 30
+        plain epochs, 66.9 % after 300, 74.2 % after 300 with mixup, 81.2 % after 1000 with mixup. The epochs are
+        cheap next to the synthesis itself (minutes vs hours on a CPU)."""
         if self.data.path is None:
-            upd = {k: v for k, v in (("mixup", 1.0), ("augment", True)) if k not in self.distill.model_fields_set}
+            defaults = (("mixup", 1.0), ("augment", True), ("epochs", 300))
+            upd = {k: v for k, v in defaults if k not in self.distill.model_fields_set}
             if upd:
                 self.distill = self.distill.model_copy(update=upd)
         return self
