@@ -182,6 +182,24 @@ def test_data_free_pipeline_end_to_end_without_data(demo_teacher: Path, tmp_path
     assert time.time() - t0 < 20
 
 
+def test_data_free_dfad_bn_trains_the_pipeline_student_inside_the_game(demo_teacher: Path, tmp_path: Path) -> None:
+    """--synth dfad-bn: the synthesis stage plays the adversarial game against the configured student, and the
+    distill stage ships that student (no second training) — for every adversarial preset, not just ``dfad``."""
+    run = tmp_path / "run"
+    cfg = {"synth": {"method": "dfad-bn", "n": 96, "iterations": 5},
+           "distill": {"student": "resnet-xs"},
+           "quantize": {"calibration": "small", "min_top1_agreement": 0.5},
+           "bench": {"iterations": 20, "warmup": 2, "warmup_seconds": 0.05}}
+    edgekd.compress(demo_teacher, targets=["x86-cpu"], run_dir=str(run), **cfg)
+    man = read_json(run / "manifest.json")
+    assert man["inputs"]["data"]["synthetic"]["method"] == "dfad-bn"
+    assert (run / "00-synth" / "dfad_student.pt").exists()
+    hist = read_json(run / "01-distill" / "history.json")
+    assert len(hist) == 1 and hist[0]["source"].startswith("DFAD game")
+    meta = read_json(run / "00-synth" / "synth.json")
+    assert meta["preset"]["balance_weight"] > 0 and meta["preset"]["stat"] == "batch"
+
+
 def test_jetson_target_writes_a_verifiable_tensorrt_bundle(demo_teacher: Path, fmnist: Path, tmp_path: Path) -> None:
     """--target jetson without TensorRT: the Q/DQ graph passes the TensorRT-ready lint, the bundle has the build script
     and manifest with the expected accuracy (ORT reference kernels), and bench reports why no latency was measured."""
