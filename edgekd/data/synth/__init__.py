@@ -1,7 +1,7 @@
 """Data-free synthesis: make calibration and distillation data from the teacher alone.
 
 Presets (see :mod:`edgekd.data.synth.presets`): ``genie`` (default with BatchNorm), ``deepinversion``, ``zeroq``,
-``dfad`` (default without BatchNorm), ``dfad-bn`` (DFAD with BN-statistics and class-balance terms). Specs: ../shared/research/algorithms.md §2.
+``dfad`` (default without BatchNorm), ``dfad-bn`` (DFAD with BN-statistics and class-balance terms), ``dfad-balanced`` (DFAD with the class-balance term only). Specs: ../shared/research/algorithms.md §2.
 """
 
 from edgekd.data.synth.engine import SynthResult, choose_method, synthesize, teacher_fingerprint

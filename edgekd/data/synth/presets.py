@@ -11,6 +11,8 @@ zeroq          pixels       no      per-sample mean/std    input N(0,1) prior   
 dfad           G (adv.)     no      none                   adversarial L1 on logits    (a training run)
 dfad-bn        G (adv.)     no      batch mean / std, l2²  adversarial L1, class       (a training run)
                                                            balance (batch entropy)
+dfad-balanced  G (adv.)     no      none                   adversarial L1, class       (a training run)
+                                                           balance; no BatchNorm needed
 =============  ===========  ======  =====================  ==========================  ================
 
 ``iterations``/``batch_size``/``lr`` can be overridden per run; the run records what was used.
@@ -93,6 +95,14 @@ PRESETS.add("dfad-bn", SynthPreset(
     reference="DFAD (Fang et al., arXiv 1912.11006) with the generator regularisers of Choi et al., Data-Free Network "
               "Quantization With Adversarial Knowledge Distillation, CVPR Workshops 2020: BN-statistics matching and "
               "batch categorical entropy (class balance)"))
+
+
+PRESETS.add("dfad-balanced", SynthPreset(
+    name="dfad-balanced", variables="adversarial", stat="none", match="none", balance_weight=1.0, lr=0.01,
+    lr_generator=1e-3, betas=(0.9, 0.999), scheduler="cosine", iterations=2000, batch_size=256, nz=100,
+    requires_bn=False,
+    reference="DFAD (Fang et al., arXiv 1912.11006) with the class-balance (batch categorical entropy) generator term of "
+              "Choi et al., CVPR Workshops 2020; needs no BatchNorm"))
 
 
 def is_adversarial(name: str) -> bool:
