@@ -118,6 +118,15 @@ def kd_student(teacher: torch.nn.Module, data: Dataset, epochs: int, seed: int, 
     return accuracy(predict_logits(res.student, data.test.x), data.test.y)
 
 
+def game_student(teacher: torch.nn.Module, preset: str, rounds: int, batch: int, seed: int, test: ArraySplit):  # noqa: ANN201
+    """Play an adversarial preset's game against a fresh resnet-s; returns (result, record with test top-1 and seconds)."""
+    torch.manual_seed(seed)
+    pre = get_preset(preset).with_overrides(iterations=rounds, batch_size=batch)
+    t0 = time.time()
+    out = train_dfad(teacher, build_model("resnet-s", 1, 10), pre, (1, 28, 28), seed)
+    return out, {"student_top1": accuracy(predict_logits(out.student, test.x), test.y), "seconds": round(time.time() - t0, 1)}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -194,30 +203,20 @@ def main() -> None:
                 print(k, res[k], f"{time.time() - t0:.0f}s", flush=True)
         k = f"cnn/dfad_bn/s{seed}"
         if k not in res:
-            torch.manual_seed(seed)
-            student = build_model("resnet-s", 1, 10)
-            pre = get_preset("dfad-bn").with_overrides(iterations=a.dfad_bn_rounds, batch_size=a.dfad_batch)
-            t0 = time.time()
-            out = train_dfad(cnn.to(memory_format=torch.channels_last), student, pre, (1, 28, 28), seed)
-            store(res, k, {"student_top1": accuracy(predict_logits(out.student, real.test.x), real.test.y),
-                           "seconds": round(time.time() - t0, 1)})
+            cnn = cnn.to(memory_format=torch.channels_last)
+            store(res, k, game_student(cnn, "dfad-bn", a.dfad_bn_rounds, a.dfad_batch, seed, real.test)[1])
             print(k, res[k], flush=True)
         # ---- ViT teacher (no BatchNorm): DFAD
         k = f"vit/dfad/s{seed}"
         if k not in res:
-            torch.manual_seed(seed)
-            student = build_model("resnet-s", 1, 10)
-            pre = get_preset("dfad").with_overrides(iterations=a.dfad_rounds, batch_size=a.dfad_batch)
-            t0 = time.time()
-            out = train_dfad(vit, student, pre, (1, 28, 28), seed)
-            vx = sample_generator(out.generator, nt, pre.nz, pre.batch_size, seed).numpy()
+            out, rec = game_student(vit, "dfad", a.dfad_rounds, a.dfad_batch, seed, real.test)
+            vx = sample_generator(out.generator, nt, get_preset("dfad").nz, a.dfad_batch, seed).numpy()
             np.savez(CACHE / f"vit-dfad-s{seed}.npz", x=vx)
             if seed == a.seeds[0]:
                 preview_grid(RESULTS / "datafree_samples_dfad_vit.png", vx[:64], predict_logits(vit, vx[:64]).argmax(1),
                              MEAN, STD, title="DFAD generator samples from the ViT teacher; label = teacher top-1")
-            store(res, k, {"student_top1": accuracy(predict_logits(out.student, real.test.x), real.test.y),
-                           "seconds": round(time.time() - t0, 1),
-                           "seconds_per_1000_images": round(1000 * (time.time() - t0) / (a.dfad_rounds * a.dfad_batch * 6), 2)})
+            rec["seconds_per_1000_images"] = round(1000 * rec["seconds"] / (a.dfad_rounds * a.dfad_batch * 6), 2)
+            store(res, k, rec)
         vx = np.load(CACHE / f"vit-dfad-s{seed}.npz")["x"]
         for src, cx in (("dfad", vx[:nc]), ("real", sources["real"][:nc]), ("noise", sources["noise"][:nc])):
             kk = f"vit/w8a8_ptq/{src}/s{seed}"
@@ -234,17 +233,12 @@ def main() -> None:
         print(f"seed {seed} done", flush=True)
     k = f"cnn/dfad_plain/s{a.seeds[0]}"
     if a.dfad_bn_rounds and k not in res:  # plain DFAD on the BN teacher, first seed: what the BN/balance terms add
-        torch.manual_seed(a.seeds[0])
-        pre = get_preset("dfad").with_overrides(iterations=a.dfad_bn_rounds, batch_size=a.dfad_batch)
-        out = train_dfad(cnn.to(memory_format=torch.channels_last), build_model("resnet-s", 1, 10), pre, (1, 28, 28), a.seeds[0])
-        store(res, k, {"student_top1": accuracy(predict_logits(out.student, real.test.x), real.test.y)})
+        cnn = cnn.to(memory_format=torch.channels_last)
+        store(res, k, game_student(cnn, "dfad", a.dfad_bn_rounds, a.dfad_batch, a.seeds[0], real.test)[1])
         print(k, res[k], flush=True)
     k = f"vit/dfad_balanced/s{a.seeds[0]}"
     if a.dfad_rounds and k not in res:  # DFAD + class balance on the BN-free ViT, first seed
-        torch.manual_seed(a.seeds[0])
-        pre = get_preset("dfad-balanced").with_overrides(iterations=a.dfad_rounds, batch_size=a.dfad_batch)
-        out = train_dfad(vit, build_model("resnet-s", 1, 10), pre, (1, 28, 28), a.seeds[0])
-        store(res, k, {"student_top1": accuracy(predict_logits(out.student, real.test.x), real.test.y)})
+        store(res, k, game_student(vit, "dfad-balanced", a.dfad_rounds, a.dfad_batch, a.seeds[0], real.test)[1])
         print(k, res[k], flush=True)
     if a.long_epochs:  # patience: the same function-matching recipe for longer, first seed only (CPU budget)
         seed = a.seeds[0]
