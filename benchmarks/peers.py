@@ -10,7 +10,9 @@ edgekd, two ways:
 - *same network*: the teacher quantized with the target profile's settings (x86-cpu: per-channel U8S8 +
   reduce_range, for CPUs without VNNI; x86-cpu-vnni: per-channel U8S8 with full 8-bit weights; intel-cpu: NNCF
   with full bias correction) — compares quantization quality and speed alone;
-- *pipeline*: the distilled INT8 student of the demo run (examples/demo.yaml) — what ``edgekd compress`` ships.
+- *pipeline*: the distilled INT8 student of the demo run (examples/demo.yaml) — what ``edgekd compress`` ships —
+  and, when ``--accurate-run`` exists, that of examples/accurate.yaml (a student with the teacher's width and a
+  stride-2 stem: the teacher's parameters at about a quarter of its multiply-adds).
 
 Models: the demo CNN teacher (resnet-l) and the small ViT teacher (vit-tiny). Top-1 on the real 10k test images;
 latency p50 at batch 1, median over ``--rounds`` alternating rounds, each artifact in a fresh worker process.
@@ -86,6 +88,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--iterations", type=int, default=500)
     ap.add_argument("--demo-run", default=str(REPO / "runs" / "demo"))
+    ap.add_argument("--accurate-run", default=str(REPO / "runs" / "accurate"),
+                    help="a pipeline run of examples/accurate.yaml (skipped when absent)")
     a = ap.parse_args()
     data = load_dataset("fashion-mnist", mean=MEAN, std=STD)
     rng = np.random.default_rng(0)
@@ -116,6 +120,11 @@ def main() -> None:
     if (demo / "04-lower" / "x86-cpu" / "model.onnx").exists():
         arts["cnn (resnet-l)"] += [("onnxruntime", "edgekd pipeline: distilled student", demo / "04-lower/x86-cpu/model.onnx"),
                                    ("openvino", "edgekd pipeline: distilled student", demo / "04-lower/intel-cpu/model.xml")]
+    acc = Path(a.accurate_run)
+    if (acc / "04-lower" / "x86-cpu" / "model.onnx").exists():
+        label = "edgekd pipeline: accurate.yaml student"
+        arts["cnn (resnet-l)"] += [("onnxruntime", label, acc / "04-lower/x86-cpu/model.onnx"),
+                                   ("openvino", label, acc / "04-lower/intel-cpu/model.xml")]
     preds = {(model, i): predictions(b, p, data.test.x) for model, items in arts.items() for i, (b, _, p) in enumerate(items)}
     results: list[dict[str, Any]] = []
     for model, items in arts.items():

@@ -132,7 +132,8 @@ class Pipeline:
     def synth_method(self) -> str:
         from edgekd.data.synth import choose_method
 
-        return choose_method(self.teacher.module, self.cfg.synth.method)
+        # the synthetic set is the distillation transfer set too when a student is trained (auto picks accordingly)
+        return choose_method(self.teacher.module, self.cfg.synth.method, transfer=self.cfg.distill.enabled)
 
     def synth(self) -> dict[str, Any]:
         s = self.cfg.synth

@@ -134,7 +134,9 @@ def synth_cmd(
     model: str = typer.Argument(..., help="the teacher model file"),
     out: Path = typer.Option(Path("synth.npz"), "--out", "-o", help="output .npz (a preview grid .png and a .json go next to it)"),
     n: int = typer.Option(2048, "--n", min=1, help="number of images"),
-    method: str = typer.Option("auto", "--method", "-m", help="auto | genie | deepinversion | zeroq | dfad | dfad-bn | dfad-balanced"),
+    method: str = typer.Option("auto", "--method", "-m", help="auto | genie | deepinversion | zeroq | dfad | dfad-bn | dfad-balanced "
+                               "(auto makes a calibration set: genie with BatchNorm, dfad without; for a distillation "
+                               "transfer set deepinversion / dfad-balanced do better)"),
     iterations: Optional[int] = typer.Option(None, help="per batch (default: the method's published setting)"),
     batch_size: Optional[int] = typer.Option(None, min=2),
     lr: Optional[float] = typer.Option(None),

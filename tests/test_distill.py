@@ -136,3 +136,11 @@ def test_data_free_runs_default_to_function_matching_unless_told_otherwise() -> 
     assert told.distill.mixup == 0.0 and told.distill.augment is False and told.distill.epochs == 5
     real = build_config(model="m.pt", data={"path": "fashion-mnist"})
     assert real.distill.mixup == 0.0 and real.distill.augment is False and real.distill.epochs == 10
+
+
+def test_val_split_is_scored_every_n_epochs_and_after_the_last(idx_dir: Path) -> None:
+    data = load_dataset(idx_dir, val_fraction=0.25)
+    teacher = TinyNet().eval()
+    res = train_student(teacher, TinyNet(), data, DistillConfig(epochs=5, batch_size=16, eval_every=2))
+    assert [h["epoch"] for h in res.history if "val_top1" in h] == [2, 4, 5]
+    assert DistillConfig(epochs=10).eval_interval() == 1 and DistillConfig(epochs=300).eval_interval() == 15
