@@ -192,10 +192,8 @@ def main() -> None:
                     store(res, k, low_bit_ptq_only(cnn, cx, real.test, seed, bits))
         # DeepInversion as the class-conditional transfer set (algorithms.md §2.8: its intended use)
         dtx, dtmeta = synth_cached("cnn", cnn, "deepinversion", nt, seed, a.iterations)
-        store(res, f"cnn/confidence/deepinversion_transfer/s{seed}", dtmeta["teacher_confidence_mean"])
-        for m, x in (("genie", gx), ("deepinversion", dtx)):  # how the transfer set spreads over the teacher's classes
-            if f"cnn/class_hist/{m}/s{seed}" not in res:
-                store(res, f"cnn/class_hist/{m}/s{seed}", np.bincount(predict_logits(cnn, x).argmax(1), minlength=10).tolist())
+        for m, meta in (("genie", gmeta), ("deepinversion", dtmeta)):  # the transfer set's spread over the teacher's classes
+            store(res, f"cnn/class_hist/{m}/s{seed}", meta["class_histogram"])
         for src, x in (("genie", gx), ("deepinversion", dtx), ("real", sources["real"]), ("noise", sources["noise"])):
             k = f"cnn/w4a8_qat/{src}/s{seed}"
             if k not in res and src != "deepinversion":
