@@ -67,8 +67,9 @@ def store(res: dict[str, Any], key: str, value: Any) -> None:
     PARTIAL.write_text(json.dumps(res, indent=1))
 
 
-def synth_cached(name: str, teacher: torch.nn.Module, method: str, n: int, seed: int, iterations: int, **kw: Any) -> tuple[np.ndarray, dict]:
-    path = CACHE / f"{name}-{method}-n{n}-it{iterations}-s{seed}.npz"
+def synth_cached(name: str, teacher: torch.nn.Module, method: str, n: int, seed: int, iterations: int, tag: str = "",
+                 **kw: Any) -> tuple[np.ndarray, dict]:
+    path = CACHE / f"{name}-{method}{tag}-n{n}-it{iterations}-s{seed}.npz"
     if path.exists():
         z = np.load(path, allow_pickle=False)
         return z["x"], json.loads(str(z["meta"]))
@@ -77,6 +78,12 @@ def synth_cached(name: str, teacher: torch.nn.Module, method: str, n: int, seed:
     CACHE.mkdir(parents=True, exist_ok=True)
     np.savez(path, x=r.x, meta=np.array(json.dumps(r.meta)))
     return r.x, r.meta
+
+
+def adi_student(seed: int) -> torch.nn.Module:
+    """The student ADI competes against during synthesis: a fresh resnet-s, the architecture distilled afterwards."""
+    torch.manual_seed(seed)
+    return build_model("resnet-s", 1, 10).to(memory_format=torch.channels_last)
 
 
 def ptq_w8a8(fp32: Path, calib: np.ndarray, test: ArraySplit) -> float:
@@ -192,11 +199,15 @@ def main() -> None:
                     store(res, k, low_bit_ptq_only(cnn, cx, real.test, seed, bits))
         # DeepInversion as the class-conditional transfer set (algorithms.md §2.8: its intended use)
         dtx, dtmeta = synth_cached("cnn", cnn, "deepinversion", nt, seed, a.iterations)
-        for m, meta in (("genie", gmeta), ("deepinversion", dtmeta)):  # the transfer set's spread over the teacher's classes
+        # Adaptive DeepInversion: batches of 128 alternate with KD of a resnet-s that the next batch competes against
+        atx, atmeta = synth_cached("cnn", cnn, "adi", nt, seed, a.iterations, student=adi_student(seed))
+        store(res, f"cost/adi/s{seed}", atmeta["seconds_per_1000_images"])
+        store(res, f"cnn/confidence/adi/s{seed}", atmeta["teacher_confidence_mean"])
+        for m, meta in (("genie", gmeta), ("deepinversion", dtmeta), ("adi", atmeta)):  # spread over the teacher's classes
             store(res, f"cnn/class_hist/{m}/s{seed}", meta["class_histogram"])
-        for src, x in (("genie", gx), ("deepinversion", dtx), ("real", sources["real"]), ("noise", sources["noise"])):
+        for src, x in (("genie", gx), ("deepinversion", dtx), ("adi", atx), ("real", sources["real"]), ("noise", sources["noise"])):
             k = f"cnn/w4a8_qat/{src}/s{seed}"
-            if k not in res and src != "deepinversion":
+            if k not in res and src in ("genie", "real", "noise"):
                 store(res, k, qat_w4a8(cnn, transfer_dataset(x, cnn, real), a.qat_steps, seed))
             k = f"cnn/kd/{src}/s{seed}"
             if k not in res:
@@ -248,12 +259,19 @@ def main() -> None:
         if a.dfad_rounds and k not in res:
             store(res, k, game_student(vit, "dfad-balanced", a.dfad_rounds, a.dfad_batch, seed, real.test)[1])
             print(k, res[k], flush=True)
+    seed = a.seeds[0]
+    k = f"cnn/kd_fm/deepinversion_b128/s{seed}"
+    if k not in res:  # ablation: plain DeepInversion at ADI's batch size, so the competition's share is visible
+        bx, _ = synth_cached("cnn", cnn, "deepinversion", nt, seed, a.iterations, tag="-b128", batch_size=128)
+        store(res, k, kd_student(cnn, transfer_dataset(bx, cnn, real), a.fm_epochs, seed, a.mixup))
+        print(k, res[k], flush=True)
     if a.long_epochs:  # patience: the same function-matching recipe for longer, first seed only (CPU budget)
         seed = a.seeds[0]
         rng = np.random.default_rng(1000 + seed)
         gx, _ = synth_cached("cnn", cnn, "genie", nt, seed, a.iterations)
         dtx, _ = synth_cached("cnn", cnn, "deepinversion", nt, seed, a.iterations)
-        for src, x in (("genie", gx), ("deepinversion", dtx), ("real", real.train.x[rng.choice(len(real.train), nt, replace=False)])):
+        atx, _ = synth_cached("cnn", cnn, "adi", nt, seed, a.iterations, student=adi_student(seed))
+        for src, x in (("genie", gx), ("deepinversion", dtx), ("adi", atx), ("real", real.train.x[rng.choice(len(real.train), nt, replace=False)])):
             k = f"cnn/kd_fm_long/{src}/s{seed}"
             if k not in res:
                 t0 = time.time()

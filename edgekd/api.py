@@ -140,7 +140,7 @@ class Pipeline:
         method = self.synth_method()
         key = {"synth": s.model_dump(exclude={"mix", "holdout"}), "method": method, "teacher": self.teacher.sha256,
                "input_shape": list(self.input_shape), "normalize": self.known_normalize()}
-        if is_adversarial(method):  # the game trains the pipeline's own student
+        if uses_student(method):  # the game trains (ADI: competes against) the pipeline's own student
             key["student"] = self.cfg.distill.model_dump(include={"student", "width", "depth", "seed"})
         return self.run.run_stage("synth", key, lambda: self._synth(method))
 
@@ -158,7 +158,8 @@ class Pipeline:
         mean, std = (norm["mean"], norm["std"]) if norm else (None, None)
         vr = valid_range(mean, std)
         student = recipe = None
-        if is_adversarial(method):
+        adversarial = is_adversarial(method)
+        if uses_student(method):  # DFAD plays, and ADI competes, against the pipeline's student
             from edgekd.models.student import build_student
 
             torch.manual_seed(self.cfg.distill.seed)
@@ -175,7 +176,7 @@ class Pipeline:
                   title=f"{method}: {s.n} images, labels = teacher top-1")
         outputs = {"data": self.run.rel(out / "synth.npz"), "preview": self.run.rel(out / "preview.png"),
                    "report": self.run.rel(out / "synth.json")}
-        if student is not None:
+        if student is not None and adversarial:  # ADI's student only steered synthesis: stage 1 distils a fresh one
             from edgekd.models.student import save_student
 
             with atomic_path(out / "dfad_student.pt") as tmp:
@@ -678,6 +679,13 @@ def is_adversarial(method: str) -> bool:
     from edgekd.data.synth.presets import is_adversarial as _is_adv
 
     return _is_adv(method)
+
+
+def uses_student(method: str) -> bool:
+    """True for presets that need a student during synthesis: the adversarial games and Adaptive DeepInversion."""
+    from edgekd.data.synth.presets import get_preset
+
+    return is_adversarial(method) or bool(get_preset(method).adi_weight)
 
 
 def _config(model: str | None = None, config: str | Path | PipelineConfig | None = None, **kw: Any) -> PipelineConfig:

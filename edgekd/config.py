@@ -113,7 +113,7 @@ def _check_bits(v: str) -> str:
 
 
 #: the presets of edgekd.data.synth (listed here so that reading a config never imports torch; a test keeps them equal)
-SYNTH_METHODS = ("deepinversion", "dfad", "dfad-balanced", "dfad-bn", "genie", "zeroq")
+SYNTH_METHODS = ("adi", "deepinversion", "dfad", "dfad-balanced", "dfad-bn", "genie", "zeroq")
 
 
 class SynthConfig(Strict):

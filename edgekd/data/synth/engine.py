@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from edgekd import progress
+from edgekd.data.synth.adi import competition_loss, distil_on_synthetic
 from edgekd.data.synth.generator import Generator
 from edgekd.data.synth.hooks import bn_layers, bn_stats, swing_convolution
 from edgekd.data.synth.losses import bn_matching_loss, input_prior
@@ -121,9 +122,18 @@ def _balanced_labels(b: int, num_classes: int, gen: torch.Generator) -> torch.Te
 
 def invert_batch(teacher: nn.Module, preset: SynthPreset, b: int, input_shape: Sequence[int], num_classes: int, seed: int,
                  valid_range: tuple[torch.Tensor, torch.Tensor] | None = None,
-                 on_step: Callable[[int, float], None] | None = None) -> tuple[torch.Tensor, dict[str, Any]]:
-    """Synthesize one batch of ``b`` images with a BN-inversion preset. Returns (x, stats)."""
+                 on_step: Callable[[int, float], None] | None = None,
+                 student: nn.Module | None = None) -> tuple[torch.Tensor, dict[str, Any]]:
+    """Synthesize one batch of ``b`` images with a BN-inversion preset. Returns (x, stats).
+
+    With ``preset.adi_weight`` and a ``student`` (Adaptive DeepInversion), the loss gains
+    λ_ADI·(1 − JS(S(x̂), T(x̂))); the student is frozen (eval mode, no parameter gradients) during the batch."""
     c, h, w = input_shape
+    adi = bool(preset.adi_weight) and student is not None
+    if adi:
+        student.eval()
+        for p in student.parameters():
+            p.requires_grad_(False)
     gen = torch.Generator().manual_seed(seed)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)  # generator weight init
@@ -165,6 +175,9 @@ def invert_batch(teacher: nn.Module, preset: SynthPreset, b: int, input_shape: S
                         loss = loss + input_prior(img)
                     if y is not None:
                         loss = loss + preset.ce_weight * F.cross_entropy(logits, y)
+                    if adi:
+                        s_in = inp.contiguous(memory_format=torch.channels_last) if inp.dim() == 4 else inp
+                        loss = loss + preset.adi_weight * competition_loss(student(s_in), logits)
                     if preset.tv_l2 or preset.tv_l1:
                         tv2, tv1 = total_variation(inp)
                         loss = loss + preset.tv_l2 * tv2 + preset.tv_l1 * tv1
@@ -191,6 +204,9 @@ def invert_batch(teacher: nn.Module, preset: SynthPreset, b: int, input_shape: S
                         on_step(it, value)
         with torch.no_grad():
             out = (G(z) if G is not None else x).detach().clone()
+    if adi:
+        for p in student.parameters():
+            p.requires_grad_(True)
     return out, {"bn_loss_first": first_loss, "bn_loss_last": last_loss}
 
 
@@ -203,7 +219,8 @@ def synthesize(teacher: nn.Module, n: int, input_shape: Sequence[int], num_class
     ``input_shape`` is (C, H, W); ``valid_range`` = (lo, hi) per channel in the teacher's normalised input space
     (pixels are clipped to it where the preset says so); ``overrides`` replace preset fields (``iterations``,
     ``batch_size``, ``lr`` …). ``method="dfad"`` trains ``student`` (or a small zoo CNN) adversarially and samples
-    the final generator.
+    the final generator; ``method="adi"`` (Adaptive DeepInversion) alternates batches with KD of ``student`` (or the
+    same small zoo CNN) on the images made so far.
     """
     if n < 1:
         raise DataError(f"asked for {n} synthetic images", "pass --n 1 or more")
@@ -231,7 +248,10 @@ def synthesize(teacher: nn.Module, n: int, input_shape: Sequence[int], num_class
         x, info = sample_dfad(teacher, student, preset, n, (c, h, w), num_classes, seed, desc=desc)
         per_batch: list[dict[str, Any]] = [info]
     else:
-        x, per_batch = _invert_all(teacher, preset, n, (c, h, w), num_classes, seed, vr, work_dir, desc)
+        if preset.adi_weight and student is None:
+            student = _default_student(c, num_classes, seed)
+        x, per_batch = _invert_all(teacher, preset, n, (c, h, w), num_classes, seed, vr, work_dir, desc,
+                                   student if preset.adi_weight else None)
     seconds = time.time() - t0
     with torch.no_grad():
         logits = torch.cat([teacher(x[i : i + 256]) for i in range(0, len(x), 256)])
@@ -249,18 +269,33 @@ def synthesize(teacher: nn.Module, n: int, input_shape: Sequence[int], num_class
     return SynthResult(xs, y.numpy().astype(np.int64), meta)
 
 
+def _default_student(channels: int, num_classes: int, seed: int) -> nn.Module:
+    """The small zoo CNN that ADI (and DFAD) compete against when the caller gives no student."""
+    from edgekd.models.zoo import build_model
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return build_model("resnet-xs", channels, num_classes).to(memory_format=torch.channels_last)
+
+
 def _invert_all(teacher: nn.Module, preset: SynthPreset, n: int, shape: tuple[int, int, int], num_classes: int, seed: int,
-                vr: tuple[torch.Tensor, torch.Tensor] | None, work_dir: str | Path | None, desc: str) -> tuple[torch.Tensor, list[dict[str, Any]]]:
+                vr: tuple[torch.Tensor, torch.Tensor] | None, work_dir: str | Path | None, desc: str,
+                student: nn.Module | None = None) -> tuple[torch.Tensor, list[dict[str, Any]]]:
+    """Make every batch (resuming finished ones from ``work_dir``). Without ADI the batches are independent and
+    torchrun ranks split them; with ADI (``student`` given) they are made in rounds of one batch per rank, gathered,
+    and the student is distilled on everything made so far before the next round."""
     from edgekd.kd.trainer import dist_info
 
     rank, world = dist_info()
     bs = preset.batch_size
     sizes = [min(bs, n - i) for i in range(0, n, bs)]
     key = sha256_json({"preset": preset.as_dict(), "shape": shape, "k": num_classes, "seed": seed,
-                       "teacher": teacher_fingerprint(teacher)})[:16]
+                       "teacher": teacher_fingerprint(teacher),
+                       "adi_student": teacher_fingerprint(student) if student is not None else None})[:16]
     wd = Path(work_dir) if work_dir else None
     if wd:
         wd.mkdir(parents=True, exist_ok=True)
+    adi = student is not None
     mine = [i for i in range(len(sizes)) if i % world == rank]
     shards: dict[int, tuple[np.ndarray, dict[str, Any]]] = {}
     todo = []
@@ -277,20 +312,26 @@ def _invert_all(teacher: nn.Module, preset: SynthPreset, n: int, shape: tuple[in
     done_images = 0
     t0 = time.time()
     with progress.bar(f"{desc} ({preset.name})", total_steps) as bar:
-        for i in todo:
-            def step(it: int, loss: float, _b: int = sizes[i]) -> None:
-                if it % 10 == 9 or it == preset.iterations - 1:
-                    rate = (done_images + _b * (it + 1) / preset.iterations) / max(time.time() - t0, 1e-9)
-                    bar.update(10 if it % 10 == 9 else (it + 1) % 10, info=f"loss {loss:.3g}  {rate:.1f} img/s")
+        # ADI: every rank walks every round (one batch per rank, the last round may leave some ranks without one)
+        order = todo if not adi else [r * world + rank for r in range(-(-len(sizes) // world))]
+        for i in order:
+            if i < len(sizes) and i not in shards:
+                def step(it: int, loss: float, _b: int = sizes[i]) -> None:
+                    if it % 10 == 9 or it == preset.iterations - 1:
+                        rate = (done_images + _b * (it + 1) / preset.iterations) / max(time.time() - t0, 1e-9)
+                        bar.update(10 if it % 10 == 9 else (it + 1) % 10, info=f"loss {loss:.3g}  {rate:.1f} img/s")
 
-            xb, stats = invert_batch(teacher, preset, sizes[i], shape, num_classes, batch_seed(seed, i), vr, step)
-            done_images += sizes[i]
-            shards[i] = (xb.numpy(), stats)
-            if wd:
-                with atomic_path(wd / f"batch-{key}-{i:05d}.npz") as tmp:
-                    with open(tmp, "wb") as fh:
-                        np.savez(fh, x=xb.numpy(), first=stats["bn_loss_first"], last=stats["bn_loss_last"])
-    if world > 1:
+                xb, stats = invert_batch(teacher, preset, sizes[i], shape, num_classes, batch_seed(seed, i), vr, step,
+                                         student)
+                done_images += sizes[i]
+                shards[i] = (xb.numpy(), stats)
+                if wd:
+                    with atomic_path(wd / f"batch-{key}-{i:05d}.npz") as tmp:
+                        with open(tmp, "wb") as fh:
+                            np.savez(fh, x=xb.numpy(), first=stats["bn_loss_first"], last=stats["bn_loss_last"])
+            if adi:  # a resumed batch replays its KD round too, so the student is the one the next batch met
+                _adi_round(teacher, student, preset, shards, i // world, rank, world, seed, len(sizes))
+    if world > 1 and not adi:
         import torch.distributed as dist
 
         gathered: list[Any] = [None] * world
@@ -298,3 +339,24 @@ def _invert_all(teacher: nn.Module, preset: SynthPreset, n: int, shape: tuple[in
         shards = {k: v for part in gathered for k, v in part.items()}
     x = torch.from_numpy(np.concatenate([shards[i][0] for i in range(len(sizes))]))
     return x, [shards[i][1] for i in range(len(sizes))]
+
+
+def _adi_round(teacher: nn.Module, student: nn.Module, preset: SynthPreset, shards: dict[int, tuple[np.ndarray, dict[str, Any]]],
+               r: int, rank: int, world: int, seed: int, n_batches: int) -> None:
+    """End of ADI round ``r``: gather the round's batches from every rank, then distil the student on every batch made
+    so far (same data and seed on every rank, so the ranks' students stay identical)."""
+    mine = r * world + rank
+    if world > 1:
+        import torch.distributed as dist
+
+        gathered: list[Any] = [None] * world
+        dist.all_gather_object(gathered, {mine: shards[mine]} if mine in shards else {})
+        for part in gathered:
+            shards.update(part)
+    upto = (r + 1) * world
+    if upto >= n_batches:  # the last round: no batch follows, so the student needs no more training
+        return
+    x = torch.from_numpy(np.concatenate([shards[k][0] for k in sorted(shards) if k < upto]))
+    loss = distil_on_synthetic(teacher, student, x, preset.adi_kd_epochs, batch_seed(seed, r) + 1)
+    if mine in shards:
+        shards[mine][1]["adi_student_kd_loss"] = loss
