@@ -102,7 +102,7 @@ def compress(
     ti_mode: Optional[str] = typer.Option(None, help="Teacher Intervention: auto | g | o | c | m (transformers) | b (CNN blocks)"),
     qat_steps: Optional[int] = typer.Option(None, min=1),
     keep_fp: Optional[List[str]] = typer.Option(None, help="module path kept in floating point (repeatable)"),
-    synth: Optional[str] = typer.Option(None, "--synth", help="data-free synthesis: auto | genie | deepinversion | zeroq | dfad | dfad-bn | dfad-balanced "
+    synth: Optional[str] = typer.Option(None, "--synth", help="data-free synthesis: auto | genie | deepinversion | adi | zeroq | dfad | dfad-bn | dfad-balanced "
                                         "(default with no --data: auto; with --data: mix synthetic images into the real ones)"),
     synth_n: Optional[int] = typer.Option(None, "--synth-n", help="number of synthetic images (default 2048)"),
     synth_iterations: Optional[int] = typer.Option(None, "--synth-iterations", help="per batch (default: the method's)"),
@@ -134,7 +134,7 @@ def synth_cmd(
     model: str = typer.Argument(..., help="the teacher model file"),
     out: Path = typer.Option(Path("synth.npz"), "--out", "-o", help="output .npz (a preview grid .png and a .json go next to it)"),
     n: int = typer.Option(2048, "--n", min=1, help="number of images"),
-    method: str = typer.Option("auto", "--method", "-m", help="auto | genie | deepinversion | zeroq | dfad | dfad-bn | dfad-balanced "
+    method: str = typer.Option("auto", "--method", "-m", help="auto | genie | deepinversion | adi | zeroq | dfad | dfad-bn | dfad-balanced "
                                "(auto makes a calibration set: genie with BatchNorm, dfad without; for a distillation "
                                "transfer set deepinversion / dfad-balanced do better)"),
     iterations: Optional[int] = typer.Option(None, help="per batch (default: the method's published setting)"),

@@ -376,15 +376,18 @@ def test_synth_cli_writes_npz_preview_and_loads_as_data(tmp_path: Path) -> None:
     assert bad.returncode == 2 and "must end in .npz" in bad.stderr and "Traceback" not in bad.stderr
 
 
-def test_synthesis_under_torchrun_matches_a_single_process(bn_teacher: nn.Module, tmp_path: Path) -> None:
+@pytest.mark.parametrize("method,port", [("zeroq", 29541), ("adi", 29542)])
+def test_synthesis_under_torchrun_matches_a_single_process(bn_teacher: nn.Module, tmp_path: Path, method: str, port: int) -> None:
+    """Two ranks make the same data as one process: independent batches are split between the ranks; ADI's batches,
+    each followed by a KD round of its student, are made in turn and shared."""
     model = tmp_path / "t.pt2"
     torch.export.save(_exported(bn_teacher, (1, 8, 8)), str(model))
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO), EDGEKD_QUIET="1")
-    args = ["synth", str(model), "--input-shape", "1x1x8x8", "--n", "48", "--method", "zeroq", "--iterations", "8",
+    args = ["synth", str(model), "--input-shape", "1x1x8x8", "--n", "48", "--method", method, "--iterations", "8",
             "--batch-size", "16", "--seed", "5"]
     # the CLI arguments travel in an env var: torchrun's own parser would take --n for an abbreviation of --nnodes
     env2 = dict(env, EDGEKD_CLI_ARGS=json.dumps([*args, "--out", str(tmp_path / "two.npz")]))
-    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29541",
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
                           str(Path(__file__).parent / "cli_worker.py")], capture_output=True, text=True, env=env2)
     assert two.returncode == 0, two.stderr[-2000:]
     one = subprocess.run([sys.executable, "-m", "edgekd.cli", *args, "--out", str(tmp_path / "one.npz")],

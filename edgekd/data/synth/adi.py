@@ -32,21 +32,23 @@ def competition_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor)
 
 
 def distil_on_synthetic(teacher: nn.Module, student: nn.Module, x: torch.Tensor, epochs: int, seed: int,
-                        batch_size: int = 128, lr: float = 0.05) -> float:
+                        batch_size: int = 128, lr: float = 0.05, max_steps: int | None = None) -> float:
     """``epochs`` of KD of ``student`` on ``x`` (soft targets at T = 3, random ±2 px shifts and flips drawn from a
-    seeded generator, SGD with a cosine schedule). Returns the last batch's loss."""
+    seeded generator, SGD with a cosine schedule), stopping after ``max_steps`` steps. Returns the last batch's loss."""
     if epochs <= 0 or len(x) == 0:
         return float("nan")
     gen = torch.Generator().manual_seed(seed)
     opt = torch.optim.SGD(student.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4)
     steps_per_epoch = max(1, -(-len(x) // batch_size))
-    total = epochs * steps_per_epoch
+    total = epochs * steps_per_epoch if max_steps is None else min(epochs * steps_per_epoch, max_steps)
     step = 0
     last = float("nan")
     student.train()
     for _ in range(epochs):
         perm = torch.randperm(len(x), generator=gen)
         for j in range(0, len(x), batch_size):
+            if step >= total:
+                break
             xb = x[perm[j : j + batch_size]]
             if len(xb) < 2:  # BatchNorm needs two samples in train mode
                 continue

@@ -282,8 +282,8 @@ def _invert_all(teacher: nn.Module, preset: SynthPreset, n: int, shape: tuple[in
                 vr: tuple[torch.Tensor, torch.Tensor] | None, work_dir: str | Path | None, desc: str,
                 student: nn.Module | None = None) -> tuple[torch.Tensor, list[dict[str, Any]]]:
     """Make every batch (resuming finished ones from ``work_dir``). Without ADI the batches are independent and
-    torchrun ranks split them; with ADI (``student`` given) they are made in rounds of one batch per rank, gathered,
-    and the student is distilled on everything made so far before the next round."""
+    torchrun ranks split them; with ADI (``student`` given) each batch is followed by KD of the student on everything
+    made so far, so the batches are made in turn."""
     from edgekd.kd.trainer import dist_info
 
     rank, world = dist_info()
@@ -312,10 +312,10 @@ def _invert_all(teacher: nn.Module, preset: SynthPreset, n: int, shape: tuple[in
     done_images = 0
     t0 = time.time()
     with progress.bar(f"{desc} ({preset.name})", total_steps) as bar:
-        # ADI: every rank walks every round (one batch per rank, the last round may leave some ranks without one)
-        order = todo if not adi else [r * world + rank for r in range(-(-len(sizes) // world))]
+        # ADI: every rank walks every batch (a round is one batch, made by rank i % W, then shared and learnt from)
+        order = todo if not adi else list(range(len(sizes)))
         for i in order:
-            if i < len(sizes) and i not in shards:
+            if i % world == rank and i not in shards:
                 def step(it: int, loss: float, _b: int = sizes[i]) -> None:
                     if it % 10 == 9 or it == preset.iterations - 1:
                         rate = (done_images + _b * (it + 1) / preset.iterations) / max(time.time() - t0, 1e-9)
@@ -330,7 +330,7 @@ def _invert_all(teacher: nn.Module, preset: SynthPreset, n: int, shape: tuple[in
                         with open(tmp, "wb") as fh:
                             np.savez(fh, x=xb.numpy(), first=stats["bn_loss_first"], last=stats["bn_loss_last"])
             if adi:  # a resumed batch replays its KD round too, so the student is the one the next batch met
-                _adi_round(teacher, student, preset, shards, i // world, rank, world, seed, len(sizes))
+                _adi_round(teacher, student, preset, shards, i, rank, world, seed, len(sizes))
     if world > 1 and not adi:
         import torch.distributed as dist
 
@@ -342,21 +342,21 @@ def _invert_all(teacher: nn.Module, preset: SynthPreset, n: int, shape: tuple[in
 
 
 def _adi_round(teacher: nn.Module, student: nn.Module, preset: SynthPreset, shards: dict[int, tuple[np.ndarray, dict[str, Any]]],
-               r: int, rank: int, world: int, seed: int, n_batches: int) -> None:
-    """End of ADI round ``r``: gather the round's batches from every rank, then distil the student on every batch made
-    so far (same data and seed on every rank, so the ranks' students stay identical)."""
-    mine = r * world + rank
+               i: int, rank: int, world: int, seed: int, n_batches: int) -> None:
+    """End of ADI round ``i`` (batch i, made by rank i % W): share it with every rank, then distil the student on
+    batches 0..i (same data and seed on every rank, so the ranks' students, and the data, match a single process's).
+
+    ADI is sequential (batch i+1 competes against the student that learnt from batch i), so under torchrun the ranks
+    take turns instead of working in parallel: the result stays independent of the number of processes."""
     if world > 1:
         import torch.distributed as dist
 
-        gathered: list[Any] = [None] * world
-        dist.all_gather_object(gathered, {mine: shards[mine]} if mine in shards else {})
-        for part in gathered:
-            shards.update(part)
-    upto = (r + 1) * world
-    if upto >= n_batches:  # the last round: no batch follows, so the student needs no more training
+        box: list[Any] = [shards.get(i) if i % world == rank else None]
+        dist.broadcast_object_list(box, src=i % world)
+        shards[i] = box[0]
+    if i + 1 >= n_batches:  # the last round: no batch follows, so the student needs no more training
         return
-    x = torch.from_numpy(np.concatenate([shards[k][0] for k in sorted(shards) if k < upto]))
-    loss = distil_on_synthetic(teacher, student, x, preset.adi_kd_epochs, batch_seed(seed, r) + 1)
-    if mine in shards:
-        shards[mine][1]["adi_student_kd_loss"] = loss
+    x = torch.from_numpy(np.concatenate([shards[k][0] for k in range(i + 1)]))
+    loss = distil_on_synthetic(teacher, student, x, preset.adi_kd_epochs, batch_seed(seed, i) + 1,
+                               max_steps=preset.adi_kd_max_steps)
+    shards[i][1]["adi_student_kd_loss"] = loss

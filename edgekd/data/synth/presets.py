@@ -42,6 +42,7 @@ class SynthPreset:
     balance_weight: float = 0.0  # adversarial presets: − H(mean_batch softmax(T(x))), keeps every class generated
     adi_weight: float = 0.0  # Adaptive DeepInversion: λ_ADI·(1 − JS(S(x), T(x))) against a student trained in between
     adi_kd_epochs: int = 0  # ADI: epochs of KD of that student on all images so far, after each batch
+    adi_kd_max_steps: int = 160  # ADI: at most this many KD steps per round, so large sets cost linear, not quadratic, time
     tv_l2: float = 0.0
     tv_l1: float = 0.0
     l2: float = 0.0
