@@ -136,7 +136,7 @@ def synth_cmd(
     n: int = typer.Option(2048, "--n", min=1, help="number of images"),
     method: str = typer.Option("auto", "--method", "-m", help="auto | genie | deepinversion | adi | zeroq | dfad | dfad-bn | dfad-balanced "
                                "(auto makes a calibration set: genie with BatchNorm, dfad without; for a distillation "
-                               "transfer set deepinversion / dfad-balanced do better)"),
+                               "transfer set adi / dfad-balanced do better)"),
     iterations: Optional[int] = typer.Option(None, help="per batch (default: the method's published setting)"),
     batch_size: Optional[int] = typer.Option(None, min=2),
     lr: Optional[float] = typer.Option(None),

@@ -122,8 +122,8 @@ class SynthConfig(Strict):
     Runs when no real data is given (``data.path`` unset), or with ``mix: true`` to add synthetic samples to a few
     real ones (``--data DIR --data-limit 100 --synth genie``)."""
 
-    method: str = Field("auto", description="auto | " + " | ".join(SYNTH_METHODS) + "; auto: with BatchNorm, deepinversion "
-                        "when a student is distilled on the set, genie when it only calibrates; without, dfad-balanced / dfad")
+    method: str = Field("auto", description="auto | " + " | ".join(SYNTH_METHODS) + "; auto: with BatchNorm, adi (Adaptive "
+                        "DeepInversion) when a student is distilled on the set, genie when it only calibrates; without, dfad-balanced / dfad")
     n: int = Field(2048, ge=16, description="number of synthetic images")
     iterations: int | None = Field(None, ge=1, description="per batch (pixel/generator presets) or DFAD rounds; default: the preset's")
     batch_size: int | None = Field(None, ge=2)
@@ -171,8 +171,8 @@ class PipelineConfig(Strict):
         """With no real data the transfer set is a fixed synthetic sample: distil by function matching (flips/shifts
         plus mixup, the teacher queried on every augmented batch) for a long schedule, unless the user chose
         otherwise. Measured on the demo CNN, resnet-s on 1024 synthetic images (benchmarks/results/datafree.md, real
-        test top-1), Genie / DeepInversion: 49.0 / 63.8 % after 30 plain epochs, 74.9 / 84.3 % after 300 with mixup
-        (3 seeds), 80.0 / 87.1 % after 1000 (seed 0); on real images 83.0 / 90.1 / 91.0 %. The epochs are cheap next
+        test top-1), Genie / DeepInversion / ADI: 49.0 / 63.8 / 70.6 % after 30 plain epochs, 74.9 / 84.3 / 85.5 % after
+        300 with mixup (3 seeds), 80.0 / 87.1 / 88.5 % after 1000 (seed 0); on real images 83.0 / 90.1 / 91.0 %. The epochs are cheap next
         to the synthesis itself (minutes vs hours on a CPU)."""
         if self.data.path is None:
             defaults = (("mixup", 1.0), ("augment", True), ("epochs", 300))

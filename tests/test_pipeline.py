@@ -155,7 +155,8 @@ def test_bad_qat_bits_is_a_usage_error(demo_teacher: Path, tmp_path: Path) -> No
 
 
 def test_data_free_pipeline_end_to_end_without_data(demo_teacher: Path, tmp_path: Path) -> None:
-    """No --data: DeepInversion (auto's pick for a transfer set from a BN teacher) synthesizes the transfer/calibration
+    """No --data: Adaptive DeepInversion (auto's pick for a transfer set from a BN teacher; it competes against the
+    pipeline's own student) synthesizes the transfer/calibration
     set from the teacher's BatchNorm statistics (found in the .pt2 graph), and every stage runs on it; the report says
     the run was data-free."""
     run = tmp_path / "run"
@@ -166,7 +167,7 @@ def test_data_free_pipeline_end_to_end_without_data(demo_teacher: Path, tmp_path
     rep = edgekd.compress(demo_teacher, targets=["x86-cpu"], run_dir=str(run), **cfg)
     man = read_json(run / "manifest.json")
     data = man["inputs"]["data"]
-    assert data["data_free"] and data["synthetic"]["method"] == "deepinversion" and data["synthetic"]["n"] == 96
+    assert data["data_free"] and data["synthetic"]["method"] == "adi" and data["synthetic"]["n"] == 96
     assert data["sizes"] == {"train": 77, "val": 9, "test": 10}
     assert man["stages"]["synth"]["status"] == "done"
     for f in ("00-synth/synth.npz", "00-synth/preview.png", "00-synth/synth.json"):

@@ -140,9 +140,9 @@ def test_bn_preset_on_a_teacher_without_batchnorm_names_dfad(plain_teacher: nn.M
         synthesize(plain_teacher, 8, (1, 8, 8), 10, method="genie")
 
 
-def test_auto_picks_genie_for_calibration_and_deepinversion_for_a_transfer_set(bn_teacher: nn.Module, plain_teacher: nn.Module) -> None:
+def test_auto_picks_genie_for_calibration_and_adi_for_a_transfer_set(bn_teacher: nn.Module, plain_teacher: nn.Module) -> None:
     assert choose_method(bn_teacher, "auto") == "genie"
-    assert choose_method(bn_teacher, "auto", transfer=True) == "deepinversion"
+    assert choose_method(bn_teacher, "auto", transfer=True) == "adi"
     assert choose_method(bn_teacher, "zeroq", transfer=True) == "zeroq"  # an explicit choice is kept
     assert choose_method(plain_teacher, "auto") == "dfad"
     assert choose_method(plain_teacher, "auto", transfer=True) == "dfad-balanced"

@@ -53,9 +53,11 @@ def choose_method(teacher: nn.Module, method: str, transfer: bool = False) -> st
     error that names DFAD.
 
     ``auto`` with BatchNorm layers (reachable by hooks): Genie-D for a calibration set (the spec's default, algorithms.md
-    §2.8), DeepInversion when the set is also the distillation transfer set (``transfer``): its CE term toward
-    uniformly sampled labels spreads the images over the classes, and on the demo CNN it transferred better than Genie
-    at the same image count (benchmarks/results/datafree.md, section C) while calibrating as well as real data
+    §2.8), Adaptive DeepInversion when the set is also the distillation transfer set (``transfer``): DeepInversion's
+    CE term toward uniformly sampled labels spreads the images over the classes, and ADI's competition term puts them
+    where the student still disagrees with the teacher. On the demo CNN (benchmarks/results/datafree.md, section C,
+    1024 images, 3 seeds, function matching 300 epochs) ADI 85.5 %, DeepInversion 84.3 %, Genie 74.9 % vs real 90.1 %,
+    ADI better than DeepInversion on each seed at about the same cost; DeepInversion calibrates as well as real data
     (section A). Without BatchNorm (or hooks): DFAD, and DFAD with the class-balance term (``dfad-balanced``) for a
     transfer set: ViT → resnet-s, 300 rounds, 58.9 ± 4.9 % vs DFAD's 50.5 ± 1.1 % on the real test set, better on
     each of 3 seeds (section C).
@@ -65,7 +67,7 @@ def choose_method(teacher: nn.Module, method: str, transfer: bool = False) -> st
     method = method.lower()
     if method == "auto":
         if has_bn:
-            return "deepinversion" if transfer else "genie"
+            return "adi" if transfer else "genie"
         return "dfad-balanced" if transfer else "dfad"
     preset = get_preset(method)
     if preset.requires_bn and scripted:
