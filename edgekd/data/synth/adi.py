@@ -24,6 +24,15 @@ from torch import nn
 TEMPERATURE = 3.0
 
 
+def default_student(channels: int, num_classes: int, seed: int) -> nn.Module:
+    """The small zoo CNN (resnet-xs, initialised from ``seed``) that ADI and DFAD use when the caller gives no student."""
+    from edgekd.models.zoo import build_model
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return build_model("resnet-xs", channels, num_classes)
+
+
 def competition_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
     """1 − JS(P_S, P_T) with P = softmax(logits / 3) clamped to [0.01, 0.99]; minimising it maximises disagreement."""
     from edgekd.data.synth.priors import js_divergence

@@ -134,10 +134,9 @@ def sample_dfad(teacher: nn.Module, student: nn.Module | None, preset: SynthPres
     """DFAD as a data source: play the game against ``student`` (default: the zoo's ``resnet-xs``) and sample the
     final generator."""
     if student is None:
-        from edgekd.models.zoo import build_model
+        from edgekd.data.synth.adi import default_student
 
-        torch.manual_seed(seed)
-        student = build_model("resnet-xs", int(input_shape[0]), num_classes)
+        student = default_student(int(input_shape[0]), num_classes, seed)
     res = train_dfad(teacher, student, preset, input_shape, seed, desc=desc)
     x = sample_generator(res.generator, n, preset.nz, preset.batch_size, seed)
     last = res.history[-1] if res.history else {}

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from edgekd import progress
-from edgekd.data.synth.adi import competition_loss, distil_on_synthetic
+from edgekd.data.synth.adi import competition_loss, default_student, distil_on_synthetic
 from edgekd.data.synth.generator import Generator
 from edgekd.data.synth.hooks import bn_layers, bn_stats, swing_convolution
 from edgekd.data.synth.losses import bn_matching_loss, input_prior
@@ -251,7 +251,7 @@ def synthesize(teacher: nn.Module, n: int, input_shape: Sequence[int], num_class
         per_batch: list[dict[str, Any]] = [info]
     else:
         if preset.adi_weight and student is None:
-            student = _default_student(c, num_classes, seed)
+            student = default_student(c, num_classes, seed).to(memory_format=torch.channels_last)
         x, per_batch = _invert_all(teacher, preset, n, (c, h, w), num_classes, seed, vr, work_dir, desc,
                                    student if preset.adi_weight else None)
     seconds = time.time() - t0
@@ -269,15 +269,6 @@ def synthesize(teacher: nn.Module, n: int, input_shape: Sequence[int], num_class
         "finite": bool(np.isfinite(xs).all()), "reference": preset.reference,
     }
     return SynthResult(xs, y.numpy().astype(np.int64), meta)
-
-
-def _default_student(channels: int, num_classes: int, seed: int) -> nn.Module:
-    """The small zoo CNN that ADI (and DFAD) compete against when the caller gives no student."""
-    from edgekd.models.zoo import build_model
-
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        return build_model("resnet-xs", channels, num_classes).to(memory_format=torch.channels_last)
 
 
 def _invert_all(teacher: nn.Module, preset: SynthPreset, n: int, shape: tuple[int, int, int], num_classes: int, seed: int,
