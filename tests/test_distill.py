@@ -131,7 +131,7 @@ def test_data_free_runs_default_to_function_matching_unless_told_otherwise() -> 
     from edgekd.config import build_config
 
     free = build_config(model="m.pt")
-    assert free.distill.mixup == 1.0 and free.distill.augment is True and free.distill.epochs == 300
+    assert free.distill.mixup == 1.0 and free.distill.augment is True and free.distill.epochs == 1000
     told = build_config(model="m.pt", distill={"mixup": 0.0, "augment": False, "epochs": 5})
     assert told.distill.mixup == 0.0 and told.distill.augment is False and told.distill.epochs == 5
     real = build_config(model="m.pt", data={"path": "fashion-mnist"})
