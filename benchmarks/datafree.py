@@ -442,7 +442,10 @@ def kd_analysis(res: dict[str, Any], a: argparse.Namespace) -> str:
             f"{a.iterations} iterations per batch (seeds {', '.join(map(str, its))}) gives {f300:.2f} % after {a.fm_epochs} "
             f"function-matching epochs ({a.iterations} it: {b300:.2f}, real {r300:.2f}: gap {r300 - b300:.1f} → "
             f"{r300 - f300:.1f} pt) and {f1k:.2f} % after {a.long_epochs} ({a.iterations} it: {b1k:.2f}, real {r1k:.2f}: gap "
-            f"{r1k - b1k:.1f} → **{r1k - f1k:.1f} pt**), at {cost:.0f} s per 1000 images on this CPU. The pipeline's default "
+            f"{r1k - b1k:.1f} → **{r1k - f1k:.1f} pt**; per seed vs real: "
+            + ", ".join(f"{100 * res[f'cnn/kd_fm_long/adi_it{n_it}/s{s}']:.2f} vs {100 * res[f'cnn/kd_fm_long/real/s{s}']:.2f}"
+                        for s in its)
+            + f"), at {cost:.0f} s per 1000 images on this CPU. The pipeline's default "
             "is the preset's published 2000 iterations (`synth.iterations` unset); recipe tweaks measured on seed 0 "
             "(no CE term on the teacher's top-1, per-sample shifts, CutMix, feature KD, T = 1) moved the 300-epoch student "
             "by −0.8 to +1.1 pt and did not hold at 1000 epochs, so none was adopted.\n")
