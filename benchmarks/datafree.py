@@ -14,7 +14,8 @@ C. A student (resnet-s) distilled on each transfer set only (same image count, e
    ADI's batch size, seed 0, to separate the competition term from the batch size), with two recipes:
    plain KD (``--kd-epochs``, flips/shifts) and function matching (``--fm-epochs``, flips/shifts + mixup, teacher
    queried on every mixed batch; the data-free pipeline's default). Students from adversarial games: the ViT
-   teacher's by DFAD, the CNN teacher's by DFAD-BN (``--dfad-bn-rounds``).
+   teacher's by DFAD, the CNN teacher's by DFAD-BN (``--dfad-bn-rounds``). The synthesis budget: an ADI set at
+   ``--adi-long-iterations`` per batch (first seed, plus ``--long-iteration-seeds``), function matching 300 and 1000 epochs.
 D. Synthesis cost per preset: seconds per 1,000 images on this machine.
 
 Synthesized sets are cached under runs/datafree-cache/ (re-runs reuse them); partial results in
