@@ -173,8 +173,8 @@ class PipelineConfig(Strict):
         otherwise. Measured on the demo CNN, resnet-s on 1024 synthetic images (benchmarks/results/datafree.md, real
         test top-1), Genie / DeepInversion / ADI (300 iterations a batch): 49.0 / 63.8 / 70.6 % after 30 plain epochs,
         74.9 / 84.3 / 85.5 % after 300 with mixup (3 seeds), 80.0 / 87.1 / 88.5 % after 1000 (seed 0; ADI 88.3 on 3
-        seeds); on real images 83.0 / 90.1 / 91.1 %. ADI at 1000 iterations a batch: 87.4 % after 300 epochs, 89.5 %
-        after 1000 (seeds 0, 1). Patience pays ≈ 2–3 points on synthetic sets (≈ 1 on real ones), and the epochs are cheap
+        seeds); on real images 83.0 / 90.1 / 91.1 %. ADI at 1000 iterations a batch: 87.4 % after 300 epochs, 89.4 %
+        after 1000 (3 seeds). Patience pays ≈ 2–3 points on synthetic sets (≈ 1 on real ones), and the epochs are cheap
         next to the synthesis (minutes vs hours on a CPU), hence 1000."""
         if self.data.path is None:
             defaults = (("mixup", 1.0), ("augment", True), ("epochs", 1000))
