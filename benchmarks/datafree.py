@@ -286,8 +286,8 @@ def main() -> None:
                 t0 = time.time()
                 store(res, k, kd_student(cnn, transfer_dataset(x, cnn, real), a.long_epochs, seed, a.mixup))
                 print(k, res[k], f"{time.time() - t0:.0f}s", flush=True)
-    it_seeds = [a.seeds[0]] + [s for s in a.long_iteration_seeds if s != a.seeds[0]]
-    for seed in it_seeds if a.adi_long_iterations else []:  # synthesis budget: the images, not the recipe
+    run_seeds = [a.seeds[0]] + [s for s in a.long_iteration_seeds if s != a.seeds[0]]
+    for seed in run_seeds if a.adi_long_iterations else []:  # synthesis budget: the images, not the recipe
         n_it = a.adi_long_iterations
         x, meta = synth_cached("cnn", cnn, "adi", nt, seed, n_it, student=adi_student(seed))
         store(res, f"cost/adi_it{n_it}/s{seed}", meta["seconds_per_1000_images"])
