@@ -88,10 +88,14 @@ def adi_student(seed: int) -> torch.nn.Module:
     return build_model("resnet-s", 1, 10).to(memory_format=torch.channels_last)
 
 
-def ptq_w8a8(fp32: Path, calib: np.ndarray, test: ArraySplit) -> float:
+def ptq_w8a8(fp32: Path, calib: np.ndarray, test: ArraySplit, calibration_method: str | None = None) -> float:
+    """INT8 top-1 with the x86-cpu profile's ONNX Runtime settings (its min-max calibration unless overridden)."""
+    s = resolve("x86-cpu").onnxruntime
+    if calibration_method:
+        s = s.model_copy(update={"calibration_method": calibration_method})
     with tempfile.TemporaryDirectory() as td:
         out = Path(td) / "int8.onnx"
-        ort_quantize(fp32, out, calib.astype(np.float32), resolve("x86-cpu").onnxruntime)
+        ort_quantize(fp32, out, calib.astype(np.float32), s)
         logits = run_batched(make_runner("onnxruntime", out, {"graph_optimization": "all", "threads": 2}), test.x)
     return accuracy(logits, test.y)
 
@@ -121,10 +125,11 @@ def low_bit_ptq_only(teacher: torch.nn.Module, calib: np.ndarray, test: ArraySpl
     return accuracy(predict_logits(student, test.x), test.y)
 
 
-def kd_student(teacher: torch.nn.Module, data: Dataset, epochs: int, seed: int, mixup: float = 0.0) -> float:
+def kd_student(teacher: torch.nn.Module, data: Dataset, epochs: int, seed: int, mixup: float = 0.0,
+               arch: str = "resnet-s") -> float:
     torch.manual_seed(seed)
-    student = build_model("resnet-s", 1, 10)
-    cfg = DistillConfig(student="resnet-s", epochs=epochs, batch_size=128, lr=0.1, seed=seed, augment=True, mixup=mixup)
+    student = build_model(arch, 1, 10)
+    cfg = DistillConfig(student=arch, epochs=epochs, batch_size=128, lr=0.1, seed=seed, augment=True, mixup=mixup)
     res = train_student(teacher, student, data, cfg)
     return accuracy(predict_logits(res.student, data.test.x), data.test.y)
 

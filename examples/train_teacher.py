@@ -3,6 +3,8 @@
     python examples/train_teacher.py --epochs 12 --out examples/fmnist_teacher.pt2
     python examples/train_teacher.py --arch vit-tiny --optimizer adamw --lr 2e-3 --wd 0.05 --epochs 15 \
         --label-smoothing 0 --out examples/fmnist_vit_teacher.pt2      # the small ViT teacher for TI benchmarks
+    python examples/train_teacher.py --arch mobilenet-se-s --epochs 12 \
+        --out examples/fmnist_mobilenet_se_teacher.pt2                  # depthwise + squeeze-excite (90.32 %, 4.5 min)
 
 Takes about 20 minutes on 2 CPU cores. The result is committed, so the demo and CI never retrain it. The file is a
 ``torch.export`` program (safe to load, no pickle) and carries the input shape, class count and the preprocessing
