@@ -274,8 +274,20 @@ def inspect(model: str = typer.Argument(...), arch: Optional[str] = typer.Option
             typer.echo(f"  {name}: {type(mod).__name__}")
 
 
+GLOBAL_FLAGS = ("--quiet", "-q", "--debug")
+
+
+def hoist_global_flags(argv: list[str]) -> list[str]:
+    """Move ``--quiet``/``-q``/``--debug`` given after the command (``edgekd compress m.pt2 --quiet``) to the front,
+    where the group callback reads them; Click only accepts a group's options before the command name. Tokens after a
+    ``--`` separator are left alone."""
+    end = argv.index("--") if "--" in argv else len(argv)
+    flags = [a for a in argv[:end] if a in GLOBAL_FLAGS]
+    return flags + [a for a in argv[:end] if a not in GLOBAL_FLAGS] + argv[end:]
+
+
 def main(argv: Optional[list[str]] = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
+    argv = hoist_global_flags(list(sys.argv[1:] if argv is None else argv))
     try:
         app(args=argv, prog_name="edgekd")  # standalone mode: usage errors print and exit 2 via SystemExit
         return 0

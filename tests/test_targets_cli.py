@@ -87,6 +87,14 @@ def test_cli_debug_shows_traceback(tmp_path: Path) -> None:
     assert res.returncode == 2 and "Traceback" in res.stderr
 
 
+def test_cli_global_flags_after_the_command() -> None:
+    """--debug / --quiet work wherever they are written, not only before the command name."""
+    res = cli("compress", "nope.pt", "--debug")
+    assert res.returncode == 2 and "Traceback" in res.stderr and "No such option" not in res.stderr
+    res = cli("targets", "jetson-*", "--quiet")
+    assert res.returncode == 0 and "jetson-orin-nano" in res.stdout
+
+
 def test_cli_unknown_option_is_a_usage_error() -> None:
     res = cli("compress", "--bogus")
     assert res.returncode == 2 and "--bogus" in (res.stderr + res.stdout)
