@@ -72,10 +72,12 @@ def choose_method(teacher: nn.Module, method: str, transfer: bool = False) -> st
     preset = get_preset(method)
     if preset.requires_bn and scripted:
         raise DataError(f"synthesis method {method!r} reads BatchNorm inputs through forward hooks, which TorchScript "
-                        "models do not support", "use --synth dfad, or give the teacher as .pt2 or state_dict + --arch")
+                        "models do not support", "use dfad (--synth dfad for compress, --method dfad for edgekd synth), or give "
+                        "the teacher as .pt2 or state_dict + --arch")
     if preset.requires_bn and not has_bn:
         raise DataError(f"synthesis method {method!r} matches BatchNorm statistics, but the teacher has no BatchNorm layer",
-                        "use --synth dfad (adversarial, needs no BatchNorm), or pass real data with --data")
+                        "use dfad (adversarial, needs no BatchNorm): --synth dfad for compress, --method dfad for "
+                        "edgekd synth; or pass real data with --data")
     return method
 
 
