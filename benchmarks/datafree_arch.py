@@ -2,19 +2,19 @@
 squeeze-excite blocks, 3 seeds.
 
     python benchmarks/datafree_arch.py [--teacher mobilenet-se-s] [--student mobilenet-xs] [--seeds 0 1 2]
-                                       [--iterations 1000] [--epochs 1000]
+                                       [--iterations 1000 2000] [--epochs 1000] [--qat-steps 300]
 
 The teacher is ``examples/fmnist_mobilenet_se_teacher.state_dict.pt`` (trained on real Fashion-MNIST by
 ``examples/train_teacher.py --arch mobilenet-se-s``). Per seed, with the data-free pipeline's defaults for a BatchNorm
-teacher: an Adaptive DeepInversion set of ``--n`` images competing against the student architecture, then
+teacher: an Adaptive DeepInversion set of ``--n`` images per ``--iterations`` count, competing against the student
+architecture; then for each set, the real training images and Gaussian noise N(0, 1):
 
-A. W8A8 PTQ (ONNX Runtime quantize_static, x86-cpu profile) calibrated on 256 images: synthetic (the first 256 of the
-   ADI set, as the pipeline does), real training images, Gaussian noise N(0, 1); plus W4A4 LSQ ranges from 64 images.
-B. The student distilled by function matching (``--epochs``, mixup α = 1) on the synthetic set vs the same number of
-   real training images (labels unused).
+A. Calibration on 256 images: W8A8 PTQ (ONNX Runtime quantize_static, x86-cpu profile: min-max; and percentile), W4A8
+   and W4A4 LSQ ranges from 64 images with no training, and W4A8 after ``--qat-steps`` of QAT-KD on the set.
+B. The student distilled by function matching (``--epochs``, mixup α = 1) on the set only (noise excluded).
 
 Every number is top-1 on the real 10k test set. Synthesized sets are cached under runs/datafree-cache/; partial results
-in benchmarks/results/datafree_arch.partial.json, so an interrupted run resumes.
+in benchmarks/results/datafree_<teacher>.partial.json, so an interrupted run resumes; ``--report-only`` re-renders.
 """
 
 from __future__ import annotations
