@@ -45,6 +45,7 @@ from edgekd.data.synth.io import preview_grid
 from edgekd.data.synth.presets import get_preset
 from edgekd.exporters.onnx_export import export_onnx
 from edgekd.exporters.parity import run_batched
+from edgekd.fileio import write_json
 from edgekd.kd.trainer import accuracy, predict_logits, train_student
 from edgekd.models.loading import load_model
 from edgekd.models.zoo import build_model
@@ -59,14 +60,14 @@ PARTIAL = RESULTS / "datafree.partial.json"
 MEAN, STD = [0.286], [0.353]  # the demo teachers' preprocessing (recorded in examples/*.pt2)
 
 
-def load_partial() -> dict[str, Any]:
-    return json.loads(PARTIAL.read_text()) if PARTIAL.exists() else {}
+def load_partial(path: Path = PARTIAL) -> dict[str, Any]:
+    return json.loads(path.read_text()) if path.exists() else {}
 
 
-def store(res: dict[str, Any], key: str, value: Any) -> None:
+def store(res: dict[str, Any], key: str, value: Any, path: Path = PARTIAL) -> None:
+    """Record one result and rewrite the partial file atomically, so an interrupted run resumes from it."""
     res[key] = value
-    PARTIAL.parent.mkdir(parents=True, exist_ok=True)
-    PARTIAL.write_text(json.dumps(res, indent=1))
+    write_json(path, res)
 
 
 def synth_cached(name: str, teacher: torch.nn.Module, method: str, n: int, seed: int, iterations: int, tag: str = "",
@@ -82,10 +83,10 @@ def synth_cached(name: str, teacher: torch.nn.Module, method: str, n: int, seed:
     return r.x, r.meta
 
 
-def adi_student(seed: int) -> torch.nn.Module:
-    """The student ADI competes against during synthesis: a fresh resnet-s, the architecture distilled afterwards."""
+def adi_student(seed: int, arch: str = "resnet-s") -> torch.nn.Module:
+    """The student ADI competes against during synthesis: a fresh model of the architecture distilled afterwards."""
     torch.manual_seed(seed)
-    return build_model("resnet-s", 1, 10).to(memory_format=torch.channels_last)
+    return build_model(arch, 1, 10).to(memory_format=torch.channels_last)
 
 
 def ptq_w8a8(fp32: Path, calib: np.ndarray, test: ArraySplit, calibration_method: str | None = None) -> float:

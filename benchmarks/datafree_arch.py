@@ -20,29 +20,22 @@ in benchmarks/results/datafree_<teacher>.partial.json, so an interrupted run res
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
 from _common import REPO, RESULTS, md_table, save
-from datafree import CACHE, MEAN, STD, kd_student, low_bit_ptq_only, ptq_w8a8, qat_w4a8, synth_cached, transfer_dataset
+from datafree import (CACHE, MEAN, STD, _ms, adi_student, kd_student, load_partial, low_bit_ptq_only, ptq_w8a8, qat_w4a8,
+                      store, synth_cached, transfer_dataset)
 
 from edgekd.data import load_dataset
 from edgekd.data.synth.io import preview_grid
 from edgekd.exporters.onnx_export import export_onnx
 from edgekd.kd.trainer import accuracy, predict_logits
 from edgekd.models.loading import load_model
-from edgekd.models.zoo import build_model
-
-
-
-def partial_path(teacher: str) -> Path:
-    return RESULTS / f"datafree_{teacher}.partial.json"
 
 
 def main() -> None:
@@ -60,12 +53,11 @@ def main() -> None:
     ap.add_argument("--report-only", action="store_true")
     a = ap.parse_args()
     torch.set_num_threads(2)
-    part = partial_path(a.teacher)
-    res: dict[str, Any] = json.loads(part.read_text()) if part.exists() else {}
+    part = RESULTS / f"datafree_{a.teacher}.partial.json"
+    res = load_partial(part)
 
-    def store(key: str, value: Any) -> None:
-        res[key] = value
-        part.write_text(json.dumps(res, indent=1))
+    def put(key: str, value: Any) -> None:
+        store(res, key, value, part)
 
     if not a.report_only:
         real = load_dataset("fashion-mnist", mean=MEAN, std=STD)
@@ -75,19 +67,17 @@ def main() -> None:
         if not fp32.exists():
             export_onnx(teacher, (1, 1, 28, 28), fp32, 17, "legacy")
         if "fp32_top1" not in res:
-            store("fp32_top1", accuracy(predict_logits(teacher, real.test.x), real.test.y))
+            put("fp32_top1", accuracy(predict_logits(teacher, real.test.x), real.test.y))
         for seed in a.seeds:
             rng = np.random.default_rng(1000 + seed)  # the same real subset and noise as benchmarks/datafree.py
             sets = {"real": real.train.x[rng.choice(len(real.train), a.n, replace=False)],
                     "noise": rng.standard_normal((a.n, 1, 28, 28)).astype(np.float32)}
             for it in a.iterations:
-                torch.manual_seed(seed)
-                rival = build_model(a.student, 1, 10).to(memory_format=torch.channels_last)  # ADI competes against it
                 src = f"adi_it{it}"
-                sets[src], meta = synth_cached(a.teacher, teacher, "adi", a.n, seed, it, student=rival)
-                store(f"cost/{src}/s{seed}", meta["seconds_per_1000_images"])
-                store(f"confidence/{src}/s{seed}", meta["teacher_confidence_mean"])
-                store(f"class_hist/{src}/s{seed}", meta["class_histogram"])
+                sets[src], meta = synth_cached(a.teacher, teacher, "adi", a.n, seed, it, student=adi_student(seed, a.student))
+                put(f"cost/{src}/s{seed}", meta["seconds_per_1000_images"])
+                put(f"confidence/{src}/s{seed}", meta["teacher_confidence_mean"])
+                put(f"class_hist/{src}/s{seed}", meta["class_histogram"])
                 if seed == a.seeds[0] and it == max(a.iterations):
                     x = sets[src][:64]
                     preview_grid(RESULTS / f"datafree_samples_adi_{a.teacher}.png", x, predict_logits(teacher, x).argmax(1),
@@ -95,37 +85,31 @@ def main() -> None:
             for src in sets:
                 cx = sets[src][: a.n_calib]
                 if f"w8a8/{src}/s{seed}" not in res:
-                    store(f"w8a8/{src}/s{seed}", ptq_w8a8(fp32, cx, real.test))
+                    put(f"w8a8/{src}/s{seed}", ptq_w8a8(fp32, cx, real.test))
                 if f"w8a8_pct/{src}/s{seed}" not in res:  # a histogram method: the shape of the data matters, not only its extremes
-                    store(f"w8a8_pct/{src}/s{seed}", ptq_w8a8(fp32, cx, real.test, "percentile"))
+                    put(f"w8a8_pct/{src}/s{seed}", ptq_w8a8(fp32, cx, real.test, "percentile"))
                 for bits in ("w4a8", "w4a4"):
                     if f"{bits}/{src}/s{seed}" not in res:
-                        store(f"{bits}/{src}/s{seed}", low_bit_ptq_only(teacher, cx, real.test, seed, bits))
+                        put(f"{bits}/{src}/s{seed}", low_bit_ptq_only(teacher, cx, real.test, seed, bits))
                 k = f"w4a8_qat/{src}/s{seed}"
                 if k not in res and a.qat_steps:  # the fallback when 4-bit PTQ drops: QAT-KD on the transfer set
-                    store(k, qat_w4a8(teacher, transfer_dataset(sets[src], teacher, real), a.qat_steps, seed)["qat_top1"])
+                    put(k, qat_w4a8(teacher, transfer_dataset(sets[src], teacher, real), a.qat_steps, seed)["qat_top1"])
                 k = f"kd_fm/{src}/s{seed}"
                 if k not in res and src != "noise":
                     t0 = time.time()
-                    store(k, kd_student(teacher, transfer_dataset(sets[src], teacher, real), a.epochs, seed, 1.0,
+                    put(k, kd_student(teacher, transfer_dataset(sets[src], teacher, real), a.epochs, seed, 1.0,
                                         arch=a.student))
                     print(k, res[k], f"{time.time() - t0:.0f}s", flush=True)
             print(f"seed {a.seeds.index(seed) + 1}/{len(a.seeds)} done", flush=True)
     report(res, a)
 
 
-def _ms(v: list[float]) -> str:
-    if not v:
-        return "–"
-    return f"{100 * statistics.mean(v):.2f} ± {100 * statistics.stdev(v) if len(v) > 1 else 0.0:.2f}"
-
-
 def report(res: dict[str, Any], a: argparse.Namespace) -> None:
     def seeds_of(prefix: str) -> list[int]:
         return [s for s in a.seeds if f"{prefix}/s{s}" in res]
 
-    def vals(prefix: str, seeds: list[int] | None = None) -> list[float]:
-        return [res[f"{prefix}/s{s}"] for s in (a.seeds if seeds is None else seeds) if f"{prefix}/s{s}" in res]
+    def vals(prefix: str) -> list[float]:
+        return [res[f"{prefix}/s{s}"] for s in a.seeds if f"{prefix}/s{s}" in res]
 
     def cell(prefix: str) -> str:
         v = vals(prefix)
@@ -147,7 +131,7 @@ def report(res: dict[str, Any], a: argparse.Namespace) -> None:
              ("w4a4", "W4A4 LSQ ranges, 64 images"))
     rows = [[label[src], *(cell(f"{q}/{src}") for q, _ in quant)] for src in srcs]
     gaps = [[label[src], *(gap(q, src) for q, _ in quant)] for src in (*adis, "noise")]
-    rows_kd, kd_lines = [], []
+    rows_kd = []
     for src in (*adis, "real"):
         sd = seeds_of(f"kd_fm/{src}")
         rows_kd.append([label[src], ", ".join(map(str, sd)), cell(f"kd_fm/{src}"), gap("kd_fm", src) if src != "real" else "–"])
