@@ -1,12 +1,13 @@
 # README command 1: make demo   — set up, then compress the example teacher and print the report
-# README command 2: make test   — set up, then run the test suite
+# README command 2: make test   — set up, then run the test suite (fast tier, what CI runs)
+#                  make test-slow — the slow tier: adversarial-synthesis games (pytest -m slow)
 SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 FMNIST := /usr/share/datasets/fashion-mnist
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo test test-slow bench clean
 
 setup: $(VENV)/.setup-stamp $(FMNIST)
 
@@ -24,7 +25,10 @@ demo: setup
 	$(VENV)/bin/edgekd compress --config examples/demo.yaml
 
 test: setup
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -m "not slow"
+
+test-slow: setup
+	$(PY) -m pytest -q -m slow
 
 bench: setup
 	$(PY) benchmarks/int8_speed_accuracy.py

@@ -51,6 +51,8 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=1000, help="function-matching epochs (the data-free default)")
     ap.add_argument("--qat-steps", type=int, default=300, help="W4A8 QAT-KD steps on each transfer set; 0 = skip")
     ap.add_argument("--report-only", action="store_true")
+    ap.add_argument("--only-qat", action="store_true",
+                    help="(re)compute only the missing W4A8 QAT-KD rows, each from a freshly loaded teacher")
     a = ap.parse_args()
     torch.set_num_threads(2)
     part = RESULTS / f"datafree_{a.teacher}.partial.json"
@@ -84,6 +86,8 @@ def main() -> None:
                                  MEAN, STD, title=f"ADI ({it} it/batch) from the {a.teacher} teacher; label = teacher top-1")
             for src in sets:
                 cx = sets[src][: a.n_calib]
+                if a.only_qat:  # a fresh teacher for the QAT row; nothing else is recomputed
+                    teacher = load_model(str(REPO / a.weights), arch=a.teacher, input_shape="1x1x28x28").module.eval()
                 if f"w8a8/{src}/s{seed}" not in res:
                     put(f"w8a8/{src}/s{seed}", ptq_w8a8(fp32, cx, real.test))
                 if f"w8a8_pct/{src}/s{seed}" not in res:  # a histogram method: the shape of the data matters, not only its extremes
@@ -94,6 +98,9 @@ def main() -> None:
                 k = f"w4a8_qat/{src}/s{seed}"
                 if k not in res and a.qat_steps:  # the fallback when 4-bit PTQ drops: QAT-KD on the transfer set
                     put(k, qat_w4a8(teacher, transfer_dataset(sets[src], teacher, real), a.qat_steps, seed)["qat_top1"])
+                    print(k, res[k], flush=True)
+                if a.only_qat:
+                    continue
                 k = f"kd_fm/{src}/s{seed}"
                 if k not in res and src != "noise":
                     t0 = time.time()

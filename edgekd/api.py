@@ -23,7 +23,7 @@ import numpy as np
 
 from edgekd import progress
 from edgekd.config import PipelineConfig, build_config, load_config_file
-from edgekd.errors import DataError, StageError, UsageError
+from edgekd.errors import DataError, GateError, StageError, UsageError
 from edgekd.fileio import sha256_file, write_json
 from edgekd.benchmark.envinfo import capture as describe_environment
 from edgekd.pipeline import RunDir, StageResult
@@ -51,55 +51,69 @@ class Pipeline:
         self.profiles: list[Profile] = [resolve(t) for t in cfg.targets]
         if not self.profiles:
             raise UsageError("no target given", "pass --target, e.g. --target x86-cpu (list: edgekd targets)")
-        root = Path(cfg.run_dir) if cfg.run_dir else Path("runs") / Path(cfg.model).stem.split(".")[0]
-        self.run = RunDir(root)
+        # Every input is checked before the run directory is touched: a bad model, data path or loss leaves an
+        # existing run (and its config) exactly as it was, and creates no folder.
+        validate_inputs(cfg)
         self._teacher = None
         self._data = None
+        self._real = None
+        self._load_teacher()
+        if cfg.data.path is not None:
+            self._real = self._load_real_data()
+        root = Path(cfg.run_dir) if cfg.run_dir else Path("runs") / Path(cfg.model).stem.split(".")[0]
+        self.run = RunDir(root)
+        progress.log(f"run directory: {self.run.root}")
         self.run.manifest["config"] = cfg.model_dump()
         self.run.manifest["environment"] = describe_environment()
+        self.run.manifest["inputs"] = {"model": self._model_record}
         self.run.save()
 
     # ---------------------------------------------------------------- inputs
+    def _load_teacher(self) -> None:
+        from edgekd.models.loading import load_model, probe, require_input_shape
+
+        lm = load_model(self.cfg.model, arch=self.cfg.arch, input_shape=self.cfg.input_shape, allow_pickle=self.cfg.allow_pickle)
+        shape = require_input_shape(lm)
+        num_classes = probe(lm.module, shape)
+        self._teacher = lm
+        self.input_shape = shape
+        self.num_classes = num_classes
+        self._model_record = {"path": lm.path, "sha256": lm.sha256, "format": lm.format, "input_shape": list(shape),
+                              "num_classes": num_classes}
+
     @property
     def teacher(self):  # noqa: ANN201
-        if self._teacher is None:
-            from edgekd.models.loading import load_model, probe, require_input_shape
-
-            lm = load_model(self.cfg.model, arch=self.cfg.arch, input_shape=self.cfg.input_shape, allow_pickle=self.cfg.allow_pickle)
-            shape = require_input_shape(lm)
-            num_classes = probe(lm.module, shape)
-            self._teacher = lm
-            self.input_shape = shape
-            self.num_classes = num_classes
-            self.run.manifest["inputs"] = {"model": {"path": lm.path, "sha256": lm.sha256, "format": lm.format,
-                                                     "input_shape": list(shape), "num_classes": num_classes}}
-            self.run.save()
         return self._teacher
+
+    def _load_real_data(self):  # noqa: ANN202
+        """The user's data, loaded and checked before the run directory is touched."""
+        from edgekd.data import load_dataset
+
+        d = self.cfg.data
+        norm = self.known_normalize()
+        mean, std = (norm["mean"], norm["std"]) if norm else (None, None)
+        ds = load_dataset(d.path, channels=self.input_shape[1], size=tuple(self.input_shape[2:4]) if len(self.input_shape) == 4 else None,
+                          val_fraction=d.val_fraction, seed=d.split_seed, mean=mean, std=std, limit=d.limit)
+        if tuple(ds.input_shape) != tuple(self.input_shape[1:]):
+            raise DataError(f"data samples have shape {ds.input_shape}, the model wants {tuple(self.input_shape[1:])}",
+                            "pass data of the model's input size or the right --input-shape")
+        if ds.num_classes > self.num_classes:
+            raise DataError(f"data has {ds.num_classes} classes, the teacher predicts {self.num_classes}", "pass the teacher's dataset")
+        if d.eval_limit:
+            ds.test = ds.test.take(d.eval_limit)
+            ds.meta["sizes"]["test"] = len(ds.test)
+        return ds
 
     @property
     def data(self):  # noqa: ANN201
         if self._data is None:
-            from edgekd.data import load_dataset
-
-            self.teacher  # loads the model: input_shape and num_classes
             d = self.cfg.data
             if d.path is None:
                 self._data = self._synthetic_dataset()
                 self.run.manifest.setdefault("inputs", {})["data"] = self._data.meta
                 self.run.save()
                 return self._data
-            norm = self.known_normalize()
-            mean, std = (norm["mean"], norm["std"]) if norm else (None, None)
-            ds = load_dataset(d.path, channels=self.input_shape[1], size=tuple(self.input_shape[2:4]) if len(self.input_shape) == 4 else None,
-                              val_fraction=d.val_fraction, seed=d.split_seed, mean=mean, std=std, limit=d.limit)
-            if tuple(ds.input_shape) != tuple(self.input_shape[1:]):
-                raise DataError(f"data samples have shape {ds.input_shape}, the model wants {tuple(self.input_shape[1:])}",
-                                "pass data of the model's input size or the right --input-shape")
-            if ds.num_classes > self.num_classes:
-                raise DataError(f"data has {ds.num_classes} classes, the teacher predicts {self.num_classes}", "pass the teacher's dataset")
-            if d.eval_limit:
-                ds.test = ds.test.take(d.eval_limit)
-                ds.meta["sizes"]["test"] = len(ds.test)
+            ds = self._real
             if self.cfg.synth.mix:
                 from edgekd.data import ArraySplit
 
@@ -246,7 +260,7 @@ class Pipeline:
         teacher = self.teacher.module
         t_val = accuracy(predict_logits(teacher, self.data.val.x), self.data.val.y)
         if t_val < 1.5 / self.num_classes:
-            progress.log(f"warning: the teacher scores {t_val:.3f} on the val split (near chance): "
+            progress.warn(f"the teacher scores {t_val:.3f} on the val split (near chance): "
                          "check the preprocessing (--mean/--std) matches what the teacher was trained with")
         metrics: dict[str, Any] = {"teacher_val_top1": t_val, "teacher_params": count_params(teacher)}
         if not cfg.enabled:
@@ -258,7 +272,7 @@ class Pipeline:
                 # DFAD trains the student inside the synthesis game (stage 0); take that student as is.
                 from edgekd.models.student import load_student
 
-                student = load_student(str(self.run.output("synth", "dfad_student")))[0]
+                student = load_student(str(self.run.output("synth", "dfad_student")), cfg.student)[0]
                 val = accuracy(predict_logits(student, self.data.val.x), self.data.val.y)
                 history, resumed = [{"epoch": 1, "val_top1": val, "source": "DFAD game (stage synth)"}], 0
             else:
@@ -282,7 +296,7 @@ class Pipeline:
         rec = self.run.record("distill") or {}
         if "student" not in rec.get("outputs", {}):
             return self.teacher.module
-        return load_student(str(self.run.output("distill", "student")))[0]
+        return load_student(str(self.run.output("distill", "student")), self.cfg.distill.student)[0]
 
     # ---------------------------------------------------------------- stage 2
     def export(self) -> dict[str, Any]:
@@ -302,6 +316,9 @@ class Pipeline:
         x = self.data.test.x[: cfg.parity_samples]
         if len(x) < min(256, cfg.parity_samples):  # small test splits (data-free runs): top up from val, then train
             x = np.concatenate([x, self.data.val.x, self.data.train.x])[: cfg.parity_samples]
+        if len(x) < min(256, cfg.parity_samples):
+            progress.warn(f"export: parity checked on {len(x)} inputs only (the data has no more; 256 or more make the "
+                          "check meaningful)")
         report: dict[str, Any] = {}
         outputs: dict[str, str] = {}
         distilled = "student" in (self.run.record("distill") or {}).get("outputs", {})
@@ -335,7 +352,11 @@ class Pipeline:
         self.export()
         q = self.cfg.quantize
         key = {"qat": q.model_dump(include={"qat", "bits", "ti_mode", "ti_steps", "ti_blocks", "qat_steps", "qat_lr",
-                                            "qat_batch_size", "act_quantizer", "first_last", "keep_fp", "qat_parity_min_agreement"}),
+                                            "qat_batch_size", "act_quantizer", "first_last", "keep_fp", "qat_parity_min_agreement",
+                                            "qat_loss_set", "ternary_scale"}),
+               # the stage also reads the export opset and the seed (issue #16: both were missing, so a stale result
+               # was reused after either changed)
+               "opset": self.cfg.export.opset, "seed": self.cfg.distill.seed,
                "distill": self.run.output_hash("distill"), "data": self.data_key()}
         return self.run.run_stage("quantize/qat", key, self._qat)
 
@@ -353,13 +374,15 @@ class Pipeline:
         q = self.cfg.quantize
         out = self.run.fresh_dir("quantize", "qat")
         fp = self.student_module()
-        qcfg = QATConfig(**parse_bits(q.bits), act_quantizer=q.act_quantizer, first_last=q.first_last, keep_fp=q.keep_fp)
+        qcfg = QATConfig(**parse_bits(q.bits), act_quantizer=q.act_quantizer, first_last=q.first_last, keep_fp=q.keep_fp,
+                         ternary_scale=q.ternary_scale)
         student, plan = quantized_copy(fp, qcfg)
         ti = "none"
         if q.qat == "ti":
-            ti = q.ti_mode if q.ti_mode != "auto" else ("g" if find_attention(fp) else "b")
+            ti = q.ti_mode if q.ti_mode != "auto" else ("g" if find_attention(fp) else "br")
         tcfg = QATTrainConfig(steps=q.qat_steps, lr=q.qat_lr, batch_size=q.qat_batch_size, ti=ti, ti_steps=q.ti_steps,
-                              blocks=q.ti_blocks, eval_every=max(1, q.qat_steps // 12), seed=self.cfg.distill.seed)
+                              blocks=q.ti_blocks, eval_every=max(1, q.qat_steps // 12), seed=self.cfg.distill.seed,
+                              loss_set=q.qat_loss_set)
         progress.log(f"quantize/qat: {q.bits} QAT-{'TI-' + ti.upper() if ti != 'none' else 'KD'} for {q.qat_steps} steps")
         res = train_qat(fp, student, self.data, tcfg)
         with atomic_path(out / "student_q.pt") as tmp:
@@ -440,6 +463,10 @@ class Pipeline:
             outputs["model"] = self.run.rel(art)
         else:
             cx, cy = select(self.data, recipe, self.cfg.quantize.calibration_size)
+            wanted = self.cfg.quantize.calibration_size or recipe.count
+            if len(cx) < wanted:
+                progress.warn(f"quantize/{p.name}: calibration asked for {wanted} samples ({recipe.name}) but the "
+                              f"{recipe.source} split has {len(cx)}; ranges come from those {len(cx)}")
             progress.log(f"quantize/{p.name}: int8 PTQ with {len(cx)} calibration samples ({recipe.name})")
             if p.backend in ("onnxruntime", "tensorrt"):
                 # TensorRT profiles carry ORT settings that make TensorRT's explicit-INT8 form (signed, symmetric)
@@ -454,6 +481,7 @@ class Pipeline:
                 outputs["model"] = self.run.rel(art)
                 outputs["weights"] = self.run.rel(art.with_suffix(".bin"))
             info.update(precision="int8", calibration={"recipe": recipe.model_dump(), "samples": int(len(cx)),
+                                                       "samples_requested": int(wanted),
                                                        "per_class": np.bincount(cy, minlength=self.num_classes).tolist()})
             # int8 vs fp32 on the val split (real data the student never trained on)
             xv = self.data.val.x
@@ -641,9 +669,36 @@ class Pipeline:
         return StageResult({"latency": self.run.rel(out / "latency.json"), "accuracy": self.run.rel(out / "accuracy.json")}, metrics)
 
     def all(self) -> dict[str, Any]:
+        """Every stage for every target, then the report. A failed gate (parity, INT8 accuracy) stops only what
+        depends on it: the other targets still run, the report is written with the failure, then GateError (exit 3)."""
+        failed: list[tuple[str, GateError]] = []
         for p in self.profiles:
-            self.bench(p)
-        return write_report(self.run.root)
+            try:
+                self.bench(p)
+            except GateError as e:
+                failed.append((p.name, e))
+                progress.log(f"{p.name}: {e.one_line()}")
+                if self.run.record("export") and self.run.record("export").get("status") == "failed":
+                    break  # the export gate failed: no target can go on
+        report = write_report(self.run.root)
+        if failed:
+            name, err = failed[0]
+            more = f" (and {len(failed) - 1} more target(s))" if len(failed) > 1 else ""
+            raise GateError(f"{name}: {err.message}{more}", f"see {self.run.root / 'report.md'} (what passed is kept); "
+                            f"{err.hint or 're-run after fixing'}")
+        return report
+
+
+def validate_inputs(cfg: PipelineConfig) -> None:
+    """Checks that need no model or data loaded: the data path exists, the KD loss and its parameters build."""
+    from edgekd.data.datasets import resolve_data_path
+
+    if cfg.data.path is not None:
+        resolve_data_path(cfg.data.path)  # raises DataError naming the path
+    if cfg.distill.enabled:
+        from edgekd.kd.losses import build_loss
+
+        build_loss(cfg.distill.loss, **cfg.distill.loss_params)
 
 
 def run_worker(backend: str, model: Path, data: Path | None, settings: dict[str, Any], warmup: int, iterations: int,
@@ -661,7 +716,10 @@ def run_worker(backend: str, model: Path, data: Path | None, settings: dict[str,
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if proc.returncode != 0:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
-        raise StageError(f"benchmark of {model.name} on {backend} failed: {tail[0]}", "run the worker by hand to see the full error")
+        if os.environ.get("EDGEKD_DEBUG"):
+            print(proc.stderr or proc.stdout, file=sys.stderr)
+        raise StageError(f"benchmark of {model.name} on {backend} failed: {tail[0][:120]}",
+                         "re-run with --debug to see the worker's full output")
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
@@ -720,13 +778,29 @@ def pipeline_from_run(run_dir: str | Path, **overrides: Any) -> Pipeline:
     raw = dict(run.manifest.get("config") or {})
     if not raw:
         raise UsageError(f"{run_dir} records no config", "re-run edgekd compress")
-    for k, v in _nest(overrides).items():
+    given = _nest(overrides)
+    # Opt-ins and code names come from the person running this command, never from a file on disk: the manifest's
+    # allow_pickle is dropped, and a factory it names (not a zoo model) must be named again on the command line.
+    raw["allow_pickle"] = bool(given.pop("allow_pickle", False))
+    for flag, section, key in (("--arch", None, "arch"), ("--student", "distill", "student")):
+        recorded = (raw.get(section) or {}).get(key) if section else raw.get(key)
+        named = (given.get(section) or {}).get(key) if section else given.get(key)
+        if recorded and named is None and not _is_zoo_name(str(recorded)):
+            raise UsageError(f"this run was made with the factory {str(recorded)[:80]!r}; edgekd imports code only when "
+                             "you name it", f"if you trust it, add {flag} {str(recorded)[:80]}")
+    for k, v in given.items():
         if isinstance(v, dict):
             raw.setdefault(k, {}).update(v)
         else:
             raw[k] = v
     raw["run_dir"] = str(run_dir)
     return Pipeline(build_config(**raw))
+
+
+def _is_zoo_name(name: str) -> bool:
+    from edgekd.models.zoo import MODELS
+
+    return name.removeprefix("zoo:") in MODELS
 
 
 def compress(model: str | Path | None = None, *, config: str | Path | PipelineConfig | None = None, **kw: Any) -> dict[str, Any]:

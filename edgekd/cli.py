@@ -6,7 +6,11 @@ the traceback. Ctrl-C keeps every finished stage; re-running resumes.
 
 from __future__ import annotations
 
+import math
+import os
+import signal
 import sys
+import threading
 import traceback
 from pathlib import Path
 from typing import Any, List, Optional
@@ -14,7 +18,8 @@ from typing import Any, List, Optional
 import typer
 
 from edgekd import progress
-from edgekd.errors import EdgekdError, UsageError
+from edgekd.errors import EdgekdError, Interrupted, UsageError
+from edgekd.pipeline import FILESYSTEM_ERRNOS, filesystem_error
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Distill, quantize, export, lower and benchmark a PyTorch model for an edge device.")
@@ -34,8 +39,17 @@ def _targets(values: Optional[List[str]]) -> Optional[list[str]]:
     return [t.strip() for v in values for t in v.split(",") if t.strip()]
 
 
-def _floats(text: Optional[str]) -> Optional[list[float]]:
-    return [float(v) for v in text.split(",")] if text else None
+def _floats(text: Optional[str], flag: str = "--mean/--std") -> Optional[list[float]]:
+    if not text:
+        return None
+    try:
+        vals = [float(v) for v in text.split(",")]
+    except ValueError:
+        raise UsageError(f"{flag} {text!r} is not a comma-separated list of numbers", f"e.g. {flag.split('/')[0]} 0.286 "
+                         "or 0.485,0.456,0.406") from None
+    if not all(math.isfinite(v) for v in vals):
+        raise UsageError(f"{flag} {text!r} holds a non-finite number", "pass finite numbers on the 0..1 scale")
+    return vals
 
 
 def _features(values: Optional[List[str]]) -> Optional[list[dict[str, Any]]]:
@@ -99,7 +113,7 @@ def compress(
     calibration: Optional[str] = typer.Option(None, help="calibration recipe: default | small | large | path.yaml"),
     qat: Optional[str] = typer.Option(None, help="quantization-aware training instead of PTQ: kd | ti"),
     bits: Optional[str] = typer.Option(None, help="QAT bit widths: w8a8 | w4a8 | w2a8 | ternary | w4a4"),
-    ti_mode: Optional[str] = typer.Option(None, help="Teacher Intervention: auto | g | o | c | m (transformers) | b (CNN blocks)"),
+    ti_mode: Optional[str] = typer.Option(None, help="Teacher Intervention: auto | g | o | c | m (attention) | rg | ro | rm (residual branches of CNNs) | br (block reconstruction)"),
     qat_steps: Optional[int] = typer.Option(None, min=1),
     keep_fp: Optional[List[str]] = typer.Option(None, help="module path kept in floating point (repeatable)"),
     synth: Optional[str] = typer.Option(None, "--synth", help="data-free synthesis: auto | genie | deepinversion | adi | zeroq | dfad | dfad-bn | dfad-balanced "
@@ -122,7 +136,7 @@ def compress(
                  distill__enabled=False if no_distill else None, quantize__precision=precision,
                  quantize__calibration=calibration, quantize__qat=qat, quantize__bits=bits, quantize__ti_mode=ti_mode,
                  quantize__qat_steps=qat_steps, quantize__keep_fp=keep_fp or None, bench__threads=threads, data__limit=data_limit,
-                 data__eval_limit=eval_limit, data__mean=_floats(mean), data__std=_floats(std), synth__method=synth,
+                 data__eval_limit=eval_limit, data__mean=_floats(mean, "--mean"), data__std=_floats(std, "--std"), synth__method=synth,
                  synth__n=synth_n, synth__iterations=synth_iterations, synth__lr=synth_lr,
                  synth__mix=True if (synth and data) else None)
     m, c = kw.pop("model"), kw.pop("config")
@@ -151,7 +165,8 @@ def synth_cmd(
     from edgekd import api
 
     res = api.synth(model, out=out, n=n, method=method, iterations=iterations, batch_size=batch_size, lr=lr, seed=seed,
-                    arch=arch, input_shape=input_shape, allow_pickle=allow_pickle, mean=_floats(mean), std=_floats(std))
+                    arch=arch, input_shape=input_shape, allow_pickle=allow_pickle, mean=_floats(mean, "--mean"),
+                    std=_floats(std, "--std"))
     if res.get("written"):
         typer.echo(f"{res['method']}: {res['n']} images in {res['seconds']:.1f} s ({res['seconds_per_1000_images']:.1f} s per 1000) "
                    f"→ {res['out']} (+ {Path(res['preview']).name})")
@@ -193,7 +208,12 @@ def bench(path: Path = typer.Argument(..., help="a run directory, or one artifac
           profile: Optional[str] = typer.Option(None, "--profile", "-p", help="device profile for an artifact (name or .yaml)"),
           data: Optional[Path] = typer.Option(None, "--data", help="for an artifact: .npz with x (inputs) and y (labels)"),
           out: Optional[Path] = typer.Option(None, "--out", help="for an artifact: folder for result.json/.md and latency.png"),
-          threads: Optional[int] = typer.Option(None, help="override the profile's thread count")) -> None:
+          threads: Optional[int] = typer.Option(None, help="override the profile's thread count"),
+          arch: Optional[str] = typer.Option(None, help="for a run: the --arch factory it was made with (not a zoo name), "
+                                             "named again: edgekd never imports code that a file names"),
+          student: Optional[str] = typer.Option(None, help="for a run: its --student factory (not a zoo name), named again"),
+          allow_pickle: bool = typer.Option(False, "--allow-pickle", help="for a run of a pickled model: allow loading it "
+                                            "(the run's own record of this opt-in is not used)")) -> None:
     """Re-measure a run (rewrites its report), or measure one artifact on this device — no torch needed for that."""
     if path.is_file():
         from edgekd.benchmark.device import bench_artifact
@@ -207,7 +227,8 @@ def bench(path: Path = typer.Argument(..., help="a run directory, or one artifac
 
     if not path.is_dir():
         raise UsageError(f"{path} does not exist", "pass a run directory made by edgekd compress, or an artifact file")
-    _print_summary(api.bench(path, bench__threads=threads))
+    _print_summary(api.bench(path, bench__threads=threads, arch=arch, distill__student=student,
+                             allow_pickle=allow_pickle or None))
 
 
 @app.command()
@@ -286,18 +307,60 @@ def hoist_global_flags(argv: list[str]) -> list[str]:
     return flags + [a for a in argv[:end] if a not in GLOBAL_FLAGS] + argv[end:]
 
 
+def quiet_third_party() -> None:
+    """torch, ONNX and NNCF print deprecation warnings and log lines (e.g. "torchvision is not installed") that say
+    nothing about the user's run; edgekd's own messages go through :mod:`edgekd.progress`. ``--debug`` keeps them."""
+    import logging
+    import warnings
+
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    warnings.filterwarnings("ignore", category=UserWarning, module=r"(torch|onnx|onnxscript|nncf|openvino)(\.|$)")
+    for name in ("onnxscript", "nncf", "openvino"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    # torch sets its loggers' levels from TORCH_LOGS when it is imported ("-onnx": errors only); a user's own
+    # TORCH_LOGS is left alone
+    os.environ.setdefault("TORCH_LOGS", "-onnx")
+
+
+def _on_sigint(_signum: int, _frame: Any) -> None:
+    raise Interrupted()
+
+
 def main(argv: Optional[list[str]] = None) -> int:
+    """Run the CLI and return its exit code (see :mod:`edgekd.errors`: 0 ok, 1 bug, 2 bad input, 3 gate failed,
+    130 interrupted)."""
     argv = hoist_global_flags(list(sys.argv[1:] if argv is None else argv))
+    debug = "--debug" in argv
+    if debug:
+        os.environ["EDGEKD_DEBUG"] = "1"  # the benchmark worker's full output is printed when it fails
+    else:
+        quiet_third_party()
+    previous = signal.signal(signal.SIGINT, _on_sigint) if threading.current_thread() is threading.main_thread() else None
     try:
         app(args=argv, prog_name="edgekd")  # standalone mode: usage errors print and exit 2 via SystemExit
         return 0
     except SystemExit as e:
         return e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    except Interrupted:
+        if debug:
+            traceback.print_exc()
+        print("interrupted: finished stages are kept in the run directory; run the same command again to resume",
+              file=sys.stderr)
+        return 130
     except EdgekdError as e:
-        if _STATE["debug"] or "--debug" in argv:
+        if _STATE["debug"] or debug:
             traceback.print_exc()
         print(f"error: {e.one_line()}", file=sys.stderr)
         return e.exit_code
+    except OSError as e:
+        if e.errno not in FILESYSTEM_ERRNOS:
+            raise
+        if _STATE["debug"] or debug:
+            traceback.print_exc()
+        err = filesystem_error(e, e.filename or "a file")
+        print(f"error: {err.one_line()}", file=sys.stderr)
+        return err.exit_code
     except ModuleNotFoundError as e:
         if _STATE["debug"] or "--debug" in argv:
             traceback.print_exc()
@@ -307,8 +370,12 @@ def main(argv: Optional[list[str]] = None) -> int:
         print(f"error: the {e.name} package is not installed (hint: {hint})", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted: finished stages are kept; run the same command again to resume", file=sys.stderr)
+        print("interrupted: finished stages are kept in the run directory; run the same command again to resume",
+              file=sys.stderr)
         return 130
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
 
 
 if __name__ == "__main__":

@@ -87,9 +87,16 @@ class QuantizeConfig(Strict):
     min_top1_agreement: float = Field(0.95, ge=0, le=1, description="int8 vs fp32 student on the val split; lower fails the stage")
     qat: Literal["none", "kd", "ti"] = Field("none", description="quantization-aware training instead of PTQ")
     bits: str = Field("w8a8", description="QAT bit widths: w8a8, w4a8, w2a8, ternary, w4a4")
-    ti_mode: Literal["auto", "b", "o", "c", "m", "g"] = Field("auto", description="auto: g for attention models, b for CNNs")
+    ti_mode: Literal["auto", "g", "o", "c", "m", "rg", "ro", "rm", "br", "b"] = Field(
+        "auto", description="auto: g for attention models, br for CNNs. g/o/c/m: attention TI (Kim et al. 2023); "
+                            "rg/ro/rm: residual-branch TI for CNNs; br: block reconstruction (b: its old name)")
     ti_steps: int | None = Field(None, ge=1, description="TI step-1 length (default 10% of qat_steps)")
-    ti_blocks: list[str] | None = Field(None, description="block module paths for feature losses and TI-B (default: found by class name)")
+    ti_blocks: list[str] | None = Field(None, description="block module paths for feature losses and TI (default: found by class name)")
+    qat_loss_set: Literal["auto", "ternarybert", "edgekd"] = Field(
+        "auto", description="auto: ternarybert (the TI paper's: soft CE at T=1 + hidden, score and attention-output "
+                            "MSE) with --qat ti, edgekd (KL at τ=4 + block and score MSE) with --qat kd")
+    ternary_scale: Literal["row", "layer"] = Field("row", description="ternary weights: one scale per output row or "
+                                                                     "per layer (TernaryBERT's)")
     qat_steps: int = Field(600, ge=1)
     qat_lr: float = Field(5e-4, gt=0)
     qat_batch_size: int = Field(64, ge=1)

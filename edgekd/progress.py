@@ -25,6 +25,11 @@ def log(msg: str) -> None:
         print(msg, file=sys.stderr, flush=True)
 
 
+def warn(msg: str) -> None:
+    """A one-line warning on stderr, shown even with ``--quiet``: something the user should know about their input."""
+    print(f"warning: {msg}", file=sys.stderr, flush=True)
+
+
 class _NullBar:
     def update(self, advance: float = 1, **fields: object) -> None:  # noqa: D401
         pass

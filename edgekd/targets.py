@@ -134,6 +134,8 @@ def load_profile_file(path: Path) -> Profile:
         raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as e:
         raise TargetError(f"profile {path} is not valid YAML: {str(e).splitlines()[0]}", "fix the file") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise TargetError(f"cannot read profile {path}: {e}", "fix the file or its permissions") from None
     if not isinstance(raw, dict):
         raise TargetError(f"profile {path} must be a mapping", "see targets/x86-cpu.yaml for the schema")
     try:
@@ -151,13 +153,28 @@ def load_profile_file(path: Path) -> Profile:
     return prof
 
 
-def all_profiles() -> dict[str, Profile]:
+_WARNED: set[str] = set()
+
+
+def all_profiles(broken: dict[str, TargetError] | None = None) -> dict[str, Profile]:
+    """Every readable profile by name. A broken file in ``$EDGEKD_TARGETS_PATH`` is skipped (with one warning, and
+    recorded in ``broken`` by file stem) so that it breaks only itself, not every other target."""
     found: dict[str, Profile] = {}
     for d in reversed(search_dirs()):  # user folders last, so they override built-ins
         if not d.is_dir():
             continue
         for f in sorted(d.glob("*.y*ml")):
-            p = load_profile_file(f)
+            try:
+                p = load_profile_file(f)
+            except TargetError as e:
+                if broken is not None:
+                    broken[f.stem] = e
+                if str(f) not in _WARNED:
+                    _WARNED.add(str(f))
+                    from edgekd import progress
+
+                    progress.warn(f"skipping profile {f}: {e.message}")
+                continue
             found[p.name] = p
     return found
 
@@ -166,14 +183,20 @@ def resolve(name: str) -> Profile:
     """A profile by name, alias or path to a profile file."""
     if name.endswith((".yaml", ".yml")) and Path(name).is_file():
         return load_profile_file(Path(name))
-    profiles = all_profiles()
+    broken: dict[str, TargetError] = {}
+    profiles = all_profiles(broken)
     if name in profiles:
         return profiles[name]
     for p in profiles.values():
         if name in p.aliases:
             return p
-    known = ", ".join(sorted(profiles))
-    raise TargetError(f"unknown target {name!r}", f"choose one of: {known} (or list them with: edgekd targets)")
+    if name in broken:
+        raise broken[name]
+    import difflib
+
+    close = difflib.get_close_matches(name, sorted(profiles), n=3)
+    known = f"did you mean {', '.join(close)}? " if close else ""
+    raise TargetError(f"unknown target {name!r}", f"{known}list them with: edgekd targets")
 
 
 def list_profiles(pattern: str = "*") -> list[Profile]:

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from edgekd.errors import ConfigError
 from edgekd.kd.losses import LOSSES, DecoupledKD, build_loss
 
 ZS = np.array([[2.0, 0.5, -1.0, 0.0], [0.1, 0.2, 3.0, -0.5], [-1.0, 1.5, 0.3, 0.9]])
@@ -61,7 +62,7 @@ def ref_nkd(t: float = 1.0, gamma: float = 1.5) -> float:
 def run(name: str, **kw: float) -> float:
     zs = torch.tensor(ZS, dtype=torch.float64)
     zt = torch.tensor(ZT, dtype=torch.float64)
-    return float(build_loss(name, **kw)(zs, zt, torch.tensor(Y), epoch=1000.0))
+    return float(build_loss(name, **kw)(zs, zt, torch.tensor(Y), progress=1.0))
 
 
 @pytest.mark.parametrize(("name", "ref"), [("kd", ref_kd), ("dkd", ref_dkd), ("dist", ref_dist), ("nkd", ref_nkd)])
@@ -112,18 +113,21 @@ def test_dkd_decomposition_identity() -> None:
     assert np.allclose(per_sample, kd.numpy(), atol=1e-9)
 
 
-def test_dkd_warmup_ramps_linearly() -> None:
+def test_dkd_warmup_ramps_linearly_over_a_fraction_of_the_run() -> None:
     zs, zt, y = torch.tensor(ZS), torch.tensor(ZT), torch.tensor(Y)
-    dkd = DecoupledKD(warmup=10)
-    full = float(dkd(zs, zt, y, epoch=10))
-    assert float(dkd(zs, zt, y, epoch=5)) == pytest.approx(full / 2)
-    assert float(dkd(zs, zt, y, epoch=0)) == 0.0
+    dkd = DecoupledKD()  # warm-up 1/12 of the run, whatever its length (issue #14: 20 epochs never ended in 10)
+    full = float(dkd(zs, zt, y, progress=1.0))
+    assert float(dkd(zs, zt, y, progress=1 / 12)) == pytest.approx(full)
+    assert float(dkd(zs, zt, y, progress=1 / 24)) == pytest.approx(full / 2)
+    assert float(dkd(zs, zt, y, progress=0.0)) == 0.0
+    with pytest.raises(ConfigError, match="fraction"):
+        DecoupledKD(warmup=20)
 
 
 @pytest.mark.parametrize("name", ["kd", "dkd", "dist", "nkd"])
 def test_loss_is_minimal_when_student_equals_teacher(name: str) -> None:
     z = torch.tensor(ZT)
-    at_teacher = float(build_loss(name)(z, z, torch.tensor(Y), epoch=1000))
+    at_teacher = float(build_loss(name)(z, z, torch.tensor(Y), progress=1.0))
     assert run(name) > at_teacher - 1e-9
     if name in ("kd", "dkd", "dist"):
         assert at_teacher == pytest.approx(0.0, abs=1e-6)

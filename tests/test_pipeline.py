@@ -132,7 +132,9 @@ def test_qat_with_teacher_intervention_in_the_pipeline(demo_teacher: Path, fmnis
     cfg = {**SMALL, "quantize": {"qat": "ti", "bits": "w4a8", "qat_steps": 60, "ti_steps": 12}}
     rep = edgekd.compress(demo_teacher, targets=["x86-cpu", "intel-cpu"], run_dir=str(run), **cfg)
     qat = read_json(run / "03-quantize/qat/qat.json")
-    assert qat["ti"] == "b" and qat["training"]["ti_steps"] == 12 and len(qat["training"]["curve"]) >= 5
+    assert qat["ti"] == "br" and qat["training"]["ti_steps"] == 12 and len(qat["training"]["curve"]) >= 5
+    assert qat["training"]["loss_set"] == "ternarybert"  # the TI paper's losses are TI's default
+    assert qat["training"]["weights_changed"] > 0.9 * qat["training"]["total_params"]
     assert qat["export"]["int8_weight_initializers"] >= 8
     par = qat["parity_vs_torch_fakequant_test"]
     for backend in ("onnxruntime-reference", "openvino"):

@@ -66,6 +66,22 @@ def test_pact_clip_gradient() -> None:
     assert p.alpha.grad.item() == pytest.approx(2.0)  # ∂y_q/∂α = 1 for the two inputs ≥ α
 
 
+def test_signed_pact_clips_both_sides_with_the_papers_gradient() -> None:
+    p = PACT(4)
+    p(torch.tensor([-0.2, 0.5]))  # a first batch with negative values: the signed variant
+    assert bool(p.signed) and p.levels() == 7
+    p.alpha.data = torch.tensor(1.0)
+    x = torch.tensor([-2.0, -0.43, 0.3, 1.5, 2.0])
+    y = p(x)
+    # step α/7: −0.43 → −3/7, 0.3 → 2/7; ±α at the clips
+    assert torch.allclose(y, torch.tensor([-1.0, -3 / 7, 2 / 7, 1.0, 1.0]), atol=1e-6)
+    y.sum().backward()
+    assert p.alpha.grad.item() == pytest.approx(-1 + 2)  # −1 below −α, +1 for each input ≥ α
+    u = PACT(8)
+    u(torch.rand(100))  # non-negative first batch: the paper's unsigned form, 255 levels
+    assert not bool(u.signed) and u.levels() == 255
+
+
 def test_parse_bits() -> None:
     assert parse_bits("w4a8") == {"weight_bits": 4, "act_bits": 8, "weight_quantizer": "lsq"}
     assert parse_bits("ternary")["weight_quantizer"] == "twn"
@@ -196,8 +212,8 @@ def test_ti_g_schedule() -> None:
 # ---------------------------------------------------------------------------------------------- export parity
 
 
-@pytest.mark.parametrize("bits", ["w8a8", "w4a8", "ternary"])
-def test_qdq_export_parity_onnxruntime_and_openvino(bits: str) -> None:
+@pytest.mark.parametrize("bits,act", [("w8a8", "lsq"), ("w4a8", "lsq"), ("ternary", "lsq"), ("w8a8", "pact")])
+def test_qdq_export_parity_onnxruntime_and_openvino(bits: str, act: str) -> None:
     import onnx
     import openvino as ov
 
@@ -205,7 +221,7 @@ def test_qdq_export_parity_onnxruntime_and_openvino(bits: str) -> None:
 
     torch.manual_seed(0)
     fp = build_model("resnet-xs", 1, 10).eval()
-    s, _ = quantized_copy(fp, QATConfig(**parse_bits(bits)))
+    s, _ = quantized_copy(fp, QATConfig(**parse_bits(bits), act_quantizer=act))
     x = torch.randn(200, 1, 28, 28)
     s.eval()
     s(x[:64])  # initialise ranges
@@ -270,3 +286,183 @@ def test_low_bit_linear_weights_lower_to_matmulnbits_exactly(bits: str, tmp_path
     b = make_runner("onnxruntime", tmp_path / "n.onnx", {"graph_optimization": "disable"})(x.numpy())
     assert np.abs(a - b).max() < 1e-5
     assert (tmp_path / "n.onnx").stat().st_size < (tmp_path / "q.onnx").stat().st_size
+
+
+@pytest.mark.parametrize("teacher,arch", [("fmnist_teacher", "resnet-l"), ("fmnist_mobilenet_se_teacher", "mobilenet-se-s"),
+                                          ("fmnist_vit_teacher", "vit-tiny")])
+def test_w8a8_pact_before_training_is_within_a_point_of_fp(teacher: str, arch: str, fmnist) -> None:  # noqa: ANN001
+    """Issue #14 §2: PACT on signed inputs (the normalised image, residual sums, GELU outputs) clamped them at 0
+    (resnet-l 15.5 %, mobilenet-se-s 11.7 %, vit-tiny 10.3 % before training). Ranges from one batch of 64 training
+    images, as train_qat initialises them; 2,000 real test images."""
+    from conftest import REPO
+    from edgekd.data import load_dataset
+    from edgekd.kd.trainer import accuracy, predict_logits
+    from edgekd.models.loading import load_model
+
+    data = load_dataset("fashion-mnist", mean=[0.2860], std=[0.3530])
+    fp = load_model(REPO / "examples" / f"{teacher}.state_dict.pt", arch=arch).module
+    x, y = data.test.x[:2000], data.test.y[:2000]
+    s, _ = quantized_copy(fp, QATConfig(**parse_bits("w8a8"), act_quantizer="pact"))
+    s.eval()
+    with torch.no_grad():
+        s(torch.from_numpy(data.train.x[:64]))
+    fp_top1, q_top1 = accuracy(predict_logits(fp, x), y), accuracy(predict_logits(s, x), y)
+    assert fp_top1 > 0.85
+    assert abs(fp_top1 - q_top1) <= 0.01, (fp_top1, q_top1)
+    pacts = [m for m in s.modules() if isinstance(m, PACT)]
+    assert pacts and any(bool(m.signed) for m in pacts)  # at least the normalised image is signed
+
+
+# ---------------------------------------------------------------------------------- residual-branch TI (CNNs)
+
+
+def test_residual_branches_are_found_by_tracing() -> None:
+    from edgekd.quant.residual_ti import find_residual_branches
+
+    m = build_model("resnet-l", 1, 10)
+    br = find_residual_branches(m, find_blocks(m))
+    assert [(b.first, b.out, b.last_layer) for b in br] == [
+        (f"layer{i}.0.conv1.0", f"layer{i}.0.conv2.1", f"layer{i}.0.conv2.0") for i in (1, 2, 3)]
+    se = build_model("mobilenet-se-s", 1, 10)
+    br = find_residual_branches(se, find_blocks(se))
+    # only the stride-1, same-width inverted residuals add their input; the projection conv follows squeeze-excite
+    assert br and all(b.out.endswith("block.3.1") and b.last_layer.endswith("block.3.0") for b in br)
+    assert find_residual_branches(se, ["stem"]) == []  # no add: not residual
+
+
+def _resnet_pair(perturb: str) -> tuple[nn.Module, nn.Module, torch.Tensor]:
+    torch.manual_seed(0)
+    teacher = build_model("resnet-xs", 1, 10).eval()
+    student = copy.deepcopy(teacher).eval()
+    with torch.no_grad():
+        for name, p in student.named_parameters():
+            if name.startswith(perturb):
+                p.add_(torch.randn_like(p) * 0.5)
+    return teacher, student, torch.randn(3, 1, 28, 28)
+
+
+@pytest.mark.parametrize(("mode", "perturbed", "downstream"), [("ro", "layer2.0.conv", "layer2.0.shortcut"),
+                                                                ("rm", "layer2.0.conv1", "layer2.0.conv2")])
+def test_residual_modes_replace_exactly_their_signal(mode: str, perturbed: str, downstream: str) -> None:
+    """RO: a student whose branch convs are perturbed computes the teacher's function exactly (the branch output is
+    the teacher's, the shortcut the student's own); perturbing the shortcut breaks it. RM: the first conv's error is
+    hidden (the last conv reads the teacher's input), the last conv's is not."""
+    from edgekd.quant.residual_ti import ResidualBranchIntervention, find_residual_branches
+
+    teacher, student, x = _resnet_pair(perturbed)
+    iv = ResidualBranchIntervention(student, teacher, find_residual_branches(teacher, find_blocks(teacher)))
+    with torch.no_grad():
+        zt = teacher(x)
+        assert not torch.allclose(student(x), zt, atol=1e-4)
+        teacher(x)
+        iv.mode = mode
+        assert torch.allclose(student(x), zt, atol=1e-5)
+        assert len(iv.pop_local()) == 3  # one local (student, teacher) pair per branch
+    teacher2, student2, _ = _resnet_pair(downstream)
+    iv2 = ResidualBranchIntervention(student2, teacher2, find_residual_branches(teacher2, find_blocks(teacher2)))
+    with torch.no_grad():
+        zt2 = teacher2(x)
+        iv2.mode = mode
+        assert not torch.allclose(student2(x), zt2, atol=1e-4)
+
+
+def test_residual_ro_gradient_flow() -> None:
+    """RO: the task loss reaches the stem through the shortcuts but not the branch convs; the local loss reaches the
+    branch convs but not the stem (the branch input is detached)."""
+    import torch.nn.functional as F
+
+    from edgekd.quant.residual_ti import ResidualBranchIntervention, find_residual_branches
+
+    teacher, student, x = _resnet_pair("layer1.0.conv1")
+    iv = ResidualBranchIntervention(student, teacher, find_residual_branches(teacher, find_blocks(teacher)))
+    teacher(x)
+    iv.mode = "ro"
+    student(x).pow(2).sum().backward(retain_graph=True)
+    assert student.layer1[0].conv1[0].weight.grad is None or student.layer1[0].conv1[0].weight.grad.abs().max() == 0
+    assert student.stem[0].weight.grad.abs().max() > 0
+    student.zero_grad(set_to_none=True)
+    sum(F.mse_loss(s, t) for s, t in iv.pop_local()).backward()
+    assert student.layer1[0].conv1[0].weight.grad.abs().max() > 0
+    assert student.stem[0].weight.grad is None or student.stem[0].weight.grad.abs().max() == 0
+
+
+# ---------------------------------------------------------------------------------------------- loss sets
+
+
+def test_ternarybert_loss_set_terms_match_a_direct_computation() -> None:
+    """Soft CE at T = 1, MSE on the embedding output and every block output, on the pre-softmax scores and on the
+    attention sub-layer output (the input of norm2 in a pre-LN block), each computed here without hooks."""
+    import torch.nn.functional as F
+
+    from edgekd.quant.qat_losses import SignalPair, loss_terms, signal_points
+
+    teacher, student, x = _vit_pair(("q", "proj"))
+    blocks, attn = find_blocks(teacher), find_attention(teacher)
+    points = signal_points(teacher, blocks, attn, "ternarybert")
+    assert points["hidden/embedding"] == ("blocks.0", "in") and points["attn_out/blocks.1.attn"] == ("blocks.1.norm2", "in")
+    sig = SignalPair(student, teacher, points)
+    iv = AttentionIntervention(student, teacher, attn)
+    with torch.no_grad():
+        zt, zs = teacher(x), student(x)
+    scores = [(iv.s_scores[a], iv.t_scores[a]) for a in attn]
+    terms = loss_terms("ternarybert", zs, zt, sig, scores, temperature=4.0, feature_weight=1.0, attn_weight=1.0)
+
+    def manual(model: nn.Module) -> tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor]]:
+        with torch.no_grad():
+            h = model.patch_embed(x).flatten(2).transpose(1, 2)
+            h = torch.cat([model.cls_token.expand(3, -1, -1), h], 1) + model.pos_embed
+            hidden, a_out, sc = [h], [], []
+            for blk in model.blocks:
+                a = blk.attn
+                u = blk.norm1(h)
+                b, n, c = u.shape
+                q, k = (t.reshape(b, n, a.heads, c // a.heads).transpose(1, 2) for t in (a.q(u), a.k(u)))
+                sc.append((q @ k.transpose(-2, -1)) * a.scale)
+                h = h + a(u)
+                a_out.append(h)
+                h = h + blk.mlp(blk.norm2(h))
+                hidden.append(h)
+        return hidden, a_out, sc
+
+    hs, aos, scs = manual(student)
+    ht, aot, sct = manual(teacher)
+    pred = -(F.softmax(zt, 1) * F.log_softmax(zs, 1)).sum(1).mean()
+    assert float(terms["pred"]) == pytest.approx(float(pred), rel=1e-5)
+    assert float(terms["rep"]) == pytest.approx(float(sum(F.mse_loss(a, b) for a, b in zip(hs, ht))), rel=1e-4)
+    assert float(terms["out"]) == pytest.approx(float(sum(F.mse_loss(a, b) for a, b in zip(aos, aot))), rel=1e-4)
+    assert float(terms["attn"]) == pytest.approx(float(sum(F.mse_loss(a, b) for a, b in zip(scs, sct))), rel=1e-4)
+    assert float(terms["rep"]) > 0 and float(terms["out"]) > 0
+
+
+def test_ternary_scale_per_layer_or_per_row() -> None:
+    m = build_model("vit-tiny", 1, 10, width=32, depth=1)
+    layer, _ = quantized_copy(m, QATConfig(**parse_bits("ternary"), ternary_scale="layer"))
+    row, _ = quantized_copy(m, QATConfig(**parse_bits("ternary")))
+    w = m.blocks[0].mlp[0].weight
+    wl = layer.blocks[0].mlp[0].weight_fake_quant(w)
+    wr = row.blocks[0].mlp[0].weight_fake_quant(w)
+    assert wl.abs().unique().numel() == 2  # {0, α}: one α for the layer
+    assert wr.abs().unique().numel() > 3  # one α per output row
+
+
+def test_train_qat_ti_modes_run_their_schedules_and_keep_the_budget(fmnist) -> None:  # noqa: ANN001
+    """Every TI mode trains for exactly the baseline's steps with the TI paper's loss set; the residual modes
+    intervene on every residual branch of the real demo CNN and report per-block MSE after step 1 and at the end."""
+    from conftest import REPO
+    from edgekd.data import load_dataset
+    from edgekd.models.loading import load_model
+    from edgekd.quant.qat_train import QATTrainConfig, train_qat
+
+    data = load_dataset("fashion-mnist", mean=[0.2860], std=[0.3530], limit=256)
+    fp = load_model(REPO / "examples" / "fmnist_teacher.state_dict.pt", arch="resnet-l").module
+    for ti in ("rg", "br"):
+        s, _ = quantized_copy(fp, QATConfig(**parse_bits("w4a8")))
+        res = train_qat(fp, s, data, QATTrainConfig(steps=6, ti=ti, ti_steps=3, batch_size=8, eval_every=3,
+                                                    eval_samples=16))
+        assert res["loss_set"] == "ternarybert" and res["ti_steps"] == 3 and res["curve"][-1]["step"] == 6
+        assert set(res["block_mse_after_step1"]) == set(res["block_mse"]) == {"layer1.0", "layer2.0", "layer3.0"}
+        assert res["weights_changed"] > 0.9 * res["total_params"]
+        if ti == "rg":
+            assert res["residual_branches"] == ["layer1.0.conv2.1", "layer2.0.conv2.1", "layer3.0.conv2.1"]
+            assert res["curve"][1]["loss_local"] > 0  # step 1 trains the replaced branches locally
+        assert "loss_local" not in res["curve"][-1]

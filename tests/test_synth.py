@@ -258,6 +258,7 @@ class PlainCNN(nn.Module):
         return self.net(x)
 
 
+@pytest.mark.slow  # an adversarial game per variant (≈1–3 min each on 2 cores): `make test-slow`
 def test_dfad_beats_random_noise_kd_on_a_batchnorm_free_teacher(digits: tuple) -> None:
     """Digits upsampled to 28×28 (noise in 784 dimensions is far from the images, as in DFAD's MNIST table).
     DFAD and the noise baseline get the same student, loss (L1 on logits), optimiser and number of student steps."""
@@ -295,30 +296,35 @@ def test_dfad_beats_random_noise_kd_on_a_batchnorm_free_teacher(digits: tuple) -
     assert a_dfad > a_noise + 0.1, (a_dfad, a_noise)
 
 
+@pytest.mark.slow  # an adversarial game per variant (≈1–3 min each on 2 cores): `make test-slow`
 def test_dfad_bn_generator_matches_bn_statistics_and_covers_more_classes_than_dfad(bn_teacher: nn.Module) -> None:
-    """Same game, same student, same seed: the DFAD-BN generator's samples sit closer to the teacher's BatchNorm
-    statistics and spread over more of the teacher's classes (entropy of the top-1 histogram) than plain DFAD's."""
+    """Same game, same student, same seeds: the DFAD-BN generator's samples sit closer to the teacher's BatchNorm
+    statistics and spread over more of the teacher's classes (entropy of the top-1 histogram) than plain DFAD's.
+
+    A single adversarial game is chaotic (a change in the last bit of a convolution moves plain DFAD's entropy between
+    1.0 and 2.0 nats), so two seeds are averaged. Measured (torch 2.13 CPU, seeds 0-3): plain DFAD gap 1.48-1.70,
+    entropy 1.01-1.96; DFAD-BN gap 1.20-1.43, entropy 2.08-2.14 (max ln 10 = 2.30)."""
     from edgekd.data.synth.dfad import sample_generator
 
-    def play(name: str) -> tuple[float, float]:
-        torch.manual_seed(1)
+    def play(name: str, seed: int) -> tuple[float, float]:
+        torch.manual_seed(1 + seed)
         student = nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10))
         pre = get_preset(name).with_overrides(iterations=150, batch_size=64)
-        res = train_dfad(bn_teacher, student, pre, (1, 8, 8), seed=0)
-        x = sample_generator(res.generator, 256, pre.nz, 64, seed=0)
+        res = train_dfad(bn_teacher, student, pre, (1, 8, 8), seed=seed)
+        x = sample_generator(res.generator, 256, pre.nz, 64, seed=seed)
         gap = float(np.mean([g["mean_gap"] + g["std_gap"] for g in bn_statistics_gap(bn_teacher, x)]))
         with torch.no_grad():
             p = torch.bincount(bn_teacher(x).argmax(1), minlength=10).float() / len(x)
         entropy = float(-(p[p > 0] * p[p > 0].log()).sum())
         return gap, entropy
 
-    gap_plain, h_plain = play("dfad")
-    gap_bn, h_bn = play("dfad-bn")
-    # measured (torch 2.13 CPU): gap 1.50 vs 2.05, entropy 2.01 vs 0.95 nats (max ln 10 = 2.30)
-    assert gap_bn < 0.85 * gap_plain, (gap_bn, gap_plain)
-    assert h_bn > h_plain + 0.5, (h_bn, h_plain)
+    plain = np.mean([play("dfad", s) for s in (0, 1)], axis=0)
+    bn = np.mean([play("dfad-bn", s) for s in (0, 1)], axis=0)
+    assert bn[0] < 0.9 * plain[0], (bn, plain)  # measured 1.31 vs 1.58
+    assert bn[1] > plain[1] + 0.3, (bn, plain)  # measured 2.11 vs 1.48 nats
 
 
+@pytest.mark.slow  # an adversarial game per variant (≈1–3 min each on 2 cores): `make test-slow`
 def test_dfad_balanced_covers_more_classes_than_dfad(plain_teacher: nn.Module, bn_teacher: nn.Module) -> None:
     """The class-balance term alone: allowed on a BN-free teacher, and the generator's samples spread over more of the
     teacher's classes than plain DFAD's, same game and seed. Measured on the BN teacher, where plain DFAD collapses

@@ -47,8 +47,9 @@ def test_user_profile_folder_overrides_and_schema_errors(tmp_path: Path, monkeyp
     monkeypatch.setenv("EDGEKD_TARGETS_PATH", str(tmp_path))
     assert resolve("mine").threads == 7
     (tmp_path / "bad.yaml").write_text("name: bad\nbackend: tpu\n")
+    assert "bad" not in targets.all_profiles() and resolve("mine").threads == 7  # a broken file breaks only itself
     with pytest.raises(TargetError, match="bad.yaml"):
-        targets.all_profiles()
+        resolve("bad")
 
 
 def test_cli_targets_lists_with_wildcard() -> None:
@@ -70,7 +71,8 @@ def test_cli_pickle_without_opt_in(tmp_path: Path) -> None:
 def test_cli_unknown_target(tmp_path: Path) -> None:
     p = tmp_path / "m.pt"
     torch.save(make_net().state_dict(), p)
-    assert_one_line_error(cli("compress", str(p), "--target", "toaster"), "unknown target 'toaster'", "x86-cpu")
+    assert_one_line_error(cli("compress", str(p), "--target", "toaster"), "unknown target 'toaster'", "edgekd targets")
+    assert_one_line_error(cli("compress", str(p), "--target", "x86-cpux"), "did you mean x86-cpu")
 
 
 def test_cli_empty_data_folder(tmp_path: Path) -> None:

@@ -45,6 +45,36 @@ def settings_for(backend: str, profile: Profile, threads: int | None) -> dict[st
     return s
 
 
+def check_artifact(art: Path) -> None:
+    """One line for an artifact that cannot be read, before a worker process is started for it."""
+    if art.suffix == ".xml":
+        if not art.with_suffix(".bin").is_file():
+            raise UsageError(f"{art.name} has no weights file {art.with_suffix('.bin').name} next to it",
+                             "copy the .bin that was saved with the .xml into the same folder")
+    elif art.suffix == ".onnx":
+        import onnx
+
+        try:
+            onnx.checker.check_model(str(art))
+        except Exception as e:  # noqa: BLE001 - onnx raises several types for damaged files
+            line = next((ln for ln in str(e).splitlines() if ln.strip()), type(e).__name__)
+            raise UsageError(f"{art.name} is not a valid ONNX model: {line[:100]}",
+                             "re-export it, or check the file was copied whole") from None
+
+
+def check_npz(path: Path) -> None:
+    import zipfile
+
+    import numpy as np
+
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            if "x" not in z.files:
+                raise UsageError(f"{path.name} has no array 'x' (has {sorted(z.files)})", "save with np.savez(path, x=inputs, y=labels)")
+    except (OSError, ValueError, zipfile.BadZipFile) as e:
+        raise UsageError(f"cannot read {path.name}: {str(e)[:100]}", "pass a .npz written by np.savez") from None
+
+
 def _input_shape(artifact: Path, data: Path | None, backend: str) -> list[int]:
     import numpy as np
 
@@ -76,6 +106,9 @@ def bench_artifact(artifact: str | Path, profile: str, data: str | Path | None =
     if dpath is not None and not dpath.is_file():
         raise UsageError(f"data file {dpath} does not exist", "pass a .npz with arrays x (inputs) and y (labels)")
     backend = backend_for(art, prof)
+    check_artifact(art)
+    if dpath is not None:
+        check_npz(dpath)
     settings = settings_for(backend, prof, threads)
     settings["input_shape"] = _input_shape(art, dpath, backend)
     res = run_worker(backend, art, dpath, settings, prof.measure.warmup, prof.measure.iterations, prof.measure.batch_sizes, None)

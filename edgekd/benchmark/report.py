@@ -121,8 +121,38 @@ def markdown(run: RunDir, rows: list[dict[str, Any]]) -> str:
                         f"; INT8-vs-FP16 gate: {(b.get('expected_accuracy') or {}).get('gate_reason')}")
             lines.append(line)
     lines += parity_lines(run)
+    lines += small_data_lines(run)
+    failed = failures(run)
+    if failed:
+        lines += ["", "**Failed** (what passed is kept; fix and re-run the same command to resume):", ""]
+        lines += [f"- `{sid}`: {err}" for sid, err in failed.items()]
     lines += ["", "Stages: " + ", ".join(f"{k} {v.get('status')} ({v.get('seconds', 0):.1f}s)" for k, v in m.get("stages", {}).items())]
     return "\n".join(lines) + "\n"
+
+
+def small_data_lines(run: RunDir) -> list[str]:
+    """Where the data was smaller than a step asked for (calibration set, parity inputs), say so."""
+    out = []
+    st = run.manifest.get("stages", {})
+    for sid, rec in sorted(st.items()):
+        if sid.startswith("quantize/") and rec.get("status") == "done" and "calibration" in rec.get("outputs", {}):
+            cal = read_json(run.root / rec["outputs"]["calibration"]).get("calibration") or {}
+            if cal.get("samples_requested") and cal.get("samples", 0) < cal["samples_requested"]:
+                out.append(f"- `{sid}`: calibrated on {cal['samples']} samples, fewer than the {cal['samples_requested']} "
+                           "the recipe asks for (the data has no more).")
+    exp = st.get("export", {})
+    if exp.get("status") == "done" and "parity" in exp.get("outputs", {}):
+        par = read_json(run.root / exp["outputs"]["parity"])
+        n = min((r.get("parity_torch_vs_onnxruntime", {}).get("samples") or 0 for r in par.values()), default=0)
+        if 0 < n < 256:
+            out.append(f"- export parity was checked on {n} inputs only (256 or more make it meaningful).")
+    return ["", *out] if out else []
+
+
+def failures(run: RunDir) -> dict[str, str]:
+    """Stages that failed or were interrupted, with their one-line error."""
+    return {sid: rec.get("error") or rec.get("status", "") for sid, rec in run.manifest.get("stages", {}).items()
+            if rec.get("status") in ("failed", "interrupted")}
 
 
 def parity_lines(run: RunDir) -> list[str]:
@@ -244,7 +274,7 @@ def render(run: RunDir) -> dict[str, Any]:
     rows = collect(run)
     md = markdown(run, rows)
     report = {"run": str(run.root), "rows": [{k: v for k, v in r.items() if k != "times_ms"} for r in rows],
-              "recommendations": recommendations(rows), "stages": {k: {kk: v.get(kk) for kk in ("status", "seconds", "metrics")}
+              "recommendations": recommendations(rows), "failures": failures(run), "stages": {k: {kk: v.get(kk) for kk in ("status", "seconds", "metrics")}
                                                             for k, v in run.manifest.get("stages", {}).items()}}
     write_json(run.root / "report.json", report)
     write_text(run.root / "report.md", md)

@@ -20,6 +20,7 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
+from edgekd import progress
 from edgekd.errors import DataError
 
 FASHION_MNIST_DIRS = ("/usr/share/datasets/fashion-mnist",)
@@ -113,22 +114,34 @@ def load_image_folder(root: Path, channels: int | None, size: tuple[int, int] | 
         raise DataError(f"image folder {root} has no images", "use one subfolder per class holding .png/.jpg files")
     images = []
     mode = None
+    converted: dict[str, int] = {}
     for p, _ in files:
-        with Image.open(p) as im:
-            if mode is None:
-                mode = "L" if (channels == 1 or (channels is None and im.mode in ("L", "1", "I;16"))) else "RGB"
-                if size is None:
-                    size = (im.height, im.width)
-            im = im.convert(mode)
-            if (im.height, im.width) != size:
-                im = im.resize((size[1], size[0]))
-            images.append(np.asarray(im, dtype=np.uint8))
+        try:
+            with Image.open(p) as im:
+                if mode is None:
+                    mode = "L" if (channels == 1 or (channels is None and im.mode in ("L", "1", "I;16"))) else "RGB"
+                    if size is None:
+                        size = (im.height, im.width)
+                if im.mode != mode and not (mode == "L" and im.mode in ("1", "I;16", "P")):
+                    converted[im.mode] = converted.get(im.mode, 0) + 1
+                im = im.convert(mode)
+                if (im.height, im.width) != size:
+                    im = im.resize((size[1], size[0]))
+                images.append(np.asarray(im, dtype=np.uint8))
+        except (OSError, ValueError, SyntaxError) as e:  # PIL raises these for damaged or non-image files
+            raise DataError(f"cannot read image {p}: {str(e)[:80]}", "remove or replace the damaged file") from None
+    if converted:
+        what = ", ".join(f"{n} {m}" for m, n in converted.items())
+        progress.warn(f"converted {what} image(s) in {root.name} to {'grayscale' if mode == 'L' else 'RGB'} "
+                     f"for a {1 if mode == 'L' else 3}-channel model")
     x = np.stack(images)
     y = np.array([c for _, c in files], dtype=np.int64)
     return x, y, classes
 
 
 def _to_nchw(x: np.ndarray, channels: int | None) -> np.ndarray:
+    """(N,H,W) / (N,H,W,C) / (N,C,H,W) → NCHW. Arrays are taken as given: a channel count other than the model's is
+    refused, never averaged or repeated behind the user's back (image folders convert, and say so, when read)."""
     if x.ndim == 3:
         x = x[:, None]
     elif x.ndim == 4 and x.shape[-1] in (1, 3, 4) and x.shape[1] not in (1, 3, 4):
@@ -136,13 +149,29 @@ def _to_nchw(x: np.ndarray, channels: int | None) -> np.ndarray:
     if x.ndim != 4:
         raise DataError(f"images must be (N,H,W), (N,C,H,W) or (N,H,W,C); got shape {x.shape}", "reshape the array")
     if channels is not None and x.shape[1] != channels:
-        if x.shape[1] == 1:
-            x = np.repeat(x, channels, axis=1)
-        elif channels == 1:
-            x = x.mean(axis=1, keepdims=True)
-        else:
-            raise DataError(f"data has {x.shape[1]} channels, the model wants {channels}", "convert the images")
+        raise DataError(f"data has {x.shape[1]} channel(s), the model wants {channels}",
+                        f"convert the arrays to {channels} channel(s) (edgekd does not average or repeat channels)")
     return x
+
+
+def _check_labels(y: np.ndarray, where: str) -> np.ndarray:
+    """Integer class ids ≥ 0, or a DataError: float labels are never cast (regression targets would become 0)."""
+    if y.ndim != 1:
+        raise DataError(f"labels in {where} have shape {y.shape}; a classifier needs one integer class id per sample",
+                        "save y as a 1-D integer array")
+    if not np.issubdtype(y.dtype, np.integer):
+        raise DataError(f"labels in {where} are {y.dtype}, not integer class ids", "save y as integers (np.int64); "
+                        "float targets are not classification labels")
+    if len(y) and int(y.min()) < 0:
+        raise DataError(f"labels in {where} include {int(y.min())}; class ids start at 0", "relabel the classes 0..C-1")
+    return y.astype(np.int64)
+
+
+def _check_finite(x: np.ndarray, where: str) -> None:
+    if np.issubdtype(x.dtype, np.floating):
+        bad = int(np.size(x) - np.count_nonzero(np.isfinite(x)))
+        if bad:
+            raise DataError(f"{where} holds {bad} NaN/inf value(s)", "clean the data (edgekd does not impute values)")
 
 
 def _to_unit_float(x: np.ndarray) -> np.ndarray:
@@ -190,9 +219,12 @@ def load_dataset(
         with np.load(root, allow_pickle=False) as z:
             if "x" not in z or "y" not in z:
                 raise DataError(f"{root.name} lacks arrays 'x' and 'y' (has {sorted(z.files)})", "save with np.savez(path, x=images, y=labels)")
-            x, y = z["x"], z["y"].astype(np.int64)
+            x, y = z["x"], _check_labels(z["y"], root.name)
             if "x_test" in z and "y_test" in z:
-                x_test, y_test = z["x_test"], z["y_test"].astype(np.int64)
+                x_test, y_test = z["x_test"], _check_labels(z["y_test"], f"{root.name} (y_test)")
+            _check_finite(x, root.name)
+            if x_test is not None:
+                _check_finite(x_test, f"{root.name} (x_test)")
             if "normalized" in z and bool(z["normalized"]) and mean is None:
                 # edgekd synth output: already in the model's input space
                 mean = [0.0] * int(_to_nchw(x[:1], channels).shape[1])
@@ -214,6 +246,10 @@ def load_dataset(
 
     if len(y) == 0:
         raise DataError(f"dataset {root} is empty", "add samples")
+    n_classes = len(np.unique(y))
+    if n_classes < 2:
+        raise DataError(f"dataset {root} has one class only ({classes[0] if classes else int(y[0])}); a classifier "
+                        "cannot be scored on it", "add samples of the other classes")
     if len(x) != len(y):
         raise DataError(f"{len(x)} images but {len(y)} labels in {root}", "fix the dataset")
     x = _to_nchw(x, channels)

@@ -7,10 +7,14 @@ p^τ = softmax(z/τ), y the label, B the batch size, C the number of classes; KL
 
 from __future__ import annotations
 
+import inspect
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from edgekd.errors import ConfigError
 from edgekd.registry import Registry
 
 LOSSES: Registry[type["LogitLoss"]] = Registry("loss")
@@ -21,7 +25,7 @@ class LogitLoss(nn.Module):
 
     ce_weight: float = 1.0
 
-    def forward(self, zs: torch.Tensor, zt: torch.Tensor, y: torch.Tensor, epoch: float = 0.0) -> torch.Tensor:
+    def forward(self, zs: torch.Tensor, zt: torch.Tensor, y: torch.Tensor, progress: float = 1.0) -> torch.Tensor:
         raise NotImplementedError
 
 
@@ -36,7 +40,7 @@ class NoDistillation(LogitLoss):
 
     ce_weight = 1.0
 
-    def forward(self, zs: torch.Tensor, zt: torch.Tensor, y: torch.Tensor, epoch: float = 0.0) -> torch.Tensor:
+    def forward(self, zs: torch.Tensor, zt: torch.Tensor, y: torch.Tensor, progress: float = 1.0) -> torch.Tensor:
         return zs.new_zeros(())
 
 
@@ -56,7 +60,7 @@ class HintonKD(LogitLoss):
         super().__init__()
         self.t, self.weight = temperature, weight
 
-    def forward(self, zs: torch.Tensor, zt: torch.Tensor, y: torch.Tensor, epoch: float = 0.0) -> torch.Tensor:
+    def forward(self, zs: torch.Tensor, zt: torch.Tensor, y: torch.Tensor, progress: float = 1.0) -> torch.Tensor:
         t = self.t
         return self.weight * t * t * kl_batchmean(F.log_softmax(zs / t, 1), F.softmax(zt / t, 1))
 
@@ -68,15 +72,20 @@ class DecoupledKD(LogitLoss):
         b = [p_y, 1 − p_y]  at τ (target vs all non-target mass)
         p̂ = softmax over the non-target classes at τ
         TCKD = KL(b_T ‖ b_S),  NCKD = KL(p̂_T ‖ p̂_S)
-        L_dkd = min(epoch / warmup, 1) · τ² · (α·TCKD + β·NCKD)
+        L_dkd = min(progress / warmup, 1) · τ² · (α·TCKD + β·NCKD)
 
-    Defaults α = 1, β = 8, τ = 4, warmup 20 epochs (CIFAR-100, mdistiller); scale the warm-up to short schedules.
+    ``progress`` is the fraction of the run done (0 → 1), so the warm-up scales with the run length. Defaults α = 1,
+    β = 8, τ = 4, warm-up 1/12 of the run (mdistiller's 20 of 240 CIFAR-100 epochs). An absolute warm-up in epochs
+    would never reach full weight in a run shorter than it (issue #14: 20 warm-up epochs against 10 of distillation).
     """
 
     ce_weight = 1.0
 
-    def __init__(self, alpha: float = 1.0, beta: float = 8.0, temperature: float = 4.0, warmup: float = 20.0) -> None:
+    def __init__(self, alpha: float = 1.0, beta: float = 8.0, temperature: float = 4.0, warmup: float = 20 / 240) -> None:
         super().__init__()
+        if not 0 <= warmup <= 1:
+            raise ConfigError(f"dkd warmup {warmup} is not a fraction of the run",
+                              "set distill.loss_params.warmup between 0 and 1 (default 1/12)")
         self.alpha, self.beta, self.t, self.warmup = alpha, beta, temperature, warmup
 
     def parts(self, zs: torch.Tensor, zt: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -93,9 +102,9 @@ class DecoupledKD(LogitLoss):
         nckd = kl_batchmean(log_ps_nt, pt_nt)
         return tckd, nckd
 
-    def forward(self, zs: torch.Tensor, zt: torch.Tensor, y: torch.Tensor, epoch: float = 0.0) -> torch.Tensor:
+    def forward(self, zs: torch.Tensor, zt: torch.Tensor, y: torch.Tensor, progress: float = 1.0) -> torch.Tensor:
         tckd, nckd = self.parts(zs, zt, y)
-        ramp = min(epoch / self.warmup, 1.0) if self.warmup > 0 else 1.0
+        ramp = min(progress / self.warmup, 1.0) if self.warmup > 0 else 1.0
         return ramp * self.t**2 * (self.alpha * tckd + self.beta * nckd)
 
 
@@ -123,7 +132,7 @@ class DIST(LogitLoss):
         super().__init__()
         self.beta, self.gamma, self.t = beta, gamma, temperature
 
-    def forward(self, zs: torch.Tensor, zt: torch.Tensor, y: torch.Tensor, epoch: float = 0.0) -> torch.Tensor:
+    def forward(self, zs: torch.Tensor, zt: torch.Tensor, y: torch.Tensor, progress: float = 1.0) -> torch.Tensor:
         ys, yt = F.softmax(zs / self.t, 1), F.softmax(zt / self.t, 1)
         inter = 1 - _pearson_rows(ys, yt).mean()
         intra = 1 - _pearson_rows(ys.t(), yt.t()).mean()
@@ -149,7 +158,7 @@ class NormalizedKD(LogitLoss):
         super().__init__()
         self.t, self.gamma = temperature, gamma
 
-    def forward(self, zs: torch.Tensor, zt: torch.Tensor, y: torch.Tensor, epoch: float = 0.0) -> torch.Tensor:
+    def forward(self, zs: torch.Tensor, zt: torch.Tensor, y: torch.Tensor, progress: float = 1.0) -> torch.Tensor:
         idx = y.view(-1, 1)
         log_ps = F.log_softmax(zs, 1)
         pt = F.softmax(zt, 1)
@@ -162,4 +171,16 @@ class NormalizedKD(LogitLoss):
 
 
 def build_loss(name: str, **params: float) -> LogitLoss:
-    return LOSSES.get(name)(**params)
+    """The registered loss ``name`` with ``params``; unknown parameters and a temperature ≤ 0 are config errors
+    (caught when the config is read, before any data is loaded)."""
+    cls = LOSSES.get(name)
+    accepted = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
+    unknown = sorted(set(params) - set(accepted))
+    if unknown:
+        raise ConfigError(f"loss {name!r} has no parameter {unknown[0]!r}", f"its parameters: {', '.join(accepted) or 'none'}")
+    for k, v in params.items():
+        if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v):
+            raise ConfigError(f"loss parameter {k}={v!r} is not a finite number", "set distill.loss_params to numbers")
+    if "temperature" in params and params["temperature"] <= 0:
+        raise ConfigError(f"loss temperature must be > 0, got {params['temperature']}", "e.g. distill.loss_params.temperature: 4")
+    return cls(**params)

@@ -20,16 +20,17 @@ class DistillObjective(nn.Module):
         self.ce_weight = logit_loss.ce_weight if ce_weight is None else ce_weight
         self.feature_kd = feature_kd
 
-    def forward(self, zs: torch.Tensor, zt: torch.Tensor | None, y: torch.Tensor, epoch: float = 0.0,
+    def forward(self, zs: torch.Tensor, zt: torch.Tensor | None, y: torch.Tensor, progress: float = 1.0,
                 s_feats: dict[str, torch.Tensor] | None = None,
                 t_feats: dict[str, torch.Tensor] | None = None,
                 y_soft: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
-        """``y_soft`` (B×C probabilities, e.g. mixup's mixed one-hot) replaces ``y`` in the cross-entropy term."""
+        """``progress`` is the fraction of the run done (0 → 1; losses with a warm-up ramp on it); ``y_soft`` (B×C
+        probabilities, e.g. mixup's mixed one-hot) replaces ``y`` in the cross-entropy term."""
         parts: dict[str, torch.Tensor] = {}
         if self.ce_weight:
             parts["ce"] = self.ce_weight * F.cross_entropy(zs, y if y_soft is None else y_soft)
         if zt is not None:
-            parts["logit"] = self.logit_loss(zs, zt, y, epoch)
+            parts["logit"] = self.logit_loss(zs, zt, y, progress)
         if self.feature_kd is not None and s_feats is not None and t_feats is not None:
             parts["feature"] = self.feature_kd(s_feats, t_feats)
         total = sum(parts.values())  # type: ignore[arg-type]

@@ -32,6 +32,7 @@ from edgekd.kd.losses import build_loss
 from edgekd.kd.objective import DistillObjective
 from edgekd.errors import ConfigError, StageError
 from edgekd.fileio import atomic_path
+from edgekd.models.freeze import check_student, frozen
 
 
 @dataclass
@@ -122,15 +123,20 @@ def train_student(teacher: nn.Module, student: nn.Module, data: Dataset, cfg: Di
 
     ``teacher_logits`` (optional) are the teacher's outputs on ``data.train.x``, for callers that train several
     students from one teacher (benchmarks); they are used only where the trainer would cache logits itself.
+    The teacher is used frozen and handed back unchanged (:func:`edgekd.models.freeze.frozen`).
     """
+    check_student(student, teacher)
+    with frozen(teacher):
+        return _train_student(teacher, student, data, cfg, ckpt_dir, teacher_logits)
+
+
+def _train_student(teacher: nn.Module, student: nn.Module, data: Dataset, cfg: DistillConfig,
+                   ckpt_dir: Path | None, teacher_logits: np.ndarray | None) -> DistResult:
     rank, world = dist_info()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed + rank)
-    teacher.eval()
-    for p in teacher.parameters():
-        p.requires_grad_(False)
 
     loss_fn = build_loss(cfg.loss, **cfg.loss_params)
     pairs = [FeaturePair(f.student, f.teacher, f.weight) for f in cfg.features]
@@ -185,11 +191,9 @@ def train_student(teacher: nn.Module, student: nn.Module, data: Dataset, cfg: Di
         teacher_logits_t = torch.from_numpy(np.asarray(teacher_logits, np.float32))
     elif cache_teacher and start_epoch < cfg.epochs:
         t0 = time.time()
-        try:  # channels-last weights speed up the one-off teacher pass further; harmless if the model refuses
-            teacher.to(memory_format=torch.channels_last)
-        except Exception:  # noqa: BLE001
-            pass
-        teacher_logits_t = torch.from_numpy(predict_logits(teacher, data.train.x))
+        # channels-last weights speed up the one-off teacher pass further; put back afterwards
+        with frozen(teacher, channels_last=True):
+            teacher_logits_t = torch.from_numpy(predict_logits(teacher, data.train.x))
         progress.log(f"distill: cached teacher logits for {n} samples in {time.time() - t0:.1f}s")
 
     x_all = torch.from_numpy(data.train.x)
@@ -227,7 +231,7 @@ def train_student(teacher: nn.Module, student: nn.Module, data: Dataset, cfg: Di
                 zs = student_ddp(xb)
                 zs = zs[0] if isinstance(zs, (tuple, list)) else zs
                 s_feats = s_rec.pop() if s_rec else None
-                loss, parts = objective(zs, zt, yb, epoch + i / max(1, len(perm)), s_feats, t_feats, y_soft)
+                loss, parts = objective(zs, zt, yb, (epoch + i / max(1, len(perm))) / cfg.epochs, s_feats, t_feats, y_soft)
                 if not torch.isfinite(loss):
                     raise StageError(f"distillation loss became {float(loss)} at epoch {epoch + 1}",
                                      "lower --lr, or pick another --loss; finished epochs are kept")

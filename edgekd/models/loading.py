@@ -8,6 +8,7 @@ recorded (``.pt2`` example inputs, or edgekd's own metadata), else from ``input_
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.util
 import json
@@ -23,6 +24,8 @@ from torch import nn
 
 from edgekd.errors import ModelLoadError
 from edgekd.fileio import sha256_file
+from edgekd.models.safe_load import (UnsafeUnpickling, no_unsafe_unpickling, pt2_pickled_members, pt2_problem,
+                                     torch_file_kind)
 from edgekd.models.zoo import MODELS
 
 STATE_DICT_WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "net", "weights")
@@ -77,6 +80,31 @@ def resolve_factory(arch: str) -> Callable[..., nn.Module]:
         raise ModelLoadError(f"cannot import --arch {arch!r}: {e}", "check the module path and the factory name") from None
 
 
+def _first_line(e: BaseException, limit: int = 160) -> str:
+    """The first non-empty line of an exception's text, cut to ``limit`` characters (torch's errors run to pages)."""
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    if lines and "TorchScript" in lines[0]:  # the interpreter's traceback comes first; the reason is the last line
+        lines = [lines[-1]]
+    line = lines[0] if lines else type(e).__name__
+    return line if len(line) <= limit else line[: limit - 1] + "…"
+
+
+@contextlib.contextmanager
+def _quiet_torch_logs():  # noqa: ANN202
+    """torch.export logs warnings (e.g. its pickle fallback) straight to stderr; edgekd reports in one line instead."""
+    import logging
+
+    loggers = [logging.getLogger(n) for n in ("torch.export", "torch._export", "torch._export.serde.serialize")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for lg, lvl in zip(loggers, levels):
+            lg.setLevel(lvl)
+
+
 def _is_torchscript(path: Path) -> bool:
     if not zipfile.is_zipfile(path):
         return False
@@ -112,7 +140,14 @@ def _build_from_arch(arch: str, sd: dict[str, torch.Tensor]) -> nn.Module:
         if first_conv is None or not last_linear:
             raise ModelLoadError(f"state_dict does not look like zoo model {name!r}", "pass --arch module:factory")
         return factory(int(first_conv.shape[1]), int(last_linear[-1].shape[0]))
-    return factory()
+    try:
+        module = factory()
+    except Exception as e:  # noqa: BLE001 - the user's factory: report its failure in one line
+        raise ModelLoadError(f"the factory {arch} failed: {_first_line(e)}", "check it builds the model with no arguments") from None
+    if not isinstance(module, nn.Module):
+        raise ModelLoadError(f"the factory {arch} returned {type(module).__name__}, not a torch.nn.Module",
+                             "make it return the model")
+    return module
 
 
 def load_model(
@@ -135,14 +170,32 @@ def load_model(
     meta: dict[str, Any] = {}
     program = None
 
-    if _is_exported_program(path) or path.suffix == ".pt2":
+    if path.suffix.lower() == ".pt2" or _is_exported_program(path):
+        problem = pt2_problem(path)
+        if problem:
+            raise ModelLoadError(f"{path.name} {problem}", "re-save the model with torch.export.save")
+        pickled = pt2_pickled_members(path)
+        if pickled and not allow_pickle:
+            raise ModelLoadError(
+                f"{path.name} stores {len(pickled)} pickled member(s) (e.g. {pickled[0]}); loading them would run code "
+                "from the file", "if you trust the file, add --allow-pickle; better, re-save it from plain tensors")
         extra = {"edgekd.json": ""}
+        guard = contextlib.nullcontext() if allow_pickle else no_unsafe_unpickling()
         try:
-            ep = torch.export.load(str(path), extra_files=extra)
+            with guard, _quiet_torch_logs():
+                ep = torch.export.load(str(path), extra_files=extra)
+        except UnsafeUnpickling as e:
+            raise ModelLoadError(f"{path.name} asked to unpickle objects ({e}); that would run code from the file",
+                                 "if you trust the file, add --allow-pickle") from None
         except Exception as e:  # noqa: BLE001 - any failure here means "not a readable .pt2"
-            raise ModelLoadError(f"cannot read torch.export program {path.name}: {e}", "re-save it with torch.export.save") from None
+            raise ModelLoadError(f"cannot read torch.export program {path.name}: {_first_line(e)}",
+                                 "re-save it with torch.export.save") from None
         if extra.get("edgekd.json"):
-            meta = json.loads(extra["edgekd.json"]).get("edgekd", {})
+            try:
+                meta = json.loads(extra["edgekd.json"]).get("edgekd", {})
+            except (ValueError, AttributeError):
+                raise ModelLoadError(f"{path.name} has an unreadable edgekd.json extra file",
+                                     "re-save it with valid JSON metadata") from None
         try:
             # unflatten keeps the module hierarchy, so forward hooks on module paths (feature KD) fire.
             module: nn.Module = torch.export.unflatten(ep)
@@ -161,24 +214,33 @@ def load_model(
         try:
             module = torch.jit.load(str(path), map_location="cpu")
         except Exception as e:  # noqa: BLE001
-            raise ModelLoadError(f"cannot read TorchScript file {path.name}: {e}", "re-save it with torch.jit.save") from None
+            raise ModelLoadError(f"cannot read TorchScript file {path.name}: {_first_line(e)}", "re-save it with torch.jit.save") from None
         extra_meta = getattr(module, "edgekd_meta", None)
         if isinstance(extra_meta, str):
-            meta = json.loads(extra_meta)
+            try:
+                meta = json.loads(extra_meta)
+            except ValueError:
+                meta = {}
         fmt = "torchscript"
     else:
+        if torch_file_kind(path) == "unknown":
+            raise ModelLoadError(f"{path.name} is not a model file edgekd can read (not TorchScript, .pt2 or torch.save "
+                                 "output; it may be truncated or corrupt)", "pass a TorchScript, .pt2 or torch.save'd file")
         try:
             obj = torch.load(str(path), map_location="cpu", weights_only=True)
-        except pickle.UnpicklingError:
+        except pickle.UnpicklingError as e:
+            if "weights only load failed" not in str(e).lower():  # a damaged stream, not a pickle of Python objects
+                raise ModelLoadError(f"cannot read {path.name}: {_first_line(e)}",
+                                     "the file may be truncated or corrupt; save it again") from None
             if allow_pickle:  # the user's explicit opt-in (--allow-pickle): only then may the pickle run its code
-                obj = torch.load(str(path), map_location="cpu", weights_only=not allow_pickle)
+                obj = torch.load(str(path), map_location="cpu", weights_only=False)
             else:
                 raise ModelLoadError(
                     f"{path.name} is a pickled Python object; loading it would run code from the file",
                     "if you trust it, add --allow-pickle; better, save a state_dict (+ --arch), TorchScript or .pt2",
                 ) from None
         except Exception as e:  # noqa: BLE001
-            raise ModelLoadError(f"cannot read {path.name}: {e}", "pass a TorchScript, .pt2 or torch.save'd file") from None
+            raise ModelLoadError(f"cannot read {path.name}: {_first_line(e)}", "pass a TorchScript, .pt2 or torch.save'd file") from None
         if isinstance(obj, nn.Module):
             module, fmt = obj, "pickled-module"
         else:
@@ -188,12 +250,22 @@ def load_model(
             if isinstance(obj, dict) and isinstance(obj.get("edgekd"), dict):
                 meta = obj["edgekd"]
             if arch is None:
-                arch = meta.get("arch")
+                recorded = meta.get("arch")
+                if isinstance(recorded, str) and recorded.removeprefix("zoo:") in MODELS:
+                    arch = recorded  # a zoo name runs no code from anywhere but edgekd itself
+                elif recorded:
+                    # a factory named by the file (module:fn, file.py:fn) is code the file chose: never run it unasked
+                    raise ModelLoadError(f"{path.name} names the factory {str(recorded)[:80]!r}; edgekd imports code only "
+                                         "when you name it", f"if you trust it, pass --arch {str(recorded)[:80]}")
             if arch is None:
                 raise ModelLoadError(f"{path.name} is a state_dict, which holds no architecture",
                                      "pass --arch module.path:factory (or a zoo name such as resnet-l)")
             module = _build_from_arch(arch, sd)
-            missing, unexpected = module.load_state_dict(sd, strict=False)
+            try:
+                missing, unexpected = module.load_state_dict(sd, strict=False)
+            except RuntimeError as e:  # shape mismatches
+                raise ModelLoadError(f"state_dict does not fit --arch {arch}: {_first_line(e)}",
+                                     "pass the factory that built these weights") from None
             if missing or unexpected:
                 raise ModelLoadError(
                     f"state_dict does not fit --arch {arch}: {len(missing)} missing keys (e.g. {missing[:2]}), "
@@ -221,7 +293,7 @@ def probe(module: nn.Module, input_shape: tuple[int, ...]) -> int:
     try:
         out = module(x)
     except Exception as e:  # noqa: BLE001
-        raise ModelLoadError(f"the model does not accept input of shape {tuple(input_shape)}: {e}",
+        raise ModelLoadError(f"the model does not accept input of shape {tuple(input_shape)}: {_first_line(e)}",
                              "pass the right --input-shape") from None
     if isinstance(out, (tuple, list)):
         out = out[0]

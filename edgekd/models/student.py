@@ -29,9 +29,17 @@ def save_student(path: str, model: nn.Module, recipe: dict[str, Any], extra: dic
     torch.save({"edgekd": {**recipe, **extra}, "state_dict": model.state_dict()}, path)
 
 
-def load_student(path: str) -> tuple[nn.Module, dict[str, Any]]:
+def load_student(path: str, named_factory: str | None = None) -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild a saved student. Its recorded architecture is built only when it is a zoo model or the factory the
+    user named for this run (``named_factory``): a file on disk never chooses code to import."""
+    from edgekd.errors import ModelLoadError
+
     obj = torch.load(path, map_location="cpu", weights_only=True)
     meta = obj["edgekd"]
-    model, _ = build_student(meta["arch"], meta["in_channels"], meta["num_classes"], meta.get("width"), meta.get("depth"))
+    arch = str(meta["arch"])
+    if arch.removeprefix("zoo:") not in MODELS and arch != named_factory:
+        raise ModelLoadError(f"the student in {path} was built by the factory {arch[:80]!r}, which this command did not name",
+                             f"if you trust it, add --student {arch[:80]}")
+    model, _ = build_student(arch, meta["in_channels"], meta["num_classes"], meta.get("width"), meta.get("depth"))
     model.load_state_dict(obj["state_dict"])
     return model.eval(), meta

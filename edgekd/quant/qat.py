@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from edgekd.kd.features import get_module
+from edgekd.models.freeze import trainable
 from edgekd.models.layers import MatMul
 from edgekd.errors import UsageError
 from edgekd.quant.quantizers import LSQ, PACT, TWN, FakeQuantizer
@@ -41,6 +42,8 @@ class QATConfig(BaseModel):
     first_last: Literal["8bit", "fp", "same"] = "8bit"
     keep_fp: list[str] = Field(default_factory=list, description="module paths (or regexes) left in floating point")
     fold_bn: bool = True
+    ternary_scale: Literal["row", "layer"] = Field("row", description="TWN: one (Δ, α) per output row, or per layer "
+                                                                     "as TernaryBERT ternarizes its linear layers")
 
 
 def parse_bits(text: str) -> dict[str, object]:
@@ -121,7 +124,7 @@ def _kind(m: nn.Module) -> str | None:
 
 def _wq(cfg: QATConfig, bits: int) -> FakeQuantizer:
     if cfg.weight_quantizer == "twn" and bits == 2:
-        return TWN(per_channel=cfg.per_channel)
+        return TWN(per_channel=cfg.ternary_scale == "row")
     return LSQ(bits, per_channel=cfg.per_channel, weight=True)
 
 
@@ -177,7 +180,9 @@ def quantize_(model: nn.Module, cfg: QATConfig) -> dict[str, dict[str, object]]:
 
 
 def quantized_copy(teacher: nn.Module, cfg: QATConfig) -> tuple[nn.Module, dict[str, dict[str, object]]]:
-    student = copy.deepcopy(teacher)
+    """A fake-quantized copy of ``teacher`` (which is left unchanged), every parameter trainable even when the
+    teacher's are frozen; returns (student, plan)."""
+    student = trainable(copy.deepcopy(teacher))
     plan = quantize_(student, cfg)
     return student, plan
 

@@ -144,25 +144,47 @@ class PACT(FakeQuantizer):
         y = clamp(x, 0, α);   y_q = round(y · (2^b − 1)/α) · α/(2^b − 1)
         ∂y_q/∂α = 1 if x ≥ α else 0  (STE);   regulariser λ_α·α²
 
-    For non-negative activations (after ReLU); exported as uint8 Q/DQ with zero-point 0.
+    PACT bounds non-negative (post-ReLU) activations; clamping a signed input (a normalised image, a residual sum, a
+    GELU output) at 0 destroys it (issue #14: W8A8 PACT before training gave 10–16 % top-1 on the example teachers).
+    So the sign is decided from the first batch, as for LSQ activations: a tensor with negative values gets the
+    symmetric, signed variant
+
+        y = clamp(x, −α, α);   y_q = round(y · (2^(b−1) − 1)/α) · α/(2^(b−1) − 1)
+        ∂y_q/∂α = 1 if x ≥ α, −1 if x ≤ −α, else 0
+
+    exported as int8 Q/DQ with zero-point 0; the unsigned form exports as uint8 Q/DQ with zero-point 0.
+    α initialisation: the 99.9th percentile of |x| over the first batch (at most 100k values), not the paper's fixed
+    10, which on small-range activations wastes most of the grid before training has moved α.
     """
 
     def __init__(self, bits: int, alpha: float = 10.0, l2: float = 1e-4) -> None:
         super().__init__(bits)
         self.alpha = nn.Parameter(torch.tensor(float(alpha)))
         self.l2 = l2
+        self.register_buffer("signed", torch.tensor(False))
+
+    def levels(self) -> int:
+        """Positive grid levels: 2^b − 1 unsigned, 2^(b−1) − 1 signed (symmetric, narrow range)."""
+        return 2 ** (self.bits - 1) - 1 if bool(self.signed) else 2**self.bits - 1
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not bool(self.initialized):
-            with torch.no_grad():  # start α at the first batch's 99.9th percentile instead of a fixed 10
-                self.alpha.fill_(float(torch.quantile(x.detach().flatten().float()[:100000], 0.999).clamp_min(1e-3)))
+            with torch.no_grad():
+                flat = x.detach().flatten().float()[:100000]
+                self.signed.fill_(bool(flat.min() < 0))
+                self.alpha.fill_(float(torch.quantile(flat.abs(), 0.999).clamp_min(1e-3)))
             self.initialized.fill_(True)
-        n = 2**self.bits - 1
+        n = self.levels()
         a = self.alpha.abs() + 1e-8
+        signed = bool(self.signed)
         if self.export_mode:
-            s = float(a.detach()) / n
-            return torch.fake_quantize_per_tensor_affine(torch.clamp(x, 0, float(a.detach())), s, 0, 0, 255)
-        y = torch.where(x >= a, a, torch.relu(x))
+            ad = float(a.detach())
+            lo, hi = self.int8_range(signed)
+            return torch.fake_quantize_per_tensor_affine(torch.clamp(x, -ad if signed else 0.0, ad), ad / n, 0, lo, hi)
+        if signed:
+            y = torch.where(x >= a, a, torch.where(x <= -a, -a, x))
+        else:
+            y = torch.where(x >= a, a, torch.relu(x))
         step = (a / n).detach()
         return y + (torch.round(y / step) * step - y).detach()
 
@@ -170,7 +192,7 @@ class PACT(FakeQuantizer):
         return self.l2 * self.alpha**2
 
     def scale(self) -> torch.Tensor:
-        return (self.alpha.detach().abs() / (2**self.bits - 1)).reshape(1)
+        return (self.alpha.detach().abs() / self.levels()).reshape(1)
 
 
 class TWN(FakeQuantizer):

@@ -29,6 +29,7 @@ from edgekd.data.synth.hooks import bn_stats
 from edgekd.data.synth.losses import bn_matching_loss
 from edgekd.data.synth.presets import SynthPreset
 from edgekd.errors import StageError
+from edgekd.models.freeze import check_student, frozen
 
 
 @dataclass
@@ -53,12 +54,16 @@ def train_dfad(teacher: nn.Module, student: nn.Module, preset: SynthPreset, inpu
     (the last term is minus the entropy of the batch's mean class distribution: the generator is pushed to cover
     every class instead of the few the adversarial term finds easiest).
     """
+    check_student(student, teacher)
+    with frozen(teacher):  # handed back unchanged
+        return _train_dfad(teacher, student, preset, input_shape, seed, student_steps, desc, eval_fn, eval_every)
+
+
+def _train_dfad(teacher: nn.Module, student: nn.Module, preset: SynthPreset, input_shape: Sequence[int], seed: int,
+                student_steps: int, desc: str, eval_fn: Callable[[nn.Module], float] | None, eval_every: int) -> DFADResult:
     bn_weight = preset.bn_weight if preset.stat != "none" else 0.0
     balance_weight = preset.balance_weight
     c, h, w = (int(v) for v in input_shape)
-    teacher = teacher.eval()
-    for p in teacher.parameters():
-        p.requires_grad_(False)
     torch.manual_seed(seed)
     G = Generator(preset.nz, c, h, w)
     opt_s = torch.optim.SGD(student.parameters(), lr=preset.lr, momentum=0.9, weight_decay=5e-4)
