@@ -56,6 +56,7 @@ class QATTrainConfig(BaseModel):
     warmup_fraction: float = Field(0.1, ge=0, le=1)
     blocks: list[str] | None = None
     eval_every: int = Field(50, ge=1)
+    eval_dense_until: int = Field(0, ge=0, description="evaluate every 10 steps up to this step, then every eval_every")
     eval_samples: int = Field(2000, ge=1)
     seed: int = 0
     threads: int | None = None
@@ -202,7 +203,8 @@ def _train_qat(teacher: nn.Module, student: nn.Module, data: Dataset, cfg: QATTr
             loss.backward()
             opt.step()
             bar.update(1, info=f"loss {loss.item():.3f}")
-            if (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps:
+            every = 10 if step + 1 <= cfg.eval_dense_until else cfg.eval_every
+            if (step + 1) % every == 0 or step + 1 == cfg.steps:
                 interventions_off()
                 curve.append({"step": step + 1, "val_top1": accuracy(predict_logits(student, xv), yv), "loss": loss.item(),
                               **{f"loss_{k}": float(v.detach()) for k, v in terms.items()}})
