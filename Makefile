@@ -1,6 +1,6 @@
 # README command 1: make demo   — set up, then compress the example teacher and print the report
 # README command 2: make test   — set up, then run the test suite (fast tier, what CI runs)
-#                  make test-slow — the slow tier: adversarial-synthesis games (pytest -m slow)
+#                  make test-slow — the slow tier: adversarial games, torchrun, kill-and-resume (pytest -m slow)
 SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python

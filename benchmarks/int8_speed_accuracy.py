@@ -16,9 +16,10 @@ import statistics
 from _common import REPO, md_table, save
 
 import edgekd
-from edgekd.api import pipeline_from_run, run_worker
-from edgekd.backends.onnxruntime import session_settings
-from edgekd.backends.openvino import compile_settings
+from edgekd.api import config_from_run
+from edgekd.backends import get_backend
+from edgekd.benchmark.subprocess_worker import run_worker
+from edgekd.context import open_run
 
 
 def main() -> None:
@@ -29,13 +30,13 @@ def main() -> None:
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     a = ap.parse_args()
     edgekd.compress(config=REPO / "examples" / "demo.yaml", run_dir=a.run_dir)
-    pipe = pipeline_from_run(a.run_dir)
+    pipe = open_run(config_from_run(a.run_dir))
     run = pipe.run
     eval_npz = pipe.eval_file()
     results = []
     for p in pipe.profiles:
         for threads in a.threads:
-            settings = session_settings(p) if p.backend == "onnxruntime" else compile_settings(p)
+            settings = dict(get_backend(p.backend).settings(p))
             settings.update(input_shape=list(pipe.input_shape), threads=threads)
             arts = {"teacher fp32": run.output("export", "teacher"), "student int8": run.output(f"lower/{p.name}", "model")}
             p50s: dict[str, list[float]] = {k: [] for k in arts}

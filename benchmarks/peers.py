@@ -31,7 +31,7 @@ import numpy as np
 
 from _common import REPO, md_table, save
 
-from edgekd.api import run_worker
+from edgekd.benchmark.subprocess_worker import run_worker
 from edgekd.data import load_dataset
 from edgekd.exporters.onnx_export import export_onnx
 from edgekd.exporters.parity import run_batched

@@ -140,6 +140,13 @@ def _ms(v: list[float], scale: float = 100) -> str:
     return f"{scale * statistics.mean(v):.2f} ± {scale * statistics.stdev(v) if len(v) > 1 else 0.0:.2f}"
 
 
+def seeds_in(res: dict[str, Any], name: str, lr: float) -> list[int]:
+    """Every seed with a stored run of this arm and learning rate (a report covers all of them, whatever the
+    invocation that renders it ran)."""
+    prefix = f"{name}/lr{lr:g}/"
+    return sorted({int(k.rsplit("/s", 1)[1]) for k in res if k.startswith(prefix)})
+
+
 def summarize(res: dict[str, Any], name: str, lr: float, seeds: list[int]) -> dict[str, Any]:
     arm = ARMS[name]
     runs = {v: {s: res[f"{name}/lr{lr:g}/{v}/s{s}"] for s in seeds if f"{name}/lr{lr:g}/{v}/s{s}" in res} for v in arm.variants}
@@ -171,7 +178,7 @@ def report(res: dict[str, Any], a: argparse.Namespace) -> None:
     for name in a.arms:
         arm = ARMS[name]
         for lr in a.lrs:
-            sm = summarize(res, name, lr, a.seeds)
+            sm = summarize(res, name, lr, seeds_in(res, name, lr))
             if not sm["seeds"]:
                 continue
             summary[f"{name}/lr{lr:g}"] = sm
@@ -206,8 +213,8 @@ def report(res: dict[str, Any], a: argparse.Namespace) -> None:
     env = res.get("environment", {})
     cpu = env.get("cpu", {})
     md = ("# Teacher Intervention vs QAT-KD where QAT converges slowly (real Fashion-MNIST)\n\n"
-          f"`python benchmarks/ti_vs_qat_kd.py --arms {' '.join(a.arms)} --seeds {' '.join(map(str, a.seeds))} --lrs "
-          f"{' '.join(f'{x:g}' for x in a.lrs)} --steps {a.steps}` on {cpu.get('model', '?')} "
+          f"`python benchmarks/ti_vs_qat_kd.py --arms {' '.join(a.arms)} --seeds S… --lrs "
+          f"{' '.join(f'{x:g}' for x in a.lrs)} --steps {a.steps}` (seeds per section below) on {cpu.get('model', '?')} "
           f"({cpu.get('logical_cores', '?')} logical cores, ISA {', '.join(cpu.get('isa', []))}), torch "
           f"{env.get('versions', {}).get('torch', '?')}. {a.train_images} training images, "
           f"batch {a.batch}, {a.steps} steps, TI step 1 = {int(a.ti_frac * a.steps)} steps; the TI paper's loss set for every "
@@ -229,14 +236,14 @@ def _plot(res: dict[str, Any], a: argparse.Namespace) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    panels = [(n, lr) for n in a.arms for lr in a.lrs if summarize(res, n, lr, a.seeds)["seeds"]]
+    panels = [(n, lr) for n in a.arms for lr in a.lrs if summarize(res, n, lr, seeds_in(res, n, lr))["seeds"]]
     if not panels:
         return
     cols = min(4, len(panels))
     rows = -(-len(panels) // cols)
     fig, axes = plt.subplots(rows, cols, figsize=(4.6 * cols, 3.6 * rows), dpi=100, squeeze=False)
     for ax, (name, lr) in zip(axes.flat, panels):
-        sm = summarize(res, name, lr, a.seeds)
+        sm = summarize(res, name, lr, seeds_in(res, name, lr))
         finals = []
         for v in ARMS[name].variants:
             curves = [res[f"{name}/lr{lr:g}/{v}/s{s}"]["curve"] for s in sm["seeds"]]

@@ -11,11 +11,13 @@ from __future__ import annotations
 from typing import Any
 
 __version__ = "0.1.0"
-__all__ = ["compress", "distill", "export", "quantize", "lower", "bench", "report", "targets", "load_model"]
+VERBS = ("compress", "distill", "export", "quantize", "lower", "bench", "bench_file", "report", "compare", "targets",
+         "inspect", "synth")
+__all__ = [*VERBS, "load_model"]
 
 
 def __getattr__(name: str) -> Any:
-    if name in ("compress", "distill", "export", "quantize", "lower", "bench", "report", "targets"):
+    if name in VERBS:
         from edgekd import api
 
         return getattr(api, name)

@@ -19,7 +19,7 @@ import typer
 
 from edgekd import progress
 from edgekd.errors import EdgekdError, Interrupted, UsageError
-from edgekd.pipeline import FILESYSTEM_ERRNOS, filesystem_error
+from edgekd.rundir import FILESYSTEM_ERRNOS, filesystem_error
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Distill, quantize, export, lower and benchmark a PyTorch model for an edge device.")
@@ -215,15 +215,13 @@ def bench(path: Path = typer.Argument(..., help="a run directory, or one artifac
           allow_pickle: bool = typer.Option(False, "--allow-pickle", help="for a run of a pickled model: allow loading it "
                                             "(the run's own record of this opt-in is not used)")) -> None:
     """Re-measure a run (rewrites its report), or measure one artifact on this device — no torch needed for that."""
-    if path.is_file():
-        from edgekd.benchmark.device import bench_artifact
+    from edgekd import api
 
+    if path.is_file():
         if not profile:
             raise UsageError(f"benchmarking the artifact {path.name} needs a device profile", "add --profile NAME (list: edgekd targets)")
-        res = bench_artifact(path, profile, data, threads, out)
-        typer.echo(res["markdown"])
+        typer.echo(api.bench_file(path, profile, data, threads, out)["markdown"])
         return
-    from edgekd import api
 
     if not path.is_dir():
         raise UsageError(f"{path} does not exist", "pass a run directory made by edgekd compress, or an artifact file")
@@ -243,10 +241,7 @@ def report(run_dirs: List[Path] = typer.Argument(..., help="a run directory (two
     if compare:
         if len(run_dirs) != 2:
             raise UsageError(f"--compare takes two run directories, got {len(run_dirs)}", "edgekd report --compare RUN_A RUN_B")
-        from edgekd.benchmark.report import compare as compare_runs
-        from edgekd.pipeline import RunDir
-
-        typer.echo(compare_runs(RunDir(run_dirs[0], create=False), RunDir(run_dirs[1], create=False))["markdown"])
+        typer.echo(api.compare(run_dirs[0], run_dirs[1])["markdown"])
         return
     if len(run_dirs) != 1:
         raise UsageError("report takes one run directory", "use --compare for two")
@@ -260,7 +255,8 @@ def targets(args: Optional[List[str]] = typer.Argument(None, help="a wildcard (e
     """List device profiles (built-in and from $EDGEKD_TARGETS_PATH); `edgekd targets show NAME` prints one."""
     import yaml
 
-    from edgekd.targets import list_profiles, resolve
+    from edgekd import api
+    from edgekd.targets import resolve
 
     args = list(args or [])
     if args and args[0] == "show":
@@ -271,7 +267,7 @@ def targets(args: Optional[List[str]] = typer.Argument(None, help="a wildcard (e
         typer.echo(f"# from {p.source}")
         return
     pattern = args[0] if args else "*"
-    profs = list_profiles(pattern)
+    profs = api.targets(pattern)
     if not profs:
         raise UsageError(f"no target matches {pattern!r}", "run edgekd targets to list them all")
     for p in profs:
@@ -286,13 +282,12 @@ def targets(args: Optional[List[str]] = typer.Argument(None, help="a wildcard (e
 def inspect(model: str = typer.Argument(...), arch: Optional[str] = typer.Option(None),
             input_shape: Optional[str] = typer.Option(None), allow_pickle: bool = typer.Option(False, "--allow-pickle")) -> None:
     """Print a model's format, input shape and module paths (for --feature and intervention points)."""
-    from edgekd.models.loading import load_model
+    from edgekd import api
 
-    lm = load_model(model, arch=arch, input_shape=input_shape, allow_pickle=allow_pickle)
-    typer.echo(f"format: {lm.format}\ninput shape: {lm.input_shape}\nsha256: {lm.sha256}")
-    for name, mod in lm.module.named_modules():
-        if name:
-            typer.echo(f"  {name}: {type(mod).__name__}")
+    info = api.inspect(model, arch=arch, input_shape=input_shape, allow_pickle=allow_pickle)
+    typer.echo(f"format: {info['format']}\ninput shape: {info['input_shape']}\nsha256: {info['sha256']}")
+    for name, kind in info["modules"]:
+        typer.echo(f"  {name}: {kind}")
 
 
 GLOBAL_FLAGS = ("--quiet", "-q", "--debug")

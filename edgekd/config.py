@@ -159,8 +159,14 @@ class BenchConfig(Strict):
     include_student_fp32: bool = True
 
 
+#: the tasks of edgekd.tasks (listed here so that reading a config never imports them; a test keeps them equal)
+TASK_NAMES = ("classify",)
+
+
 class PipelineConfig(Strict):
     model: str
+    task: str = Field("auto", description="auto | " + " | ".join(TASK_NAMES) + ": what the model's outputs mean and how "
+                      "they are scored (auto: classify, the only task today)")
     arch: str | None = None
     input_shape: str | None = None
     allow_pickle: bool = False
@@ -172,6 +178,13 @@ class PipelineConfig(Strict):
     export: ExportConfig = Field(default_factory=ExportConfig)
     quantize: QuantizeConfig = Field(default_factory=QuantizeConfig)
     bench: BenchConfig = Field(default_factory=BenchConfig)
+
+    @field_validator("task")
+    @classmethod
+    def _task(cls, v: str) -> str:
+        if v != "auto" and v not in TASK_NAMES:
+            raise ValueError(f"unknown task {v!r}: use auto or one of {', '.join(TASK_NAMES)}")
+        return v
 
     @model_validator(mode="after")
     def _data_free_distill_defaults(self) -> "PipelineConfig":

@@ -100,6 +100,13 @@ class TensorrtRunner:
         self.context.execute_async_v3(self.stream)
         self._ok(self.cudart.cudaStreamSynchronize(self.stream))
 
+    def timed(self, x: np.ndarray) -> Callable[[], Any]:
+        self.prepare(x)  # copy once; the loop times enqueue + sync only
+        return self.execute
+
+    def infer(self, x: np.ndarray) -> np.ndarray:
+        return self(x)
+
     def __call__(self, x: np.ndarray) -> np.ndarray:
         self.prepare(x)
         self.execute()
@@ -109,22 +116,55 @@ class TensorrtRunner:
         return self._host_out.copy()
 
 
+class OrtSession:
+    """An ONNX Runtime session: ``infer(x)`` → the first output; ``timed(x)`` → a zero-argument call for timing loops."""
+
+    def __init__(self, path: str | Path, settings: dict[str, Any]) -> None:
+        self.sess = ort_session(path, settings.get("threads"), settings.get("graph_optimization", "all"),
+                                settings.get("execution_providers"))
+        self.input = self.sess.get_inputs()[0].name
+
+    def infer(self, x: np.ndarray) -> np.ndarray:
+        return self.sess.run(None, {self.input: np.ascontiguousarray(x, np.float32)})[0]
+
+    def timed(self, x: np.ndarray) -> Callable[[], Any]:
+        feed = {self.input: np.ascontiguousarray(x, np.float32)}
+        return lambda: self.sess.run(None, feed)
+
+
+class OvSession:
+    """An OpenVINO compiled model: ``infer(x)`` → the first output; ``timed(x)`` sets the input once and returns the
+    request's ``infer`` (the loop times inference only)."""
+
+    def __init__(self, path: str | Path, settings: dict[str, Any]) -> None:
+        self.compiled = ov_compile(path, settings.get("threads"), settings.get("device", "CPU"),
+                                   settings.get("performance_hint", "LATENCY"), settings.get("inference_precision", "f32"))
+        self.req = self.compiled.create_infer_request()
+        self.out = self.compiled.outputs[0]
+
+    def infer(self, x: np.ndarray) -> np.ndarray:
+        return np.array(self.req.infer({0: np.ascontiguousarray(x, np.float32)})[self.out])
+
+    def timed(self, x: np.ndarray) -> Callable[[], Any]:
+        import openvino as ov
+
+        timed = self.compiled.create_infer_request()
+        timed.set_input_tensor(ov.Tensor(np.ascontiguousarray(x, np.float32), shared_memory=True))
+        return timed.infer
+
+
+SESSIONS: dict[str, Callable[[str | Path, dict[str, Any]], Any]] = {
+    "onnxruntime": OrtSession, "openvino": OvSession, "tensorrt": lambda path, _settings: TensorrtRunner(path)}
+
+
+def open_session(backend: str, path: str | Path, settings: dict[str, Any]) -> Any:
+    """The one way every caller (pipeline, benchmark worker, device runner) opens an artifact: an object with
+    ``infer(x)`` and ``timed(x)``."""
+    if backend not in SESSIONS:
+        raise BackendUnavailableError(f"no runner for backend {backend!r}", f"use one of: {', '.join(SESSIONS)}")
+    return SESSIONS[backend](path, settings)
+
+
 def make_runner(backend: str, path: str | Path, settings: dict[str, Any]) -> Callable[[np.ndarray], np.ndarray]:
-    """A function mapping an input batch to logits, for accuracy and parity."""
-    threads = settings.get("threads")
-    if backend == "onnxruntime":
-        sess = ort_session(path, threads, settings.get("graph_optimization", "all"), settings.get("execution_providers"))
-        name = sess.get_inputs()[0].name
-        return lambda x: sess.run(None, {name: np.ascontiguousarray(x, np.float32)})[0]
-    if backend == "openvino":
-        compiled = ov_compile(path, threads, settings.get("device", "CPU"), settings.get("performance_hint", "LATENCY"),
-                              settings.get("inference_precision", "f32"))
-        req = compiled.create_infer_request()
-
-        def run(x: np.ndarray) -> np.ndarray:
-            return np.array(req.infer({0: np.ascontiguousarray(x, np.float32)})[compiled.outputs[0]])
-
-        return run
-    if backend == "tensorrt":
-        return TensorrtRunner(path)
-    raise BackendUnavailableError(f"no runner for backend {backend!r}", "use onnxruntime, openvino or tensorrt")
+    """A function mapping an input batch to the model's first output, for accuracy and parity."""
+    return open_session(backend, path, settings).infer

@@ -16,6 +16,15 @@ DEMO_TEACHER = REPO / "examples" / "fmnist_teacher.pt2"
 FMNIST = Path("/usr/share/datasets/fashion-mnist")
 
 
+def free_port() -> int:
+    """A TCP port nothing listens on now (for torchrun's rendezvous), instead of a fixed one that may be taken."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
 def write_idx(path: Path, arr: np.ndarray) -> None:
     codes = {np.uint8: 0x08}
     header = bytes([0, 0, codes[arr.dtype.type], arr.ndim]) + struct.pack(">" + "I" * arr.ndim, *arr.shape)

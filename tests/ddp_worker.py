@@ -13,7 +13,8 @@ import torch.distributed as dist
 sys.path.insert(0, str(Path(__file__).parent))
 from edgekd.config import DistillConfig  # noqa: E402
 from edgekd.data import load_dataset  # noqa: E402
-from edgekd.kd.trainer import dist_info, maybe_init_distributed, train_student  # noqa: E402
+from edgekd.distributed import dist_info, maybe_init_distributed  # noqa: E402
+from edgekd.kd.trainer import train_student  # noqa: E402
 from helpers import TinyNet  # noqa: E402
 
 out = Path(sys.argv[2])

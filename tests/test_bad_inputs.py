@@ -455,7 +455,7 @@ def test_a_second_run_into_a_locked_directory_names_the_holder(capsys, tmp_path,
     run = tmp_path / "run"
     shutil.copytree(good_run, run)
     holder = subprocess.Popen([sys.executable, "-c", (
-        "import sys, time; sys.path.insert(0, %r); from edgekd.pipeline import RunDir; RunDir(%r); "
+        "import sys, time; sys.path.insert(0, %r); from edgekd.rundir import RunDir; RunDir(%r); "
         "print('locked', flush=True); time.sleep(60)") % (str(REPO), str(run))], stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "locked"

@@ -11,14 +11,15 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+import yaml
 from onnx import TensorProto, helper, numpy_helper
 
 from edgekd.benchmark.report import compare, latency_png, recommendations
 from edgekd.benchmark.stats import latency_stats
 from edgekd.benchmark.tegrastats import parse_line, summarize
-from edgekd.pipeline import RunDir
+from edgekd.rundir import RunDir
 
-REPO = Path(__file__).resolve().parents[1]
+from conftest import REPO
 
 ORIN = ("RAM 2448/7620MB (lfb 1x4MB) SWAP 0/3810MB (cached 0MB) CPU [2%@1510,1%@1510,off,off] EMC_FREQ 0% GR3D_FREQ 45% "
         "cpu@48.25C soc2@47.5C gpu@47.5C tj@48.25C VDD_IN 4412mW/4400mW VDD_CPU_GPU_CV 483mW/483mW VDD_SOC 1449mW/1449mW")
@@ -80,9 +81,10 @@ def test_device_runner_never_imports_torch(tmp_path: Path) -> None:
     y = (x.reshape(64, 16) @ w).argmax(1)
     np.savez(tmp_path / "samples.npz", x=x, y=y)
     prof = tmp_path / "quick.yaml"
-    prof.write_text((REPO / "targets" / "x86-cpu.yaml").read_text().replace("name: x86-cpu", "name: quick").replace(
-        "measure: {warmup: 200, iterations: 1000, batch_sizes: [1, 8]}",
-        "measure: {warmup: 5, warmup_seconds: 0.05, iterations: 50, max_seconds: 2, batch_sizes: [1, 8]}"))
+    raw = yaml.safe_load((REPO / "targets" / "x86-cpu.yaml").read_text())
+    raw.update(name="quick", aliases=[], measure={"warmup": 5, "warmup_seconds": 0.05, "iterations": 50, "max_seconds": 2,
+                                                   "batch_sizes": [1, 8]})
+    prof.write_text(yaml.safe_dump(raw))
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path / "stub"), str(REPO)]), EDGEKD_QUIET="1")
     proc = subprocess.run([sys.executable, "-m", "edgekd.cli", "bench", str(model), "--profile", str(prof), "--data",
                            str(tmp_path / "samples.npz"), "--out", str(tmp_path / "res")], capture_output=True, text=True, env=env)

@@ -17,6 +17,7 @@ from edgekd.kd.features import FeatureRecorder, get_module
 from edgekd.kd.trainer import lr_at, train_student
 from edgekd.errors import UsageError
 from edgekd.models.zoo import build_model
+from conftest import free_port
 from helpers import TinyNet
 
 
@@ -67,7 +68,7 @@ def test_checkpoint_resume_continues_from_last_epoch(idx_dir: Path, tmp_path: Pa
 
 def test_trainer_runs_unchanged_under_torchrun_ddp(idx_dir: Path, tmp_path: Path) -> None:
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(Path(__file__).resolve().parents[1]))
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
            str(Path(__file__).parent / "ddp_worker.py"), str(idx_dir), str(tmp_path)]
     res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert res.returncode == 0, res.stderr[-2000:]

@@ -109,6 +109,6 @@ def test_parse_shape_and_probe(net: TinyNet) -> None:
     assert parse_shape("1,1,28,28") == (1, 1, 28, 28)
     with pytest.raises(ModelLoadError):
         parse_shape("abc")
-    assert probe(net, (1, 1, 28, 28)) == 10
+    assert probe(net, (1, 1, 28, 28)) == {"num_classes": 10}
     with pytest.raises(ModelLoadError, match="input of shape"):
         probe(net, (1, 3, 28, 28))

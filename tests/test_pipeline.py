@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
@@ -16,7 +17,7 @@ import edgekd
 from edgekd.errors import ConfigError
 from edgekd.fileio import read_json
 
-REPO = Path(__file__).resolve().parents[1]
+from conftest import REPO
 
 SMALL = {
     "data": {"path": "fashion-mnist", "limit": 3000, "eval_limit": 1000},
@@ -53,10 +54,8 @@ def test_compress_from_python_both_runtimes(demo_teacher: Path, fmnist: Path, tm
     assert man["inputs"]["data"]["normalize"]["mean"] == [0.286]  # read from the teacher file
     assert all(s["status"] == "done" for s in man["stages"].values())
 
-    # a second identical call redoes nothing
-    t0 = time.time()
+    # a second identical call redoes nothing: every stage record is the one the first call wrote
     edgekd.compress(demo_teacher, targets=["x86-cpu", "intel-cpu"], run_dir=str(run), **SMALL)
-    assert time.time() - t0 < 20
     man2 = read_json(run / "manifest.json")
     assert {k: v["finished"] for k, v in man2["stages"].items()} == {k: v["finished"] for k, v in man["stages"].items()}
 
@@ -101,6 +100,7 @@ def test_stages_callable_one_by_one(demo_teacher: Path, fmnist: Path, tmp_path: 
     assert any(r["precision"] == "int8" for r in rep["rows"])
 
 
+@pytest.mark.slow  # end to end twice with a SIGKILL between (≈75 s): `make test-slow`
 def test_killed_run_resumes_and_loses_nothing(demo_teacher: Path, fmnist: Path, tmp_path: Path) -> None:
     """SIGKILL during distillation, after at least one epoch checkpoint: the re-run resumes from that epoch."""
     run = tmp_path / "run"
@@ -178,14 +178,23 @@ def test_data_free_pipeline_end_to_end_without_data(demo_teacher: Path, tmp_path
     assert meta["preset"]["iterations"] == 25 and meta["batches"][0]["bn_loss_last"] < meta["batches"][0]["bn_loss_first"]
     rows = {(r["model"], r["precision"]): r for r in rep["rows"]}
     assert rows[("teacher", "fp32")]["top1"] >= 0.9  # the labels are the teacher's own top-1 (ORT vs torch ties aside)
-    assert rows[("student", "int8")]["top1"] is not None
+    # the reported INT8 top-1 (agreement with the teacher's labels on held-out synthetic images) is what the deployed
+    # artifact scores when run here by hand on the same split
+    from edgekd.exporters.parity import run_batched
+    from edgekd.runtimes import make_runner
+
+    with np.load(run / "05-bench" / "eval.npz") as z:
+        x, y = z["x"], z["y"]
+    mine = (run_batched(make_runner("onnxruntime", run / "04-lower/x86-cpu/model.onnx", {"threads": 2}), x).argmax(1) == y)
+    assert len(y) == 10 and abs(rows[("student", "int8")]["top1"] - mine.mean()) <= 1 / len(y)
     assert "Data-free run" in (run / "report.md").read_text()
-    # a re-run resumes: nothing is synthesized again
-    t0 = time.time()
+    # a re-run resumes: nothing is synthesized (or run) again — the records are the first call's
+    before = {k: v["finished"] for k, v in read_json(run / "manifest.json")["stages"].items()}
     edgekd.compress(demo_teacher, targets=["x86-cpu"], run_dir=str(run), **cfg)
-    assert time.time() - t0 < 20
+    assert {k: v["finished"] for k, v in read_json(run / "manifest.json")["stages"].items()} == before
 
 
+@pytest.mark.slow  # an adversarial game inside the pipeline (≈55 s): `make test-slow`
 def test_data_free_dfad_bn_trains_the_pipeline_student_inside_the_game(demo_teacher: Path, tmp_path: Path) -> None:
     """--synth dfad-bn: the synthesis stage plays the adversarial game against the configured student, and the
     distill stage ships that student (no second training) — for every adversarial preset, not just ``dfad``."""
@@ -207,9 +216,15 @@ def test_data_free_dfad_bn_trains_the_pipeline_student_inside_the_game(demo_teac
 def test_jetson_target_writes_a_verifiable_tensorrt_bundle(demo_teacher: Path, fmnist: Path, tmp_path: Path) -> None:
     """--target jetson without TensorRT: the Q/DQ graph passes the TensorRT-ready lint, the bundle has the build script
     and manifest with the expected accuracy (ORT reference kernels), and bench reports why no latency was measured."""
-    from edgekd.backends.tensorrt import tensorrt_status
+    from edgekd.backends.tensorrt import gpu_compute_capability, tensorrt_status
+    from edgekd.errors import TargetError
 
     run = tmp_path / "run"
+    have_trt = tensorrt_status()[0]
+    if have_trt and gpu_compute_capability() != "8.7":  # a GPU that is not the Orin's: engines for it are refused
+        with pytest.raises(TargetError, match="compute capability"):
+            edgekd.compress(demo_teacher, targets=["jetson"], run_dir=str(run), **SMALL)
+        return
     rep = edgekd.compress(demo_teacher, targets=["jetson"], run_dir=str(run), **SMALL)
     b = run / "04-lower" / "jetson-orin-nano"
     for f in ("model.int8.onnx", "model.fp32.onnx", "build.sh", "manifest.json", "profile.yaml", "samples.npz"):
@@ -221,8 +236,10 @@ def test_jetson_target_writes_a_verifiable_tensorrt_bundle(demo_teacher: Path, f
     exp = m["expected_accuracy"]
     assert exp["int8"]["samples"] == 1000 and abs(exp["int8"]["top1"] - exp["fp32"]["top1"]) < 0.03
     assert "within the accuracy budget" in m["gate"]["accuracy_reason"]
-    if not tensorrt_status()[0]:
-        assert (run / "05-bench/jetson-orin-nano/latency.json").exists()
-        (row,) = [r for r in rep["rows"] if r["precision"] == "int8"]
+    (row,) = [r for r in rep["rows"] if r["model"] == "student" and r["precision"] in ("int8", "fp16")]
+    if not have_trt:  # the bundle only: bench says why, with the expected accuracy
         assert row["p50_ms"] is None and row["top1"] == exp["int8"]["top1"]
         assert "engines not built here" in (run / "report.md").read_text()
+    else:  # an Orin with TensorRT: engines built and timed here
+        assert (b / "model.int8.engine").exists() or (b / "model.fp16.engine").exists()
+        assert row["p50_ms"] > 0 and abs(row["top1"] - exp["int8"]["top1"]) < 0.02

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from edgekd.fileio import atomic_path, read_json
-from edgekd.pipeline import RunDir, StageResult
+from edgekd.rundir import RunDir, StageResult
 from edgekd.quant.calibration import load_recipe, select
 from edgekd.data import ArraySplit, Dataset
 from edgekd.errors import UsageError
@@ -80,3 +80,41 @@ def test_calibration_recipes_are_class_balanced_and_seeded() -> None:
     assert len(select(ds, load_recipe("small"))[0]) == 64
     with pytest.raises(UsageError, match="default"):
         load_recipe("nope")
+
+
+def _ctx(tmp_path: Path, **sections):  # noqa: ANN003, ANN202
+    from conftest import DEMO_TEACHER
+
+    from edgekd.config import build_config
+    from edgekd.context import open_run
+
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "d.npz", x=rng.integers(0, 255, (120, 28, 28), dtype=np.uint8), y=np.arange(120) % 10)
+    cfg = build_config(model=str(DEMO_TEACHER), targets=["x86-cpu"], run_dir=str(tmp_path / "run"),
+                       data={"path": str(tmp_path / "d.npz")}, **sections)
+    return open_run(cfg)
+
+
+def test_every_input_a_stage_reads_is_in_its_key(tmp_path: Path) -> None:
+    """The QAT stage reads the export opset and the seed; its key must change with them (issue #16: the hand-built
+    key left both out, so a stale QAT result was reused). Keys come from one place: the runner."""
+    from edgekd.runner import STAGES
+
+    qat = STAGES.get("quantize/qat")
+    base = _ctx(tmp_path, quantize={"qat": "kd"})
+    key = base.runner.key_material(qat, None)
+    for change in ({"export": {"opset": 18}}, {"distill": {"seed": 1}}, {"quantize": {"qat": "kd", "qat_lr": 1e-3}}):
+        other = _ctx(tmp_path, **{"quantize": {"qat": "kd"}, **change})
+        assert other.runner.key_material(qat, None) != key, change
+    same = _ctx(tmp_path, quantize={"qat": "kd"}, bench={"iterations": 99})
+    assert same.runner.key_material(qat, None) == key  # the bench section is not QAT's business
+
+
+def test_a_run_directory_from_an_earlier_format_is_refused(tmp_path: Path) -> None:
+    from edgekd.fileio import write_json
+    from edgekd.rundir import RunDirError
+
+    (tmp_path / "run").mkdir()
+    write_json(tmp_path / "run" / "manifest.json", {"edgekd_run": 1, "stages": {"distill": {"status": "done"}}})
+    with pytest.raises(RunDirError, match="earlier edgekd"):
+        _ctx(tmp_path)

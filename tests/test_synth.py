@@ -21,7 +21,7 @@ from edgekd.data.synth.engine import invert_batch
 from edgekd.data.synth.hooks import swing_convolution
 from edgekd.errors import DataError, StageError
 
-REPO = Path(__file__).resolve().parents[1]
+from conftest import REPO, free_port
 
 
 def _digits() -> tuple[torch.Tensor, torch.Tensor]:
@@ -382,8 +382,9 @@ def test_synth_cli_writes_npz_preview_and_loads_as_data(tmp_path: Path) -> None:
     assert bad.returncode == 2 and "must end in .npz" in bad.stderr and "Traceback" not in bad.stderr
 
 
-@pytest.mark.parametrize("method,port", [("zeroq", 29541), ("adi", 29542)])
-def test_synthesis_under_torchrun_matches_a_single_process(bn_teacher: nn.Module, tmp_path: Path, method: str, port: int) -> None:
+@pytest.mark.slow  # two torchrun launches of 2 processes each (≈25 s each): `make test-slow`
+@pytest.mark.parametrize("method", ["zeroq", "adi"])
+def test_synthesis_under_torchrun_matches_a_single_process(bn_teacher: nn.Module, tmp_path: Path, method: str) -> None:
     """Two ranks make the same data as one process: independent batches are split between the ranks; ADI's batches,
     each followed by a KD round of its student, are made in turn and shared."""
     model = tmp_path / "t.pt2"
@@ -393,7 +394,7 @@ def test_synthesis_under_torchrun_matches_a_single_process(bn_teacher: nn.Module
             "--batch-size", "16", "--seed", "5"]
     # the CLI arguments travel in an env var: torchrun's own parser would take --n for an abbreviation of --nnodes
     env2 = dict(env, EDGEKD_CLI_ARGS=json.dumps([*args, "--out", str(tmp_path / "two.npz")]))
-    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
                           str(Path(__file__).parent / "cli_worker.py")], capture_output=True, text=True, env=env2)
     assert two.returncode == 0, two.stderr[-2000:]
     one = subprocess.run([sys.executable, "-m", "edgekd.cli", *args, "--out", str(tmp_path / "one.npz")],

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 import torch
 
 from edgekd import targets
@@ -14,7 +15,7 @@ from edgekd.errors import TargetError
 from edgekd.targets import resolve
 from helpers import make_net
 
-REPO = Path(__file__).resolve().parents[1]
+from conftest import REPO
 
 
 def cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
@@ -43,7 +44,9 @@ def test_builtin_profiles_and_aliases() -> None:
 
 def test_user_profile_folder_overrides_and_schema_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     src = (REPO / "targets" / "x86-cpu.yaml").read_text()
-    (tmp_path / "my-box.yaml").write_text(src.replace("name: x86-cpu", "name: my-box").replace("aliases: [x86, cpu, onnxruntime-cpu]", "aliases: [mine]").replace("threads: 2", "threads: 7"))
+    raw = yaml.safe_load(src)
+    raw.update(name="my-box", aliases=["mine"], threads=7)
+    (tmp_path / "my-box.yaml").write_text(yaml.safe_dump(raw))
     monkeypatch.setenv("EDGEKD_TARGETS_PATH", str(tmp_path))
     assert resolve("mine").threads == 7
     (tmp_path / "bad.yaml").write_text("name: bad\nbackend: tpu\n")

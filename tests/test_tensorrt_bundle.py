@@ -8,11 +8,13 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import onnx
 import pytest
+import yaml
 from onnx import TensorProto, helper, numpy_helper
 
 from edgekd.backends.tensorrt import (builder_config, choose_precision, lint_qdq, tensorrt_status, trtexec_args,
@@ -41,7 +43,9 @@ def test_every_required_profile_exists_and_jetson_resolves() -> None:
 
 def test_dla_core_beyond_the_device_is_a_schema_error(tmp_path: Path) -> None:
     f = tmp_path / "bad.yaml"
-    f.write_text((Path(resolve("jetson-orin-nano").source)).read_text().replace("max_opset: 20", "max_opset: 20\n  dla_core: 0"))
+    raw = yaml.safe_load(Path(resolve("jetson-orin-nano").source).read_text())
+    raw["tensorrt"]["dla_core"] = 0  # the Orin Nano has no DLA
+    f.write_text(yaml.safe_dump(raw))
     with pytest.raises(TargetError, match="dla_core"):
         load_profile_file(f)
 
@@ -164,3 +168,36 @@ def test_engine_builds_where_tensorrt_exists(tmp_path: Path) -> None:
     q = _qdq_model(tmp_path / "q.onnx")
     info = build_engine(q, tmp_path / "m.engine", resolve("nvidia-dgpu"), "int8", "x", [1, 1, 8, 8], tmp_path / "t.cache")
     assert (tmp_path / "m.engine").stat().st_size > 0 and (tmp_path / "t.cache").exists() and info["precision"] == "int8"
+
+
+def test_the_bundles_gate_is_the_same_rule_as_the_pipelines(tmp_path: Path) -> None:
+    """build.sh runs gate.py on the device; gate.py holds edgekd.backends.gate.decide verbatim, so the device decides
+    by the rule lowering and bench use. Fed the same measurements, both choose the same precision."""
+    from edgekd.backends.gate import decide
+
+    p = resolve("jetson-orin-nano")
+    q = _qdq_model(tmp_path / "q.onnx")
+    fp = tmp_path / "f.onnx"
+    shutil.copyfile(q, fp)
+    b = tmp_path / "bundle"
+    write_bundle(p, q, fp, b, [1, 1, 8, 8], None, {"int8": {"top1": 0.90, "samples": 5}, "fp32": {"top1": 0.91, "samples": 5},
+                                                   "gate_reason": "ok"}, "0.1.0")
+    assert "python3 gate.py" in (b / "build.sh").read_text()
+    for fp16_ms, int8_ms in ((1.0, 0.5), (1.0, 0.97)):
+        (b / "times.fp16.json").write_text(json.dumps([{"computeMs": fp16_ms}] * 3))
+        (b / "times.int8.json").write_text(json.dumps([{"computeMs": int8_ms}] * 3))
+        out = subprocess.run([sys.executable, "gate.py"], cwd=b, capture_output=True, text=True)
+        assert out.returncode == 0, out.stderr
+        device = json.loads((b / "device_result.json").read_text())
+        here = decide(0.91, 0.90, fp16_ms, int8_ms, p.tensorrt.accuracy_budget_points, p.tensorrt.int8_min_speedup, "fp16")
+        assert (device["chosen"], device["reason"]) == here
+    assert json.loads((b / "device_result.json").read_text())["chosen"] == "fp16"  # 1.03× is below the margin
+
+
+def test_a_gpu_of_another_compute_capability_is_refused_in_one_line() -> None:
+    from edgekd.backends.tensorrt import check_compute_capability
+
+    check_compute_capability(resolve("jetson-orin-nano"), have="8.7")  # the profile's own GPU: fine
+    with pytest.raises(TargetError, match="compute capability 7.5; target jetson-orin-nano wants 8.7") as e:
+        check_compute_capability(resolve("jetson-orin-nano"), have="7.5")
+    assert len(e.value.one_line()) <= 193

@@ -1,19 +1,90 @@
-"""Lowering: turn the quantized model into the target runtime's deployable artifact. One registry keyed by backend."""
+"""Backends: one module per target runtime behind one interface, looked up by the profile's ``backend`` name.
+
+A backend (torchao's config → handler lookup; Ultralytics' capability table, not its 1,500-line class) says
+
+- ``settings(profile)``: how its runner is configured for a profile (threads, graph optimisation, device, …);
+- ``quantize(...)``: INT8 PTQ with the runtime's own tool, and how to check the result;
+- ``lower(...)``: the deployable artifact (an ORT session file, an OpenVINO IR, a TensorRT bundle/engine);
+- ``unmeasured(...)``: why latency cannot be measured here (a device that is absent), with the expected accuracy.
+
+Running an artifact is :func:`edgekd.runtimes.open_session`, torch-free and shared by the pipeline, the benchmark
+worker and the device-side runner. Adding a backend is one module here, registered with :func:`register`.
+"""
 
 from __future__ import annotations
 
+import importlib
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
 
 from edgekd.registry import Registry
-from edgekd.targets import Profile
 
-Lowerer = Callable[[Path, Profile, Path], dict[str, Any]]
-BACKENDS: Registry[Lowerer] = Registry("backend")
+if TYPE_CHECKING:
+    from edgekd.targets import Profile
 
 
-def lower(backend: str, model: Path, profile: Profile, out_dir: Path) -> dict[str, Any]:
-    from edgekd.backends import onnxruntime as _ort  # noqa: F401 - registers
-    from edgekd.backends import openvino as _ov  # noqa: F401 - registers
+@dataclass
+class Quantized:
+    """What a backend's quantizer made: the report, the files, and how to run the result for the INT8 check."""
 
-    return BACKENDS.get(backend)(model, profile, out_dir)
+    info: dict[str, Any]
+    files: dict[str, Path]
+    check_backend: str
+    check_settings: dict[str, Any]
+
+
+@dataclass
+class LowerInputs:
+    """What lowering may need beyond the quantized model (TensorRT's bundle uses all of it)."""
+
+    fp32_onnx: Path
+    input_shape: list[int]
+    test: tuple[np.ndarray, np.ndarray]
+    precision: str
+
+
+class Backend:
+    name: str = ""
+    #: artifact suffixes this backend runs (``edgekd bench FILE`` picks the backend by suffix)
+    suffixes: tuple[str, ...] = ()
+
+    def settings(self, profile: Profile) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def quantize(self, fp32_onnx: Path, out_dir: Path, calib_x: np.ndarray, profile: Profile) -> Quantized:
+        raise NotImplementedError
+
+    def lower(self, model: Path, profile: Profile, out_dir: Path, inputs: LowerInputs) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def unmeasured(self, profile: Profile, build: dict[str, Any], test: tuple[np.ndarray, np.ndarray],
+                   artifact: Path) -> tuple[str, list[dict[str, Any]]] | None:
+        """None when the artifact can be timed here; else (why not, rows of expected accuracy)."""
+        return None
+
+    def bench_roles(self) -> tuple[str, ...]:
+        """Which artifacts the bench stage times besides the deployed student: teacher / student FP32 exports."""
+        return ("teacher", "student_fp32")
+
+
+BACKENDS: Registry[Backend] = Registry("backend")
+BACKEND_NAMES = ("onnxruntime", "openvino", "tensorrt")
+
+
+def register(cls: type[Backend]) -> type[Backend]:
+    BACKENDS.add(cls.name, cls())
+    return cls
+
+
+def get_backend(name: str) -> Backend:
+    """The backend called ``name``, importing its module on first use (so a device imports only what it runs)."""
+    if name not in BACKENDS and name in BACKEND_NAMES:
+        importlib.import_module(f"edgekd.backends.{name}")
+    return BACKENDS.get(name)
+
+
+def lower(backend: str, model: Path, profile: Profile, out_dir: Path, inputs: LowerInputs | None = None) -> dict[str, Any]:
+    return get_backend(backend).lower(model, profile, out_dir, inputs)  # type: ignore[arg-type]

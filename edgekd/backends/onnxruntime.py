@@ -15,9 +15,9 @@ from typing import Any
 
 import onnx
 
+from edgekd.backends import Backend, LowerInputs, Quantized, register
 from edgekd.exporters.nbits import to_matmul_nbits
 from edgekd.fileio import atomic_path, write_json
-from edgekd.backends import BACKENDS
 from edgekd.runtimes import ort_session
 from edgekd.targets import Profile
 
@@ -35,7 +35,6 @@ def executed_ops(model: Path, settings: dict[str, Any]) -> dict[str, int]:
     return dict(collections.Counter(n.op_type for n in g.graph.node).most_common())
 
 
-@BACKENDS.register("onnxruntime")
 def lower_onnxruntime(model: Path, profile: Profile, out_dir: Path) -> dict[str, Any]:
     out_dir.mkdir(parents=True, exist_ok=True)
     artifact = out_dir / "model.onnx"
@@ -54,3 +53,25 @@ def lower_onnxruntime(model: Path, profile: Profile, out_dir: Path) -> dict[str,
     low_bit = {"MatMulNBits (4-bit weights)": n_nbits} if n_nbits else {}
     return {"artifact": artifact, "settings": settings, "executed_ops": ops, "int8_kernels": int8_ops, "low_bit_kernels": low_bit,
             "files": {"model": artifact, "session": out_dir / "session.json"}}
+
+
+@register
+class OnnxruntimeBackend(Backend):
+    """ONNX Runtime (x86/ARM CPUs): PTQ with ``quantize_static`` to a QDQ graph, lowered as that graph plus the
+    session settings; ORT fuses it into int8 kernels per machine when the session opens."""
+
+    name = "onnxruntime"
+    suffixes = (".onnx",)
+
+    def settings(self, profile: Profile) -> dict[str, Any]:
+        return session_settings(profile)
+
+    def quantize(self, fp32_onnx: Path, out_dir: Path, calib_x: Any, profile: Profile) -> Quantized:
+        from edgekd.quant.ptq import ort_quantize
+
+        art = out_dir / "model.onnx"
+        info = ort_quantize(fp32_onnx, art, calib_x, profile.onnxruntime)
+        return Quantized(info, {"model": art}, "onnxruntime", {"graph_optimization": "all", "threads": profile.threads})
+
+    def lower(self, model: Path, profile: Profile, out_dir: Path, inputs: LowerInputs | None = None) -> dict[str, Any]:
+        return lower_onnxruntime(model, profile, out_dir)

@@ -8,7 +8,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from edgekd.backends import BACKENDS
+from edgekd.backends import Backend, LowerInputs, Quantized, register
 from edgekd.runtimes import ov_compile
 from edgekd.targets import Profile
 
@@ -64,7 +64,6 @@ def compile_settings(profile: Profile) -> dict[str, Any]:
             "inference_precision": s.inference_precision}
 
 
-@BACKENDS.register("openvino")
 def lower_openvino(model: Path, profile: Profile, out_dir: Path) -> dict[str, Any]:
     import openvino as ov
 
@@ -111,3 +110,39 @@ def lower_openvino(model: Path, profile: Profile, out_dir: Path) -> dict[str, An
             "low_bit_kernels": {k: v for k, v in prec.items() if k.endswith(("i4", "u4"))},
             "int4_weight_constants": int4_packed,
             "files": {"model": xml, "weights": xml.with_suffix(".bin")}}
+
+
+@register
+class OpenvinoBackend(Backend):
+    """OpenVINO (Intel CPUs, iGPUs, NPUs): PTQ with NNCF on the OpenVINO model, lowered to IR compiled for the
+    profile's device. An IR for a device that is not here (iGPU/NPU) is device-independent: its accuracy is
+    measured on the CPU plugin, its latency on the device."""
+
+    name = "openvino"
+    suffixes = (".xml",)
+
+    def settings(self, profile: Profile) -> dict[str, Any]:
+        return compile_settings(profile)
+
+    def quantize(self, fp32_onnx: Path, out_dir: Path, calib_x: Any, profile: Profile) -> Quantized:
+        from edgekd.quant.ptq import nncf_quantize_openvino
+
+        art = out_dir / "model.xml"
+        info = nncf_quantize_openvino(fp32_onnx, art, calib_x, profile.openvino)
+        return Quantized(info, {"model": art, "weights": art.with_suffix(".bin")}, "openvino", {"threads": profile.threads})
+
+    def lower(self, model: Path, profile: Profile, out_dir: Path, inputs: LowerInputs | None = None) -> dict[str, Any]:
+        return lower_openvino(model, profile, out_dir)
+
+    def unmeasured(self, profile: Profile, build: dict[str, Any], test: tuple[Any, Any],
+                   artifact: Path) -> tuple[str, list[dict[str, Any]]] | None:
+        if build.get("compiled") is not False:
+            return None
+        from edgekd.exporters.parity import run_batched
+        from edgekd.runtimes import make_runner
+
+        x, y = test
+        logits = run_batched(make_runner("openvino", artifact, {"device": "CPU", "inference_precision": "f32"}), x)
+        rows = [{"role": "student", "precision": build.get("precision"), "top1": float((logits.argmax(1) == y).mean()),
+                 "samples": int(len(y)), "measured_on": "OpenVINO CPU plugin (expected accuracy on the device)"}]
+        return build["device_note"], rows

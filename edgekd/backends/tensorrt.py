@@ -31,6 +31,8 @@ from typing import Any
 
 import numpy as np
 
+from edgekd.backends import Backend, LowerInputs, Quantized, register
+from edgekd.backends.gate import decide
 from edgekd.fileio import sha256_file, write_json, write_text
 from edgekd.targets import Profile
 
@@ -51,6 +53,38 @@ def tensorrt_status() -> tuple[bool, str]:
     except Exception as e:  # noqa: BLE001 - any failure here means "cannot build"
         return False, f"TensorRT cannot create a builder: {str(e).splitlines()[0][:120]}"
     return True, f"TensorRT {trt.__version__}"
+
+
+def gpu_compute_capability() -> str | None:
+    """The compute capability of GPU 0 (``"8.7"``), from cuda-python or torch; None when neither can tell."""
+    try:
+        from cuda import cudart
+
+        err, prop = cudart.cudaGetDeviceProperties(0)
+        if int(err) == 0:
+            return f"{prop.major}.{prop.minor}"
+    except Exception:  # noqa: BLE001 - not installed, or no GPU
+        pass
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            return "%d.%d" % torch.cuda.get_device_capability(0)
+    except Exception:  # noqa: BLE001
+        pass
+    return None
+
+
+def check_compute_capability(profile: Profile, have: str | None = None) -> None:
+    """Refuse, in one line, to build engines for ``profile`` on a GPU of another compute capability: an engine runs
+    only on the GPU family that built it, so it would be a wrong artifact with a right-looking name."""
+    from edgekd.errors import TargetError
+
+    have = have if have is not None else gpu_compute_capability()
+    want = profile.device.compute_capability
+    if have and want and have != want:
+        raise TargetError(f"this GPU has compute capability {have}; target {profile.name} wants {want} (engines are "
+                          "GPU-specific)", "use the profile of this GPU (edgekd targets), or build on the device with build.sh")
 
 
 def _version_tuple(v: str | None) -> tuple[int, ...]:
@@ -141,15 +175,10 @@ def builder_config(profile: Profile, precision: str) -> dict[str, Any]:
 
 def choose_precision(fp16: dict[str, float], int8: dict[str, float], min_speedup: float,
                      accuracy_budget_points: float) -> tuple[str, str]:
-    """The INT8-vs-FP16 gate: keep INT8 only if ``p50(FP16) / p50(INT8) ≥ min_speedup`` **and**
-    ``top1(INT8) ≥ top1(FP16) − budget``; otherwise ship FP16. Returns (precision, reason)."""
-    speedup = fp16["p50_ms"] / int8["p50_ms"]
-    drop = 100 * (fp16["top1"] - int8["top1"])
-    if drop > accuracy_budget_points:
-        return "fp16", f"INT8 loses {drop:.2f} pt top-1 vs FP16 (budget {accuracy_budget_points:g} pt)"
-    if speedup < min_speedup:
-        return "fp16", f"INT8 is only {speedup:.2f}× faster than FP16 (needs ≥ {min_speedup:g}×)"
-    return "int8", f"INT8 is {speedup:.2f}× faster than FP16 and within {accuracy_budget_points:g} pt ({drop:+.2f} pt)"
+    """The INT8-vs-FP16 gate on measured engines (:func:`edgekd.backends.gate.decide`, the one rule): keep INT8 only
+    if ``p50(FP16) / p50(INT8) ≥ min_speedup`` **and** ``top1(INT8) ≥ top1(FP16) − budget``."""
+    return decide(fp16.get("top1"), int8.get("top1"), fp16.get("p50_ms"), int8.get("p50_ms"), accuracy_budget_points,
+                  min_speedup, "fp16")
 
 
 # ------------------------------------------------------------------------------------------ the TensorRT-ready lint
@@ -304,39 +333,60 @@ def build_engine(onnx_path: Path, engine_path: Path, profile: Profile, precision
 
 BUILD_SH = """#!/usr/bin/env bash
 # Build, time and gate TensorRT engines for {profile} on the device (made by edgekd {version}).
-# Needs: trtexec (JetPack: /usr/src/tensorrt/bin/trtexec) and python3 with numpy. Re-running reuses timing.cache.
+# Needs: trtexec (JetPack: /usr/src/tensorrt/bin/trtexec) and python3. Re-running reuses timing.cache.
 set -euo pipefail
 cd "$(dirname "$0")"
 TRTEXEC="${{TRTEXEC:-$(command -v trtexec || echo /usr/src/tensorrt/bin/trtexec)}}"
 want_trt="{trt_version}"; want_cc="{compute_capability}"
 have_trt="$("$TRTEXEC" --help 2>&1 | sed -n 's/.*TensorRT version: *\\([0-9.]*\\).*/\\1/p; s/.*TensorRT v\\([0-9]\\+\\).*/\\1/p' | head -1)"
-echo "TensorRT wanted ${{want_trt}}, found ${{have_trt:-unknown}}; compute capability wanted ${{want_cc}}"
+have_cc="$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader 2>/dev/null | head -1 || true)"
+echo "TensorRT wanted ${{want_trt}}, found ${{have_trt:-unknown}}; compute capability wanted ${{want_cc}}, found ${{have_cc:-unknown}}"
+if [ -n "$have_cc" ] && [ "$want_cc" != "any" ] && [ "$have_cc" != "$want_cc" ]; then
+  echo "error: this GPU has compute capability $have_cc, the bundle is for $want_cc (profile {profile}); engines are GPU-specific (hint: make the bundle with the profile of this GPU: edgekd targets)" >&2
+  exit 2
+fi
 {build_cmds}
 {time_cmds}
-python3 - <<'PY'
-import json
-def p50(path):
-    t = sorted(r["computeMs"] if "computeMs" in r else r["latencyMs"] for r in json.load(open(path)))
-    return t[len(t) // 2]
-m = json.load(open("manifest.json"))
-res = {{"fp16_p50_ms": p50("times.fp16.json")}}
-if {has_int8}:
-    res["int8_p50_ms"] = p50("times.int8.json")
-    speedup = res["fp16_p50_ms"] / res["int8_p50_ms"]
-    gate = m["gate"]
-    keep = speedup >= gate["int8_min_speedup"]
-    res["int8_speedup_vs_fp16"] = speedup
-    res["chosen"] = "int8" if keep else "fp16"
-    res["reason"] = (f"INT8 is {{speedup:.2f}}x faster than FP16 (needs >= {{gate['int8_min_speedup']}}x); accuracy was "
-                     f"checked when the bundle was made: {{gate['accuracy_reason']}}")
-else:
-    res["chosen"] = "fp16"
-json.dump(res, open("device_result.json", "w"), indent=1)
-print(json.dumps(res, indent=1))
-PY
+python3 gate.py
 cp "model.$(python3 -c 'import json; print(json.load(open("device_result.json"))["chosen"])').engine" model.engine
 echo "model.engine is ready"
 """
+
+#: the device half of the gate: the same :func:`edgekd.backends.gate.decide` (its source is copied in), fed with the
+#: engines' measured p50 and the accuracies recorded when the bundle was made
+GATE_MAIN = """
+
+def p50(path):
+    t = sorted(r["computeMs"] if "computeMs" in r else r["latencyMs"] for r in json.load(open(path)))
+    return t[len(t) // 2]
+
+
+if __name__ == "__main__":
+    import json
+    import os
+
+    m = json.load(open("manifest.json"))
+    res = {"fp16_p50_ms": p50("times.fp16.json")}
+    if os.path.exists("model.int8.onnx"):
+        res["int8_p50_ms"] = p50("times.int8.json")
+        exp, g = m["expected_accuracy"], m["gate"]
+        res["chosen"], res["reason"] = decide((exp.get("fp16") or exp.get("fp32") or {}).get("top1"),
+                                              (exp.get("int8") or {}).get("top1"), res["fp16_p50_ms"], res["int8_p50_ms"],
+                                              g["accuracy_budget_points"], g["int8_min_speedup"], "fp16")
+    else:
+        res["chosen"], res["reason"] = "fp16", "no INT8 model in the bundle (the accuracy half chose FP16)"
+    json.dump(res, open("device_result.json", "w"), indent=1)
+    print(json.dumps(res, indent=1))
+"""
+
+
+def gate_script() -> str:
+    """``gate.py`` for the bundle: :func:`edgekd.backends.gate.decide`, verbatim, plus the device-side main."""
+    import inspect
+
+    from edgekd.backends import gate
+
+    return "import json\n\n\n" + inspect.getsource(gate.decide) + GATE_MAIN
 
 
 def _input_name(onnx_path: Path) -> str:
@@ -375,10 +425,12 @@ def write_bundle(profile: Profile, int8_onnx: Path | None, fp32_onnx: Path, out_
     time_cmds = "\n".join('"$TRTEXEC" ' + " ".join(shlex.quote(a) for a in c[1:]) for c in timing.values())
     sh = BUILD_SH.format(profile=profile.name, version=version, trt_version=profile.device.tensorrt or "any",
                          compute_capability=profile.device.compute_capability or "any", build_cmds=build_cmds,
-                         time_cmds=time_cmds, has_int8="True" if int8_onnx is not None else "False")
+                         time_cmds=time_cmds)
     write_text(out_dir / "build.sh", sh)
     (out_dir / "build.sh").chmod(0o755)
     files["build_script"] = out_dir / "build.sh"
+    write_text(out_dir / "gate.py", gate_script())
+    files["gate"] = out_dir / "gate.py"
     lint = lint_qdq(out_dir / "model.int8.onnx", profile.tensorrt.max_opset).as_dict() if int8_onnx is not None else None
     manifest = {
         "edgekd_bundle": 1, "edgekd_version": version, "target": profile.name, "device": profile.device.model_dump(),
@@ -419,6 +471,8 @@ def lower_tensorrt(model: Path, profile: Profile, out_dir: Path, *, fp32_onnx: P
     res = write_bundle(profile, int8, fp32_onnx, out_dir, input_shape, samples, expected or {}, __version__)
     manifest, files = res["manifest"], res["files"]
     ok, reason = tensorrt_status()
+    if ok:
+        check_compute_capability(profile)
     engines: dict[str, Any] = {}
     if ok:
         name = manifest["input"]["name"]
@@ -431,3 +485,65 @@ def lower_tensorrt(model: Path, profile: Profile, out_dir: Path, *, fp32_onnx: P
     return {"artifact": artifact, "files": files, "tensorrt": reason, "engines_built": sorted(engines),
             "engine_note": None if ok else f"engines not built here: {reason}; run build.sh on the device",
             "qdq_lint": manifest["qdq_lint"], "int8_kernels": {}, "low_bit_kernels": {}}
+
+
+@register
+class TensorrtBackend(Backend):
+    """TensorRT (Jetsons, NVIDIA GPUs): explicit-INT8 Q/DQ from ONNX Runtime's quantizer (signed, symmetric, per the
+    profile's ``onnxruntime`` settings), lowered to a build-on-device bundle, and to engines where TensorRT and a GPU
+    of the profile's compute capability are here. Bench times engines only: the teacher stays an ONNX file."""
+
+    name = "tensorrt"
+    suffixes = (".engine", ".plan", ".trt")
+
+    def settings(self, profile: Profile) -> dict[str, Any]:
+        return {"threads": None}
+
+    def quantize(self, fp32_onnx: Path, out_dir: Path, calib_x: Any, profile: Profile) -> Quantized:
+        from edgekd.quant.ptq import ort_quantize
+
+        art = out_dir / "model.onnx"
+        info = ort_quantize(fp32_onnx, art, calib_x, profile.onnxruntime)
+        info["parity_runtime"] = "onnxruntime-reference (TensorRT's Q/DQ semantics)"
+        # no engine here: ORT's reference kernels (graph optimisations off) run the same Q/DQ math
+        return Quantized(info, {"model": art}, "onnxruntime", {"graph_optimization": "disable"})
+
+    def lower(self, model: Path, profile: Profile, out_dir: Path, inputs: LowerInputs) -> dict[str, Any]:
+        """The accuracy half of the INT8 gate is decided here, on ONNX Runtime's reference kernels (FP16 accuracy
+        taken as the FP32 model's; the device re-checks with ``gate.py``), then the bundle is written."""
+        from edgekd.exporters.parity import run_batched
+        from edgekd.runtimes import make_runner
+
+        x, y = inputs.test
+        ref = {"graph_optimization": "disable"}
+        acc32 = float((run_batched(make_runner("onnxruntime", inputs.fp32_onnx, ref), x).argmax(1) == y).mean())
+        expected: dict[str, Any] = {"fp32": {"top1": acc32, "samples": int(len(y))}}
+        prec = inputs.precision
+        if prec == "int8":
+            acc8 = float((run_batched(make_runner("onnxruntime", model, ref), x).argmax(1) == y).mean())
+            expected["int8"] = {"top1": acc8, "samples": int(len(y))}
+            prec, expected["gate_reason"] = decide(acc32, acc8, None, None, profile.tensorrt.accuracy_budget_points,
+                                                   profile.tensorrt.int8_min_speedup, "fp16")
+            if prec != "int8":
+                expected["gate_reason"] += ": shipping FP16"
+        else:
+            expected["gate_reason"] = f"precision {prec} requested"
+        n = min(1000, len(y))
+        res = lower_tensorrt(model, profile, out_dir, fp32_onnx=inputs.fp32_onnx, input_shape=inputs.input_shape,
+                             samples=(x[:n], y[:n]), expected=expected, precision=prec)
+        res["bundle_precision"] = prec
+        res["expected_accuracy"] = expected
+        return res
+
+    def unmeasured(self, profile: Profile, build: dict[str, Any], test: tuple[Any, Any],
+                   artifact: Path) -> tuple[str, list[dict[str, Any]]] | None:
+        if artifact.suffix in self.suffixes:
+            return None
+        exp = build.get("expected_accuracy", {})
+        rows = [{"role": "student", "precision": k, "top1": v["top1"], "samples": v["samples"],
+                 "measured_on": "onnxruntime-reference (expected TensorRT accuracy)"}
+                for k, v in exp.items() if isinstance(v, dict)]
+        return build.get("engine_note") or "no engine", rows
+
+    def bench_roles(self) -> tuple[str, ...]:
+        return ()

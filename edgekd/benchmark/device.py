@@ -14,14 +14,15 @@ from edgekd.errors import UsageError
 from edgekd.fileio import write_json, write_text
 from edgekd.targets import Profile, resolve
 
-SUFFIX_BACKEND = {".xml": "openvino", ".engine": "tensorrt", ".plan": "tensorrt", ".trt": "tensorrt"}
-
-
 def backend_for(artifact: Path, profile: Profile) -> str:
-    """.xml → OpenVINO, .engine/.plan → TensorRT, .onnx → the profile's runtime (ONNX Runtime for TensorRT profiles,
-    which is how a bundle's ONNX is checked before the engine exists)."""
-    if artifact.suffix in SUFFIX_BACKEND:
-        return SUFFIX_BACKEND[artifact.suffix]
+    """The backend that runs ``artifact``: by suffix (``.xml`` OpenVINO, ``.engine``/``.plan`` TensorRT), and for
+    ``.onnx`` the profile's runtime (ONNX Runtime for TensorRT profiles: how a bundle's ONNX is checked before the
+    engine exists)."""
+    from edgekd.backends import BACKEND_NAMES, get_backend
+
+    for name in BACKEND_NAMES:
+        if name != "onnxruntime" and artifact.suffix in get_backend(name).suffixes:
+            return name
     if artifact.suffix != ".onnx":
         raise UsageError(f"cannot benchmark {artifact.name}: unknown artifact type",
                          "pass a .onnx, an OpenVINO .xml or a TensorRT .engine file")
@@ -29,15 +30,10 @@ def backend_for(artifact: Path, profile: Profile) -> str:
 
 
 def settings_for(backend: str, profile: Profile, threads: int | None) -> dict[str, Any]:
-    if backend == "onnxruntime":
-        s: dict[str, Any] = {"threads": profile.threads, "graph_optimization": profile.onnxruntime.graph_optimization,
-                             "execution_providers": profile.onnxruntime.execution_providers}
-    elif backend == "openvino":
-        o = profile.openvino
-        s = {"threads": profile.threads, "device": o.device, "performance_hint": o.performance_hint,
-             "inference_precision": o.inference_precision}
-    else:
-        s = {"threads": None}
+    """The runner settings of the artifact's backend for the profile (the backend's own: one place for them)."""
+    from edgekd.backends import get_backend
+
+    s = dict(get_backend(backend).settings(profile))
     if threads:
         s["threads"] = threads
     s["warmup_seconds"] = profile.measure.warmup_seconds
@@ -94,7 +90,7 @@ def bench_artifact(artifact: str | Path, profile: str, data: str | Path | None =
                    out_dir: str | Path | None = None) -> dict[str, Any]:
     """Measure one artifact on this machine with the profile's settings; write result.json/result.md (+ latency.png)
     to ``out_dir`` when given. Returns the result."""
-    from edgekd.api import run_worker
+    from edgekd.benchmark.subprocess_worker import run_worker
     from edgekd.benchmark.envinfo import capture
     from edgekd.benchmark.report import latency_png
 

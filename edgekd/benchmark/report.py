@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from edgekd.fileio import read_json, write_json, write_text
-from edgekd.pipeline import RunDir
+from edgekd.rundir import RunDir
 
 
 def collect(run: RunDir) -> list[dict[str, Any]]:

@@ -66,10 +66,11 @@ def _timed_loop(call, warmup: int, iterations: int, warmup_seconds: float = 1.0,
 
 
 def bench(backend: str, model: Path, data: Path | None, settings: dict, warmup: int, iterations: int,
-          batch_sizes: list[int], preds_out: Path | None) -> dict:
+          batch_sizes: list[int], preds_out: Path | None, task: str = "classify") -> dict:
+    """Time the artifact and, with data, score its raw outputs with the task's own metric (numpy only)."""
     from edgekd.benchmark.stats import latency_stats
     from edgekd.benchmark.tegrastats import TegrastatsSampler, summarize
-    from edgekd.runtimes import ort_session, ov_compile
+    from edgekd.runtimes import open_session
 
     rss0 = _rss_mb()
     x_eval = y_eval = None
@@ -79,43 +80,8 @@ def bench(backend: str, model: Path, data: Path | None, settings: dict, warmup: 
     shape = tuple(settings["input_shape"])
     threads = settings.get("threads")
     t_load = time.perf_counter()
-    if backend == "onnxruntime":
-        sess = ort_session(model, threads, settings.get("graph_optimization", "all"), settings.get("execution_providers"))
-        name = sess.get_inputs()[0].name
-
-        def make_call(x: np.ndarray):  # noqa: ANN202
-            feed = {name: x}
-            return lambda: sess.run(None, feed)
-
-        def infer(x: np.ndarray) -> np.ndarray:
-            return sess.run(None, {name: x})[0]
-    elif backend == "openvino":
-        compiled = ov_compile(model, threads, settings.get("device", "CPU"), settings.get("performance_hint", "LATENCY"),
-                              settings.get("inference_precision", "f32"))
-        req = compiled.create_infer_request()
-        out0 = compiled.outputs[0]
-
-        def make_call(x: np.ndarray):  # noqa: ANN202
-            import openvino as ov
-
-            timed = compiled.create_infer_request()
-            timed.set_input_tensor(ov.Tensor(x, shared_memory=True))  # set once; the loop times infer() only
-            return timed.infer
-
-        def infer(x: np.ndarray) -> np.ndarray:
-            return np.array(req.infer({0: x})[out0])
-    elif backend == "tensorrt":
-        from edgekd.runtimes import TensorrtRunner
-
-        runner = TensorrtRunner(model)
-
-        def make_call(x: np.ndarray):  # noqa: ANN202
-            runner.prepare(x)  # copy once; the loop times enqueue + sync only
-            return runner.execute
-
-        infer = runner
-    else:
-        raise SystemExit(f"unknown backend {backend}")
+    session = open_session(backend, model, settings)  # the same runner code the pipeline uses
+    make_call, infer = session.timed, session.infer
     load_s = time.perf_counter() - t_load
 
     latency = {}
@@ -139,15 +105,13 @@ def bench(backend: str, model: Path, data: Path | None, settings: dict, warmup: 
     result: dict = {"backend": backend, "model": str(model), "size_bytes": artifact_size(model), "load_seconds": load_s,
                     "latency": latency, "threads": threads, "warmup": warmup, "iterations": iterations}
     if x_eval is not None:
-        preds, logits = [], []
-        for i in range(0, len(x_eval), 256):
-            out = infer(np.ascontiguousarray(x_eval[i : i + 256]))
-            logits.append(out)
-            preds.append(out.argmax(1))
-        p = np.concatenate(preds)
-        result["accuracy"] = {"samples": int(len(p)), "top1": float((p == y_eval).mean())}
+        from edgekd.tasks import get_task
+
+        outputs = np.concatenate([infer(np.ascontiguousarray(x_eval[i : i + 256])) for i in range(0, len(x_eval), 256)])
+        result["accuracy"] = get_task(task).score(outputs, y_eval)
+        result["task"] = task
         if preds_out is not None:
-            np.save(preds_out, np.concatenate(logits).astype(np.float32))
+            np.save(preds_out, outputs.astype(np.float32))
     result["peak_rss_mb"] = _rss_mb()
     result["peak_rss_over_baseline_mb"] = _rss_mb() - rss0
     result["torch_imported"] = "torch" in sys.modules
@@ -164,12 +128,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--iterations", type=int, default=300)
     ap.add_argument("--batch-sizes", default="1")
     ap.add_argument("--logits-out", type=Path)
+    ap.add_argument("--task", default="classify", help="how outputs are scored (edgekd.tasks)")
     a = ap.parse_args(argv)
     if not a.model.exists():
         print(json.dumps({"error": f"model {a.model} does not exist"}))
         return 2
     res = bench(a.backend, a.model, a.data, json.loads(a.settings), a.warmup, a.iterations,
-                [int(b) for b in a.batch_sizes.split(",")], a.logits_out)
+                [int(b) for b in a.batch_sizes.split(",")], a.logits_out, a.task)
     print(json.dumps(res))
     return 0
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +25,7 @@ from torch import nn
 
 from edgekd import progress
 from edgekd.config import DistillConfig
+from edgekd.distributed import dist_info
 from edgekd.data import Dataset
 from edgekd.kd.features import FeatureKD, FeaturePair, FeatureRecorder
 from edgekd.kd.losses import build_loss
@@ -40,19 +40,6 @@ class DistResult:
     student: nn.Module
     history: list[dict[str, Any]] = field(default_factory=list)
     resumed_from_epoch: int = 0
-
-
-def dist_info() -> tuple[int, int]:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
-def maybe_init_distributed() -> bool:
-    """Join the process group when launched by torchrun (WORLD_SIZE > 1). Returns True if distributed."""
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
-        dist.init_process_group(backend="gloo")
-    return dist.is_initialized()
 
 
 def augment_batch(x: torch.Tensor, pad: int = 2) -> torch.Tensor:

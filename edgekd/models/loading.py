@@ -287,16 +287,18 @@ def require_input_shape(lm: LoadedModel) -> tuple[int, ...]:
 
 
 @torch.no_grad()
-def probe(module: nn.Module, input_shape: tuple[int, ...]) -> int:
-    """Run one dummy batch of 2 and return the number of outputs (classes); fail clearly on shape mismatch."""
+def probe_outputs(module: nn.Module, input_shape: tuple[int, ...]) -> Any:
+    """The model's outputs on one dummy batch of 2; fail clearly when it does not accept the input shape."""
     x = torch.zeros((2, *input_shape[1:]))
     try:
-        out = module(x)
+        return module(x)
     except Exception as e:  # noqa: BLE001
         raise ModelLoadError(f"the model does not accept input of shape {tuple(input_shape)}: {_first_line(e)}",
                              "pass the right --input-shape") from None
-    if isinstance(out, (tuple, list)):
-        out = out[0]
-    if not isinstance(out, torch.Tensor) or out.ndim != 2:
-        raise ModelLoadError("the model's output is not a (batch, classes) tensor", "edgekd compresses classifiers; wrap the model to return logits")
-    return int(out.shape[1])
+
+
+def probe(module: nn.Module, input_shape: tuple[int, ...], task: str = "classify") -> dict[str, Any]:
+    """What the task needs to know about the model's outputs (classification: ``num_classes``)."""
+    from edgekd.tasks import get_task
+
+    return get_task(task).probe(probe_outputs(module, input_shape))

@@ -286,7 +286,7 @@ def _invert_all(teacher: nn.Module, preset: SynthPreset, n: int, shape: tuple[in
     """Make every batch (resuming finished ones from ``work_dir``). Without ADI the batches are independent and
     torchrun ranks split them; with ADI (``student`` given) each batch is followed by KD of the student on everything
     made so far, so the batches are made in turn."""
-    from edgekd.kd.trainer import dist_info
+    from edgekd.distributed import dist_info
 
     rank, world = dist_info()
     bs = preset.batch_size

@@ -1,0 +1,242 @@
+"""RunContext: what every stage reads — config, run directory, teacher, data, shapes, targets — passed explicitly.
+
+Built by :func:`open_run`, which checks every input (targets, data path, loss, the model file, the data itself)
+*before* the run directory is touched: a bad input leaves an existing run exactly as it was and creates no folder.
+Stages read earlier stages' results only through the run directory (``ctx.run.output(stage_id, name)``), never
+through each other.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from edgekd import progress
+from edgekd.config import PipelineConfig
+from edgekd.errors import DataError, UsageError
+from edgekd.fileio import sha256_file
+from edgekd.rundir import RunDir, RunDirError
+from edgekd.targets import Profile, resolve
+from edgekd.tasks import Task, get_task
+
+if TYPE_CHECKING:
+    from edgekd.data import Dataset
+    from edgekd.models.loading import LoadedModel
+    from edgekd.runner import Runner
+
+
+@dataclass
+class RunContext:
+    cfg: PipelineConfig
+    run: RunDir
+    teacher: LoadedModel
+    input_shape: tuple[int, ...]
+    num_classes: int
+    profiles: list[Profile]
+    task: Task
+    real_data: Dataset | None = None
+    runner: Runner | None = None
+    _data: Dataset | None = field(default=None, repr=False)
+
+    # ------------------------------------------------------------------ data
+    @property
+    def data_free(self) -> bool:
+        return self.cfg.data.path is None
+
+    def known_normalize(self) -> dict[str, list[float]] | None:
+        return known_normalize(self.cfg, self.teacher)
+
+    def synth_method(self) -> str:
+        from edgekd.data.synth import choose_method
+
+        # the synthetic set is the distillation transfer set too when a student is trained (auto picks accordingly)
+        return choose_method(self.teacher.module, self.cfg.synth.method, transfer=self.cfg.distill.enabled)
+
+    @property
+    def data(self) -> Dataset:
+        """The data every stage uses: the user's (checked at start), with synthetic samples mixed in when asked, or
+        the synthetic set split three ways in a data-free run (the ``synth`` stage is brought up to date first)."""
+        if self._data is None:
+            if self.data_free:
+                self._data = self._synthetic_dataset()
+            else:
+                ds = self.real_data
+                assert ds is not None
+                if self.cfg.synth.mix:
+                    from edgekd.data import ArraySplit
+
+                    sx, sy, smeta = self._synthetic_arrays()
+                    ds.train = ArraySplit(np.concatenate([ds.train.x, sx]), np.concatenate([ds.train.y, sy]))
+                    ds.meta["sizes"]["train"] = len(ds.train)
+                    ds.meta["synthetic"] = {"method": smeta["method"], "n": len(sy), "sha256": smeta["sha256"],
+                                            "mixed_into": "train"}
+                self._data = ds
+            self.run.manifest.setdefault("inputs", {})["data"] = self._data.meta
+            self.run.save()
+        return self._data
+
+    def data_key(self) -> dict[str, Any]:
+        m = dict(self.data.meta)
+        key = {k: m.get(k) for k in ("source", "format", "sizes", "split_seed", "normalize", "val_fraction", "synthetic")}
+        key["limit"], key["eval_limit"] = self.cfg.data.limit, self.cfg.data.eval_limit
+        return key
+
+    def _synthetic_arrays(self) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+        assert self.runner is not None
+        self.runner.ensure("synth")
+        path = self.run.output("synth", "data")
+        with np.load(path, allow_pickle=False) as z:
+            x, y = z["x"], z["y"]
+        meta = json.loads((self.run.output("synth", "report")).read_text())
+        meta["sha256"] = sha256_file(path)
+        return x, y, meta
+
+    def _synthetic_dataset(self) -> Dataset:
+        """Data-free: the synthetic set split into train / val / test (labels are the teacher's top-1)."""
+        from edgekd.data import ArraySplit, Dataset
+
+        x, y, smeta = self._synthetic_arrays()
+        d, s = self.cfg.data, self.cfg.synth
+        order = np.random.default_rng(d.split_seed).permutation(len(y))
+        h = max(2, int(round(len(y) * s.holdout)))
+        val_idx, test_idx, train_idx = order[: h // 2], order[h // 2 : h], order[h:]
+        if d.limit:
+            train_idx = train_idx[: d.limit]
+        if d.eval_limit:
+            test_idx = test_idx[: d.eval_limit]
+        ds = Dataset(ArraySplit(x[train_idx], y[train_idx]), ArraySplit(x[val_idx], y[val_idx]),
+                     ArraySplit(x[test_idx], y[test_idx]), num_classes=self.num_classes)
+        norm = self.known_normalize()
+        ds.meta = {"source": f"synthetic:{smeta['method']}", "format": "synthetic", "data_free": True,
+                   "labels": "the teacher's top-1 (no real labels: top-1 = agreement with the teacher)",
+                   "classes": None, "num_classes": self.num_classes, "input_shape": list(self.input_shape[1:]),
+                   "sizes": {"train": len(train_idx), "val": len(val_idx), "test": len(test_idx)},
+                   "split_seed": d.split_seed, "val_fraction": s.holdout / 2,
+                   "normalize": {**(norm or {"mean": None, "std": None}), "source": "synthesized in the teacher's input space"},
+                   "synthetic": {"method": smeta["method"], "n": int(len(y)), "sha256": smeta["sha256"],
+                                 "seconds": smeta["seconds"]}}
+        return ds
+
+    # ------------------------------------------------------------------ models and targets
+    def student_module(self):  # noqa: ANN201
+        """The distilled student, or the teacher itself when distillation is off."""
+        from edgekd.models.student import load_student
+
+        rec = self.run.record("distill") or {}
+        if "student" not in rec.get("outputs", {}):
+            return self.teacher.module
+        return load_student(str(self.run.output("distill", "student")), self.cfg.distill.student)[0]
+
+    def distilled(self) -> bool:
+        return "student" in (self.run.record("distill") or {}).get("outputs", {})
+
+    def precision(self, p: Profile) -> str:
+        prec = self.cfg.quantize.precision or p.default_precision
+        if prec not in p.precisions:
+            raise UsageError(f"target {p.name} does not support precision {prec}", f"choose one of {p.precisions}")
+        return prec
+
+    def eval_file(self) -> Path:
+        """The test split as an .npz for the benchmark worker (rewritten only when the split changes)."""
+        from edgekd.fileio import atomic_path
+
+        path = self.run.stage_dir("bench") / "eval.npz"
+        want = f"{len(self.data.test)}:{self.data.meta['normalize']}"
+        marker = path.with_suffix(".key")
+        if not path.exists() or not marker.exists() or marker.read_text() != want:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with atomic_path(path) as tmp:
+                with open(tmp, "wb") as f:
+                    np.savez(f, x=self.data.test.x, y=self.data.test.y)
+            marker.write_text(want)
+        return path
+
+
+def known_normalize(cfg: PipelineConfig, teacher: LoadedModel) -> dict[str, list[float]] | None:
+    """The teacher's input normalisation when known (config, else the model file's metadata)."""
+    norm = teacher.meta.get("normalize") or {}
+    mean = cfg.data.mean if cfg.data.mean is not None else norm.get("mean")
+    std = cfg.data.std if cfg.data.std is not None else norm.get("std")
+    return {"mean": list(mean), "std": list(std)} if mean is not None and std is not None else None
+
+
+def open_run(cfg: PipelineConfig) -> RunContext:
+    """Check every input, then open (create or resume) the run directory and return the context."""
+    from edgekd.benchmark.envinfo import capture as describe_environment
+    from edgekd.models.loading import load_model, probe, require_input_shape
+    from edgekd.runner import RUN_FORMAT, Runner
+
+    cfg = cfg.model_copy(deep=True)
+    # absolute paths, so `edgekd bench RUN` works from any folder later
+    if Path(cfg.model).expanduser().exists():
+        cfg.model = str(Path(cfg.model).expanduser().resolve())
+    if cfg.data.path and Path(cfg.data.path).expanduser().exists():
+        cfg.data.path = str(Path(cfg.data.path).expanduser().resolve())
+    if cfg.run_dir:
+        cfg.run_dir = str(Path(cfg.run_dir).expanduser().resolve())
+    if not Path(cfg.model).expanduser().is_file():
+        from edgekd.errors import ModelLoadError
+
+        raise ModelLoadError(f"model file {cfg.model} does not exist", "check the path")
+    profiles = [resolve(t) for t in cfg.targets]
+    if not profiles:
+        raise UsageError("no target given", "pass --target, e.g. --target x86-cpu (list: edgekd targets)")
+    validate_config(cfg)
+    lm = load_model(cfg.model, arch=cfg.arch, input_shape=cfg.input_shape, allow_pickle=cfg.allow_pickle)
+    shape = require_input_shape(lm)
+    task = get_task("classify" if cfg.task == "auto" else cfg.task)
+    num_classes = probe(lm.module, shape, task.name)["num_classes"]
+    real = load_real_data(cfg, lm, shape, num_classes) if cfg.data.path is not None else None
+
+    root = Path(cfg.run_dir) if cfg.run_dir else Path("runs") / Path(cfg.model).stem.split(".")[0]
+    run = RunDir(root)
+    if run.manifest.get("stages") and int(run.manifest.get("edgekd_run", 1)) < RUN_FORMAT:
+        raise RunDirError(f"{root} was written by an earlier edgekd (run format {run.manifest.get('edgekd_run', 1)})",
+                          "start a new run with another --run-dir (its report is still readable: edgekd report)")
+    progress.log(f"run directory: {run.root}")
+    run.manifest["edgekd_run"] = RUN_FORMAT
+    run.manifest["config"] = cfg.model_dump()
+    run.manifest["environment"] = describe_environment()
+    run.manifest["inputs"] = {"model": {"path": lm.path, "sha256": lm.sha256, "format": lm.format,
+                                        "input_shape": list(shape), "num_classes": num_classes, "task": task.name}}
+    run.save()
+    ctx = RunContext(cfg=cfg, run=run, teacher=lm, input_shape=shape, num_classes=num_classes, profiles=profiles,
+                     task=task, real_data=real)
+    Runner(ctx)
+    return ctx
+
+
+def validate_config(cfg: PipelineConfig) -> None:
+    """Checks that need no model or data loaded: the data path exists, the KD loss and its parameters build."""
+    from edgekd.data.datasets import resolve_data_path
+
+    if cfg.data.path is not None:
+        resolve_data_path(cfg.data.path)  # raises DataError naming the path
+    if cfg.distill.enabled:
+        from edgekd.kd.losses import build_loss
+
+        build_loss(cfg.distill.loss, **cfg.distill.loss_params)
+
+
+def load_real_data(cfg: PipelineConfig, lm: LoadedModel, shape: tuple[int, ...], num_classes: int) -> Dataset:
+    """The user's data, loaded and checked against the model before the run directory is touched."""
+    from edgekd.data import load_dataset
+
+    d = cfg.data
+    norm = known_normalize(cfg, lm)
+    mean, std = (norm["mean"], norm["std"]) if norm else (None, None)
+    ds = load_dataset(d.path, channels=shape[1], size=tuple(shape[2:4]) if len(shape) == 4 else None,
+                      val_fraction=d.val_fraction, seed=d.split_seed, mean=mean, std=std, limit=d.limit)
+    if tuple(ds.input_shape) != tuple(shape[1:]):
+        raise DataError(f"data samples have shape {ds.input_shape}, the model wants {tuple(shape[1:])}",
+                        "pass data of the model's input size or the right --input-shape")
+    if ds.num_classes > num_classes:
+        raise DataError(f"data has {ds.num_classes} classes, the teacher predicts {num_classes}", "pass the teacher's dataset")
+    if d.eval_limit:
+        ds.test = ds.test.take(d.eval_limit)
+        ds.meta["sizes"]["test"] = len(ds.test)
+    return ds

@@ -1,0 +1,74 @@
+"""Stage ``distill``: train the student from the teacher on the data (``01-distill/student.pt``, ``history.json``).
+
+Resumes from its last epoch checkpoint (``ckpt/last.pt``) when re-run with the same key. With distillation off
+(``--no-distill``) it records the teacher's val score and ships no student: later stages use the teacher itself.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from edgekd import progress
+from edgekd.fileio import write_json
+from edgekd.rundir import StageResult
+from edgekd.runner import Stage, register
+from edgekd.stages.synth import is_adversarial
+
+
+@register
+class Distill(Stage):
+    name = "distill"
+    reads_data = True
+
+    def needs(self, ctx, profile):  # noqa: ANN001, ANN201
+        return [("synth", None)] if ctx.data_free or ctx.cfg.synth.mix else []
+
+    def config(self, ctx, profile) -> dict[str, Any]:  # noqa: ANN001
+        return {"distill": ctx.cfg.distill.model_dump()}
+
+    def run(self, ctx, profile, key: str) -> StageResult:  # noqa: ANN001
+        import torch
+
+        from edgekd.fileio import atomic_path
+        from edgekd.kd.trainer import accuracy, predict_logits, train_student
+        from edgekd.models.student import build_student, load_student, save_student
+        from edgekd.models.zoo import count_params
+
+        cfg = ctx.cfg.distill
+        ckpt_dir = ctx.run.stage_dir("distill") / "ckpt"
+        key_file = ckpt_dir / "key.txt"
+        keep = ("ckpt",) if key_file.exists() and key_file.read_text() == key else ()
+        out = ctx.run.fresh_dir("distill", keep=keep)
+        ckpt_dir.mkdir(exist_ok=True)
+        key_file.write_text(key)
+        data = ctx.data
+        teacher = ctx.teacher.module
+        t_val = accuracy(predict_logits(teacher, data.val.x), data.val.y)
+        if t_val < 1.5 / ctx.num_classes:
+            progress.warn(f"the teacher scores {t_val:.3f} on the val split (near chance): check the preprocessing "
+                          "(--mean/--std) matches what the teacher was trained with")
+        metrics: dict[str, Any] = {"teacher_val_top1": t_val, "teacher_params": count_params(teacher)}
+        student = None
+        history: list[dict[str, Any]] = []
+        if cfg.enabled:
+            torch.manual_seed(cfg.seed)
+            student, recipe = build_student(cfg.student, ctx.input_shape[1], ctx.num_classes, cfg.width, cfg.depth)
+            if ctx.data_free and is_adversarial(ctx.synth_method()):
+                # DFAD trains the student inside the synthesis game (stage synth); take that student as is
+                student = load_student(str(ctx.run.output("synth", "dfad_student")), cfg.student)[0]
+                val = accuracy(predict_logits(student, data.val.x), data.val.y)
+                history, resumed = [{"epoch": 1, "val_top1": val, "source": "DFAD game (stage synth)"}], 0
+            else:
+                res = train_student(teacher, student, data, cfg, ckpt_dir)
+                student, history, resumed = res.student, res.history, res.resumed_from_epoch
+            metrics.update(student_val_top1=history[-1]["val_top1"], student_params=count_params(student),
+                           resumed_from_epoch=resumed, student=recipe["arch"])
+        outputs: dict[str, str] = {}
+        if student is not None:
+            extra = {"input_shape": list(ctx.input_shape), "normalize": data.meta["normalize"]}
+            with atomic_path(out / "student.pt") as tmp:
+                save_student(str(tmp), student, recipe, extra)
+            outputs["student"] = ctx.run.rel(out / "student.pt")
+        write_json(out / "history.json", history)
+        outputs["history"] = ctx.run.rel(out / "history.json")
+        return StageResult(outputs, metrics)

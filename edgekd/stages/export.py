@@ -1,0 +1,62 @@
+"""Stage ``export``: teacher and student to ONNX (``02-export/{teacher,student}.onnx``), each checked against
+PyTorch on real inputs with ONNX Runtime (``parity.json``; a gate: past tolerance the stage fails with exit 3)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from edgekd import progress
+from edgekd.fileio import write_json
+from edgekd.rundir import StageResult
+from edgekd.runner import Stage, register
+
+
+@register
+class Export(Stage):
+    name = "export"
+    reads_data = True
+
+    def needs(self, ctx, profile):  # noqa: ANN001, ANN201
+        return [("distill", None)]
+
+    def config(self, ctx, profile) -> dict[str, Any]:  # noqa: ANN001
+        return {"export": ctx.cfg.export.model_dump()}
+
+    def run(self, ctx, profile, key: str) -> StageResult:  # noqa: ANN001
+        import torch
+
+        from edgekd.exporters import parity
+        from edgekd.exporters.onnx_export import export_onnx
+        from edgekd.runtimes import make_runner
+
+        cfg = ctx.cfg.export
+        data = ctx.data
+        out = ctx.run.fresh_dir("export")
+        x = data.test.x[: cfg.parity_samples]
+        if len(x) < min(256, cfg.parity_samples):  # small test splits (data-free runs): top up from val, then train
+            x = np.concatenate([x, data.val.x, data.train.x])[: cfg.parity_samples]
+        if len(x) < min(256, cfg.parity_samples):
+            progress.warn(f"export: parity checked on {len(x)} inputs only (the data has no more; 256 or more make the "
+                          "check meaningful)")
+        report: dict[str, Any] = {}
+        outputs: dict[str, str] = {}
+        distilled = ctx.distilled()
+        for name, module in (("teacher", ctx.teacher.module), ("student", ctx.student_module())):
+            path = out / f"{name}.onnx"
+            program = ctx.teacher.program if (name == "teacher" or not distilled) else None
+            info = export_onnx(module, ctx.input_shape, path, cfg.opset, cfg.exporter, program=program)
+            with torch.no_grad():
+                ref = parity.run_batched(lambda b: module(torch.from_numpy(b)).numpy(), x)
+            got = parity.run_batched(make_runner("onnxruntime", path, {"graph_optimization": "all"}), x)
+            stats = parity.compare(ref, got)
+            report[name] = {**info, "parity_torch_vs_onnxruntime": stats}
+            write_json(out / "parity.json", report)
+            parity.check(stats, what=f"{name}.onnx vs PyTorch", atol=cfg.atol, min_agreement=cfg.min_top1_agreement)
+            outputs[name] = ctx.run.rel(path)
+        outputs["parity"] = ctx.run.rel(out / "parity.json")
+        metrics = {f"{n}_{k}": v for n, r in report.items() for k, v in r["parity_torch_vs_onnxruntime"].items() if k != "samples"}
+        metrics["exporter"] = report["student"]["exporter"]
+        metrics["opset"] = report["student"]["opset"]
+        return StageResult(outputs, metrics)

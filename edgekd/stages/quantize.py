@@ -1,0 +1,85 @@
+"""Stage ``quantize/<target>``: INT8 with the target runtime's own tool on real calibration samples, or the QAT
+model when ``quantize.qat`` is set; FP32/FP16 targets copy the FP32 export (the runtime converts at build time).
+
+Gate: the INT8 student's top-1 agreement with its FP32 export on the val split (real data the student never trained
+on) must reach ``quantize.min_top1_agreement``; below it the stage fails with exit 3, keeping ``calibration.json``.
+"""
+
+from __future__ import annotations
+
+import shutil
+from typing import Any
+
+import numpy as np
+
+from edgekd import progress
+from edgekd.fileio import write_json
+from edgekd.rundir import StageResult
+from edgekd.runner import Stage, register
+
+
+@register
+class Quantize(Stage):
+    name = "quantize"
+    per_target = True
+    reads_data = True
+
+    def needs(self, ctx, profile):  # noqa: ANN001, ANN201
+        return [("export", None)] + ([("quantize/qat", None)] if ctx.cfg.quantize.qat != "none" else [])
+
+    def config(self, ctx, profile) -> dict[str, Any]:  # noqa: ANN001
+        from edgekd.quant.calibration import load_recipe
+
+        return {"quantize": ctx.cfg.quantize.model_dump(), "precision": ctx.precision(profile),
+                "recipe": load_recipe(ctx.cfg.quantize.calibration).model_dump()}
+
+    def run(self, ctx, profile, key: str) -> StageResult:  # noqa: ANN001
+        from edgekd.backends import get_backend
+
+        p = profile
+        out = ctx.run.fresh_dir("quantize", p.name)
+        if ctx.cfg.quantize.qat != "none":
+            shutil.copyfile(ctx.run.output("quantize/qat", "model"), out / "model.onnx")
+            info = {"tool": "edgekd QAT (fake-quant → ONNX Q/DQ)", "precision": "int8", "source": "quantize/qat"}
+            write_json(out / "calibration.json", info)
+            return StageResult({"model": ctx.run.rel(out / "model.onnx"), "calibration": ctx.run.rel(out / "calibration.json")},
+                               {"precision": "int8", "tool": info["tool"]})
+        from edgekd.exporters import parity
+        from edgekd.quant.calibration import load_recipe
+        from edgekd.runtimes import make_runner
+
+        fp32 = ctx.run.output("export", "student")
+        prec = ctx.precision(p)
+        outputs: dict[str, str] = {}
+        if prec in ("fp32", "fp16"):  # fp16: the runtime (TensorRT, an OpenVINO GPU/NPU) converts at build time
+            shutil.copyfile(fp32, out / "model.onnx")
+            info: dict[str, Any] = {"tool": "none", "precision": prec}
+            outputs["model"] = ctx.run.rel(out / "model.onnx")
+        else:
+            recipe = load_recipe(ctx.cfg.quantize.calibration)
+            data = ctx.data
+            cx, cy = ctx.task.calibration(data, recipe, ctx.cfg.quantize.calibration_size)
+            wanted = ctx.cfg.quantize.calibration_size or recipe.count
+            if len(cx) < wanted:
+                progress.warn(f"quantize/{p.name}: calibration asked for {wanted} samples ({recipe.name}) but the "
+                              f"{recipe.source} split has {len(cx)}; ranges come from those {len(cx)}")
+            progress.log(f"quantize/{p.name}: int8 PTQ with {len(cx)} calibration samples ({recipe.name})")
+            q = get_backend(p.backend).quantize(fp32, out, cx, p)
+            info = q.info
+            outputs.update({k: ctx.run.rel(v) for k, v in q.files.items()})
+            info.update(precision="int8", calibration={"recipe": recipe.model_dump(), "samples": int(len(cx)),
+                                                       "samples_requested": int(wanted),
+                                                       "per_class": np.bincount(cy, minlength=ctx.num_classes).tolist()})
+            # int8 vs fp32 on the val split (real data the student never trained on)
+            ref = parity.run_batched(make_runner("onnxruntime", fp32, {"graph_optimization": "all"}), data.val.x)
+            got = parity.run_batched(make_runner(q.check_backend, q.files["model"], q.check_settings), data.val.x)
+            info["parity_int8_vs_fp32_val"] = parity.compare(ref, got)
+        write_json(out / "calibration.json", info)  # before the gate, so a failed stage keeps its evidence
+        if "parity_int8_vs_fp32_val" in info:
+            parity.check(info["parity_int8_vs_fp32_val"], what=f"int8 model for {p.name} vs fp32", atol=None,
+                         min_agreement=ctx.cfg.quantize.min_top1_agreement)
+        outputs["calibration"] = ctx.run.rel(out / "calibration.json")
+        metrics = {"precision": prec, "tool": info["tool"]}
+        if "parity_int8_vs_fp32_val" in info:
+            metrics["top1_agreement_vs_fp32"] = info["parity_int8_vs_fp32_val"]["top1_agreement"]
+        return StageResult(outputs, metrics)

@@ -1,0 +1,32 @@
+"""Tasks: what a model's outputs mean and how they are scored — a plug-in per kind of model (issue #16).
+
+A task probes the model's outputs, names them for export, scores outputs against targets (numpy only, so the
+torch-free benchmark worker and the device-side runner score any task), measures a student's agreement with its
+teacher, and samples calibration data. Classification is the first; detection and any-output models build on the
+same interface (#17). A metric never falls back silently to top-1: the task named in the run decides.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from edgekd.registry import Registry
+from edgekd.tasks.base import Task
+
+TASKS: Registry[Task] = Registry("task")
+TASK_NAMES = ("classify",)
+
+
+def register(cls: type[Task]) -> type[Task]:
+    TASKS.add(cls.name, cls())
+    return cls
+
+
+def get_task(name: str) -> Task:
+    """The task called ``name``, importing its module on first use."""
+    if name not in TASKS and name in TASK_NAMES:
+        importlib.import_module(f"edgekd.tasks.{name}")
+    return TASKS.get(name)
+
+
+__all__ = ["TASKS", "TASK_NAMES", "Task", "get_task", "register"]
