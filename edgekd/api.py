@@ -83,20 +83,6 @@ def _nest(kw: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _nest(kw: dict[str, Any]) -> dict[str, Any]:
-    """Turn flat keyword overrides like ``distill__epochs=3`` into nested config sections."""
-    out: dict[str, Any] = {}
-    for k, v in kw.items():
-        if v is None:
-            continue
-        if "__" in k:
-            section, _, key = k.partition("__")
-            out.setdefault(section, {})[key] = v
-        else:
-            out[k] = v
-    return out
-
-
 def config_from_run(run_dir: str | Path, **overrides: Any) -> PipelineConfig:
     """The config a run was made with, and the caller's overrides. Opt-ins and code names come from the person
     running this command, never from a file on disk: the manifest's ``allow_pickle`` is dropped, and a factory it

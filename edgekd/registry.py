@@ -20,9 +20,13 @@ T = TypeVar("T")
 
 
 class Registry(Generic[T]):
-    def __init__(self, kind: str) -> None:
+    """``lazy`` maps names to modules that register them when first asked for (so a device-side process imports
+    only the backend it runs, and nothing imports torch by listing tasks)."""
+
+    def __init__(self, kind: str, lazy: dict[str, str] | None = None) -> None:
         self.kind = kind
         self._items: dict[str, T] = {}
+        self._lazy = dict(lazy or {})
 
     def register(self, name: str) -> Callable[[T], T]:
         def deco(obj: T) -> T:
@@ -37,6 +41,10 @@ class Registry(Generic[T]):
         self.register(name)(obj)
 
     def get(self, name: str) -> T:
+        if name not in self._items and name in self._lazy:
+            import importlib
+
+            importlib.import_module(self._lazy[name])
         try:
             return self._items[name]
         except KeyError:
@@ -44,10 +52,10 @@ class Registry(Generic[T]):
             raise UsageError(f"unknown {self.kind} {name!r}", f"choose one of: {known}") from None
 
     def names(self, pattern: str = "*") -> list[str]:
-        return sorted(n for n in self._items if fnmatch.fnmatch(n, pattern))
+        return sorted(n for n in {*self._items, *self._lazy} if fnmatch.fnmatch(n, pattern))
 
     def __contains__(self, name: object) -> bool:
-        return name in self._items
+        return name in self._items or name in self._lazy
 
     def __iter__(self) -> Iterator[str]:
-        return iter(sorted(self._items))
+        return iter(self.names())

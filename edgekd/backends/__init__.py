@@ -13,7 +13,6 @@ worker and the device-side runner. Adding a backend is one module here, register
 
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -70,8 +69,8 @@ class Backend:
         return ("teacher", "student_fp32")
 
 
-BACKENDS: Registry[Backend] = Registry("backend")
 BACKEND_NAMES = ("onnxruntime", "openvino", "tensorrt")
+BACKENDS: Registry[Backend] = Registry("backend", lazy={n: f"edgekd.backends.{n}" for n in BACKEND_NAMES})
 
 
 def register(cls: type[Backend]) -> type[Backend]:
@@ -80,9 +79,7 @@ def register(cls: type[Backend]) -> type[Backend]:
 
 
 def get_backend(name: str) -> Backend:
-    """The backend called ``name``, importing its module on first use (so a device imports only what it runs)."""
-    if name not in BACKENDS and name in BACKEND_NAMES:
-        importlib.import_module(f"edgekd.backends.{name}")
+    """The backend called ``name``, its module imported on first use (a device imports only what it runs)."""
     return BACKENDS.get(name)
 
 

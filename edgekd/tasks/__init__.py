@@ -8,13 +8,11 @@ same interface (#17). A metric never falls back silently to top-1: the task name
 
 from __future__ import annotations
 
-import importlib
-
 from edgekd.registry import Registry
 from edgekd.tasks.base import Task
 
-TASKS: Registry[Task] = Registry("task")
 TASK_NAMES = ("classify",)
+TASKS: Registry[Task] = Registry("task", lazy={n: f"edgekd.tasks.{n}" for n in TASK_NAMES})
 
 
 def register(cls: type[Task]) -> type[Task]:
@@ -23,9 +21,7 @@ def register(cls: type[Task]) -> type[Task]:
 
 
 def get_task(name: str) -> Task:
-    """The task called ``name``, importing its module on first use."""
-    if name not in TASKS and name in TASK_NAMES:
-        importlib.import_module(f"edgekd.tasks.{name}")
+    """The task called ``name``, its module imported on first use."""
     return TASKS.get(name)
 
 
