@@ -17,7 +17,7 @@ import numpy as np
 
 from edgekd import progress
 from edgekd.config import PipelineConfig
-from edgekd.errors import DataError, UsageError
+from edgekd.errors import UsageError
 from edgekd.fileio import sha256_file
 from edgekd.rundir import RunDir, RunDirError
 from edgekd.targets import Profile, resolve
@@ -35,12 +35,18 @@ class RunContext:
     run: RunDir
     teacher: LoadedModel
     input_shape: tuple[int, ...]
-    num_classes: int
+    #: what the task's probe found out about the teacher's outputs (classification: num_classes)
+    info: dict[str, Any]
     profiles: list[Profile]
     task: Task
     real_data: Dataset | None = None
     runner: Runner | None = None
     _data: Dataset | None = field(default=None, repr=False)
+
+    @property
+    def num_classes(self) -> int:
+        """The classes data-free synthesis covers (the task refuses when it has none)."""
+        return self.task.synth_classes(self.info)
 
     # ------------------------------------------------------------------ data
     @property
@@ -189,8 +195,8 @@ def open_run(cfg: PipelineConfig) -> RunContext:
     lm = load_model(cfg.model, arch=cfg.arch, input_shape=cfg.input_shape, allow_pickle=cfg.allow_pickle)
     shape = require_input_shape(lm)
     task = get_task("classify" if cfg.task == "auto" else cfg.task)
-    num_classes = probe(lm.module, shape, task.name)["num_classes"]
-    real = load_real_data(cfg, lm, shape, num_classes) if cfg.data.path is not None else None
+    info = probe(lm.module, shape, task.name)
+    real = load_real_data(cfg, lm, shape, task, info) if cfg.data.path is not None else None
 
     root = Path(cfg.run_dir) if cfg.run_dir else Path("runs") / Path(cfg.model).stem.split(".")[0]
     run = RunDir(root)
@@ -202,10 +208,10 @@ def open_run(cfg: PipelineConfig) -> RunContext:
     run.manifest["config"] = cfg.model_dump()
     run.manifest["environment"] = describe_environment()
     run.manifest["inputs"] = {"model": {"path": lm.path, "sha256": lm.sha256, "format": lm.format,
-                                        "input_shape": list(shape), "num_classes": num_classes, "task": task.name}}
+                                        "input_shape": list(shape), **info, "task": task.name}}
     run.save()
-    ctx = RunContext(cfg=cfg, run=run, teacher=lm, input_shape=shape, num_classes=num_classes, profiles=profiles,
-                     task=task, real_data=real)
+    ctx = RunContext(cfg=cfg, run=run, teacher=lm, input_shape=shape, info=info, profiles=profiles, task=task,
+                     real_data=real)
     Runner(ctx)
     return ctx
 
@@ -222,20 +228,13 @@ def validate_config(cfg: PipelineConfig) -> None:
         build_loss(cfg.distill.loss, **cfg.distill.loss_params)
 
 
-def load_real_data(cfg: PipelineConfig, lm: LoadedModel, shape: tuple[int, ...], num_classes: int) -> Dataset:
-    """The user's data, loaded and checked against the model before the run directory is touched."""
-    from edgekd.data import load_dataset
-
+def load_real_data(cfg: PipelineConfig, lm: LoadedModel, shape: tuple[int, ...], task: Task, info: dict[str, Any]) -> Dataset:
+    """The user's data, loaded by the task and checked against the model before the run directory is touched."""
     d = cfg.data
     norm = known_normalize(cfg, lm)
     mean, std = (norm["mean"], norm["std"]) if norm else (None, None)
-    ds = load_dataset(d.path, channels=shape[1], size=tuple(shape[2:4]) if len(shape) == 4 else None,
-                      val_fraction=d.val_fraction, seed=d.split_seed, mean=mean, std=std, limit=d.limit)
-    if tuple(ds.input_shape) != tuple(shape[1:]):
-        raise DataError(f"data samples have shape {ds.input_shape}, the model wants {tuple(shape[1:])}",
-                        "pass data of the model's input size or the right --input-shape")
-    if ds.num_classes > num_classes:
-        raise DataError(f"data has {ds.num_classes} classes, the teacher predicts {num_classes}", "pass the teacher's dataset")
+    ds = task.load_data(d.path, input_shape=shape, info=info, mean=mean, std=std, val_fraction=d.val_fraction,
+                        seed=d.split_seed, limit=d.limit)
     if d.eval_limit:
         ds.test = ds.test.take(d.eval_limit)
         ds.meta["sizes"]["test"] = len(ds.test)

@@ -30,8 +30,7 @@ class Distill(Stage):
         import torch
 
         from edgekd.fileio import atomic_path
-        from edgekd.kd.trainer import accuracy, predict_logits, train_student
-        from edgekd.models.student import build_student, load_student, save_student
+        from edgekd.models.student import load_student, save_student
         from edgekd.models.zoo import count_params
 
         cfg = ctx.cfg.distill
@@ -41,28 +40,28 @@ class Distill(Stage):
         out = ctx.run.fresh_dir("distill", keep=keep)
         ckpt_dir.mkdir(exist_ok=True)
         key_file.write_text(key)
-        data = ctx.data
+        data, task = ctx.data, ctx.task
         teacher = ctx.teacher.module
-        t_val = accuracy(predict_logits(teacher, data.val.x), data.val.y)
-        if t_val < 1.5 / ctx.num_classes:
+        t_val = task.evaluate(teacher, data.val.x, data.val.y)[task.primary]
+        if task.primary == "top1" and t_val < 1.5 / ctx.info["num_classes"]:
             progress.warn(f"the teacher scores {t_val:.3f} on the val split (near chance): check the preprocessing "
                           "(--mean/--std) matches what the teacher was trained with")
-        metrics: dict[str, Any] = {"teacher_val_top1": t_val, "teacher_params": count_params(teacher)}
+        metrics: dict[str, Any] = {f"teacher_val_{task.primary}": t_val, "teacher_params": count_params(teacher)}
         student = None
         history: list[dict[str, Any]] = []
         if cfg.enabled:
             torch.manual_seed(cfg.seed)
-            student, recipe = build_student(cfg.student, ctx.input_shape[1], ctx.num_classes, cfg.width, cfg.depth)
+            student, recipe = task.build_student(cfg.student, ctx.input_shape, ctx.info, cfg.width, cfg.depth)
             if ctx.data_free and is_adversarial(ctx.synth_method()):
                 # DFAD trains the student inside the synthesis game (stage synth); take that student as is
                 student = load_student(str(ctx.run.output("synth", "dfad_student")), cfg.student)[0]
-                val = accuracy(predict_logits(student, data.val.x), data.val.y)
-                history, resumed = [{"epoch": 1, "val_top1": val, "source": "DFAD game (stage synth)"}], 0
+                val = task.evaluate(student, data.val.x, data.val.y)[task.primary]
+                history, resumed = [{"epoch": 1, f"val_{task.primary}": val, "source": "DFAD game (stage synth)"}], 0
             else:
-                res = train_student(teacher, student, data, cfg, ckpt_dir)
+                res = task.distill(teacher, student, data, cfg, ckpt_dir)
                 student, history, resumed = res.student, res.history, res.resumed_from_epoch
-            metrics.update(student_val_top1=history[-1]["val_top1"], student_params=count_params(student),
-                           resumed_from_epoch=resumed, student=recipe["arch"])
+            metrics.update({f"student_val_{task.primary}": history[-1][f"val_{task.primary}"]},
+                           student_params=count_params(student), resumed_from_epoch=resumed, student=recipe["arch"])
         outputs: dict[str, str] = {}
         if student is not None:
             extra = {"input_shape": list(ctx.input_shape), "normalize": data.meta["normalize"]}

@@ -50,7 +50,7 @@ class Export(Stage):
             with torch.no_grad():
                 ref = parity.run_batched(lambda b: module(torch.from_numpy(b)).numpy(), x)
             got = parity.run_batched(make_runner("onnxruntime", path, {"graph_optimization": "all"}), x)
-            stats = parity.compare(ref, got)
+            stats = ctx.task.parity(ref, got)
             report[name] = {**info, "parity_torch_vs_onnxruntime": stats}
             write_json(out / "parity.json", report)
             parity.check(stats, what=f"{name}.onnx vs PyTorch", atol=cfg.atol, min_agreement=cfg.min_top1_agreement)

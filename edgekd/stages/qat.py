@@ -42,6 +42,11 @@ class QAT(Stage):
         from edgekd.runtimes import make_runner
 
         q = ctx.cfg.quantize
+        if ctx.task.name != "classify":
+            from edgekd.errors import UsageError
+
+            raise UsageError(f"QAT is implemented for classifiers; this run's task is {ctx.task.name}",
+                             "use post-training quantization (drop --qat)")
         out = ctx.run.fresh_dir("quantize", "qat")
         fp = ctx.student_module()
         qcfg = QATConfig(**parse_bits(q.bits), act_quantizer=q.act_quantizer, first_last=q.first_last, keep_fp=q.keep_fp,
@@ -74,7 +79,7 @@ class QAT(Stage):
             except Exception as e:  # noqa: BLE001 - a runtime that is not installed is reported, not fatal here
                 checks[name] = {"error": str(e)[:200]}
                 continue
-            checks[name] = parity.compare(ref, got)
+            checks[name] = ctx.task.parity(ref, got)
         report = {"bits": q.bits, "qat": q.qat, "ti": ti, "plan": plan, "export": info, "training": res,
                   "parity_vs_torch_fakequant_test": checks,
                   "low_bit_weights": "deployed as int8 Q/DQ holding the low-bit values exactly (lossless); no runtime "

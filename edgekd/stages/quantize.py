@@ -10,8 +10,6 @@ from __future__ import annotations
 import shutil
 from typing import Any
 
-import numpy as np
-
 from edgekd import progress
 from edgekd.fileio import write_json
 from edgekd.rundir import StageResult
@@ -69,11 +67,11 @@ class Quantize(Stage):
             outputs.update({k: ctx.run.rel(v) for k, v in q.files.items()})
             info.update(precision="int8", calibration={"recipe": recipe.model_dump(), "samples": int(len(cx)),
                                                        "samples_requested": int(wanted),
-                                                       "per_class": np.bincount(cy, minlength=ctx.num_classes).tolist()})
+                                                       **ctx.task.describe_calibration(cy, ctx.info)})
             # int8 vs fp32 on the val split (real data the student never trained on)
             ref = parity.run_batched(make_runner("onnxruntime", fp32, {"graph_optimization": "all"}), data.val.x)
             got = parity.run_batched(make_runner(q.check_backend, q.files["model"], q.check_settings), data.val.x)
-            info["parity_int8_vs_fp32_val"] = parity.compare(ref, got)
+            info["parity_int8_vs_fp32_val"] = ctx.task.parity(ref, got)
         write_json(out / "calibration.json", info)  # before the gate, so a failed stage keeps its evidence
         if "parity_int8_vs_fp32_val" in info:
             parity.check(info["parity_int8_vs_fp32_val"], what=f"int8 model for {p.name} vs fp32", atol=None,

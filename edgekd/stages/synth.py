@@ -56,11 +56,9 @@ class Synth(Stage):
         mean, std = (norm["mean"], norm["std"]) if norm else (None, None)
         student = recipe = None
         if uses_student(method):  # DFAD plays, and ADI competes, against the pipeline's student
-            from edgekd.models.student import build_student
-
             torch.manual_seed(ctx.cfg.distill.seed)
-            student, recipe = build_student(ctx.cfg.distill.student, ctx.input_shape[1], ctx.num_classes,
-                                            ctx.cfg.distill.width, ctx.cfg.distill.depth)
+            student, recipe = ctx.task.build_student(ctx.cfg.distill.student, ctx.input_shape, ctx.info,
+                                                     ctx.cfg.distill.width, ctx.cfg.distill.depth)
         progress.log(f"synth: data-free, {s.n} images with {method} (no real data given)" if ctx.data_free
                      else f"synth: {s.n} images with {method}, mixed into the real training split")
         res = synthesize(ctx.teacher.module, s.n, ctx.input_shape[1:], ctx.num_classes, method=method, seed=s.seed,

@@ -1,12 +1,14 @@
 """Classification: one ``(batch, classes)`` logits output, integer labels; top-1 is the primary metric.
 
-    score      top-1 = mean(argmax z == y)
-    agreement  mean(argmax z_student == argmax z_teacher)
+    score       top-1 = mean(argmax z == y)
+    agreement   mean(argmax z_student == argmax z_teacher)
+    distill     the KD losses of edgekd.kd.losses on the logits (edgekd.kd.trainer)
     calibration class-balanced (stratified) samples of the recipe's split
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -33,6 +35,40 @@ class Classification(Task):
     def output_names(self, info: dict[str, Any]) -> list[str]:
         return ["logits"]
 
+    def load_data(self, spec: str, *, input_shape: tuple[int, ...], info: dict[str, Any], mean: Any, std: Any,
+                  val_fraction: float, seed: int, limit: int | None) -> Any:
+        from edgekd.data import load_dataset
+        from edgekd.errors import DataError
+
+        ds = load_dataset(spec, channels=input_shape[1], size=tuple(input_shape[2:4]) if len(input_shape) == 4 else None,
+                          val_fraction=val_fraction, seed=seed, mean=mean, std=std, limit=limit)
+        if tuple(ds.input_shape) != tuple(input_shape[1:]):
+            raise DataError(f"data samples have shape {ds.input_shape}, the model wants {tuple(input_shape[1:])}",
+                            "pass data of the model's input size or the right --input-shape")
+        if ds.num_classes > info["num_classes"]:
+            raise DataError(f"data has {ds.num_classes} classes, the teacher predicts {info['num_classes']}",
+                            "pass the teacher's dataset")
+        return ds
+
+    def synth_classes(self, info: dict[str, Any]) -> int:
+        return int(info["num_classes"])
+
+    def build_student(self, spec: str, input_shape: tuple[int, ...], info: dict[str, Any], width: int | None,
+                      depth: int | None) -> tuple[Any, dict[str, Any]]:
+        from edgekd.models.student import build_student
+
+        return build_student(spec, input_shape[1], info["num_classes"], width, depth)
+
+    def distill(self, teacher: Any, student: Any, data: Any, cfg: Any, ckpt_dir: Path | None) -> Any:
+        from edgekd.kd.trainer import train_student
+
+        return train_student(teacher, student, data, cfg, ckpt_dir)
+
+    def evaluate(self, model: Any, x: np.ndarray, y: np.ndarray) -> dict[str, float]:
+        from edgekd.kd.trainer import predict_logits
+
+        return self.score(predict_logits(model, x), y)
+
     def score(self, outputs: np.ndarray, targets: np.ndarray) -> dict[str, float]:
         if not len(targets):
             return {"samples": 0, "top1": float("nan")}
@@ -41,7 +77,15 @@ class Classification(Task):
     def agreement(self, reference: np.ndarray, outputs: np.ndarray) -> float:
         return float((reference.argmax(1) == outputs.argmax(1)).mean()) if len(reference) else 1.0
 
+    def parity(self, reference: np.ndarray, outputs: np.ndarray) -> dict[str, float]:
+        from edgekd.exporters.parity import compare
+
+        return compare(reference, outputs)
+
     def calibration(self, data: Any, recipe: Any, count: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         from edgekd.quant.calibration import select
 
         return select(data, recipe, count)
+
+    def describe_calibration(self, targets: np.ndarray, info: dict[str, Any]) -> dict[str, Any]:
+        return {"per_class": np.bincount(targets, minlength=info["num_classes"]).tolist()}
