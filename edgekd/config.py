@@ -155,6 +155,8 @@ class BenchConfig(Strict):
     warmup_seconds: float | None = Field(None, ge=0)
     iterations: int | None = Field(None, ge=10)
     threads: int | None = Field(None, ge=1)
+    rounds: int = Field(3, ge=1, le=20, description="alternating rounds: artifacts timed A B C, C B A, … in one run, each "
+                        "round a fresh process; the speed-up is the median of the per-round ratios, with their range")
     include_teacher: bool = True
     include_student_fp32: bool = True
 

@@ -105,7 +105,7 @@ def good_run(tmp_path_factory: pytest.TempPathFactory, fmnist: Path) -> Path:
     edgekd.compress(REPO / "examples" / "fmnist_teacher.pt2", targets=["x86-cpu"], run_dir=str(root),
                     data={"path": "fashion-mnist", "limit": 600, "eval_limit": 300},
                     distill={"student": "resnet-xs", "epochs": 1, "batch_size": 64, "lr": 0.05},
-                    quantize={"calibration": "small"}, bench={"iterations": 10, "warmup": 1, "warmup_seconds": 0.01})
+                    quantize={"calibration": "small"}, bench={"iterations": 10, "warmup": 1, "warmup_seconds": 0.01, "rounds": 1})
     return root
 
 

@@ -27,20 +27,57 @@ def test_percentiles_on_a_known_sample() -> None:
     assert spiky["outliers"] == 1 and spiky["p50_ms"] == pytest.approx(1.0)
 
 
-def test_worker_never_imports_torch(tmp_path: Path) -> None:
+def test_worker_times_each_batch_and_scores_raw_outputs_with_the_task(tmp_path: Path) -> None:
+    """(That the worker imports no torch is tested through the device-side runner, test_device_runner.py.)"""
     export_onnx(build_model("resnet-xs", 1, 10).eval(), (1, 1, 28, 28), tmp_path / "m.onnx")
     x = np.random.default_rng(0).standard_normal((20, 1, 28, 28)).astype(np.float32)
-    np.savez(tmp_path / "d.npz", x=x, y=np.arange(20) % 10)
-    # a sitecustomize that makes "import torch" fail inside the worker
-    (tmp_path / "block").mkdir()
-    (tmp_path / "block" / "torch.py").write_text("raise ImportError('torch is blocked in this test')\n")
+    y = np.arange(20) % 10
+    np.savez(tmp_path / "d.npz", x=x, y=y)
     repo = Path(__file__).resolve().parents[1]
-    env = {"PYTHONPATH": f"{tmp_path / 'block'}:{repo}", "PATH": "/usr/bin:/bin"}
     res = subprocess.run([sys.executable, "-m", "edgekd.benchmark.worker", "--backend", "onnxruntime", "--model", str(tmp_path / "m.onnx"),
                           "--data", str(tmp_path / "d.npz"), "--settings", json.dumps({"threads": 1, "input_shape": [1, 1, 28, 28]}),
-                          "--warmup", "2", "--iterations", "15", "--batch-sizes", "1,4"], capture_output=True, text=True, env=env)
+                          "--warmup", "2", "--iterations", "15", "--batch-sizes", "1,4", "--logits-out", str(tmp_path / "o.npy"),
+                          "--task", "classify"], capture_output=True, text=True, cwd=repo)
     assert res.returncode == 0, res.stderr
     out = json.loads(res.stdout)
-    assert out["torch_imported"] is False and out["accuracy"]["samples"] == 20
     assert set(out["latency"]) == {"1", "4"} and out["latency"]["1"]["runs"] == 15
+    outputs = np.load(tmp_path / "o.npy")
+    assert outputs.shape == (20, 10)
+    assert out["accuracy"] == {"samples": 20, "top1": float((outputs.argmax(1) == y).mean())}  # the task's score
     assert out["peak_rss_mb"] > 10
+
+
+def test_rounds_combine_into_one_result() -> None:
+    """Batch-1 statistics over every call of every round; other batches as the median of the rounds' p50."""
+    from edgekd.stages.bench import combine_rounds
+
+    def worker(times_ms: list[float], p50_8: float, rss: float) -> dict:
+        lat1 = {**latency_stats(np.asarray(times_ms) / 1e3), "times_ms": times_ms}
+        return {"backend": "onnxruntime", "size_bytes": 1, "peak_rss_mb": rss, "accuracy": {"top1": 0.5, "samples": 4},
+                "latency": {"1": lat1, "8": {"p50_ms": p50_8, "throughput_per_s": 8e3 / p50_8}}}
+
+    rounds = [worker([1.0, 2.0, 3.0], 10.0, 100), worker([4.0, 5.0, 6.0], 20.0, 120), worker([7.0, 8.0, 9.0], 12.0, 90)]
+    r = combine_rounds(rounds, "student", "int8", "a.onnx")
+    assert r["per_round_p50_ms"] == [2.0, 5.0, 8.0]
+    assert r["latency"]["1"]["p50_ms"] == pytest.approx(5.0) and r["latency"]["1"]["runs"] == 9
+    assert r["latency"]["8"]["p50_ms"] == 12.0 and r["latency"]["8"]["throughput_per_s"] == pytest.approx(8e3 / 12)
+    assert r["peak_rss_mb"] == 120 and r["accuracy"] == {"top1": 0.5, "samples": 4}
+
+
+def test_no_distill_times_each_file_once_in_alternating_rounds(tmp_path: Path, demo_teacher: Path, fmnist: Path) -> None:
+    """--no-distill: no "student" rows (there is none, and its FP32 export would be the teacher's file timed against
+    itself); the speed-up is the median of the per-round ratios of the same run."""
+    import edgekd
+    from edgekd.fileio import read_json
+
+    run = tmp_path / "run"
+    rep = edgekd.compress(demo_teacher, targets=["x86-cpu"], run_dir=str(run), data={"path": "fashion-mnist", "limit": 600,
+                          "eval_limit": 300}, distill={"enabled": False}, quantize={"calibration": "small"},
+                          bench={"iterations": 30, "warmup": 2, "warmup_seconds": 0.05, "rounds": 3})
+    assert sorted((r["model"], r["precision"]) for r in rep["rows"]) == [("teacher", "fp32"), ("teacher", "int8")]
+    lat = read_json(run / "05-bench" / "x86-cpu" / "latency.json")["results"]
+    fp32, int8 = (next(r for r in lat if r["precision"] == p) for p in ("fp32", "int8"))
+    assert len(fp32["per_round_p50_ms"]) == len(int8["per_round_p50_ms"]) == 3
+    ratios = sorted(a / b for a, b in zip(fp32["per_round_p50_ms"], int8["per_round_p50_ms"]))
+    assert int8["speedup_vs_teacher_p50"] == pytest.approx(ratios[1]) and int8["speedup_range"] == pytest.approx([ratios[0], ratios[2]])
+    assert fp32["artifact"] != int8["artifact"]

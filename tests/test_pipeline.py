@@ -23,7 +23,7 @@ SMALL = {
     "data": {"path": "fashion-mnist", "limit": 3000, "eval_limit": 1000},
     "distill": {"student": "resnet-xs", "epochs": 2, "batch_size": 64, "lr": 0.05},
     "quantize": {"calibration": "small"},
-    "bench": {"iterations": 20, "warmup": 2, "warmup_seconds": 0.05},
+    "bench": {"iterations": 20, "warmup": 2, "warmup_seconds": 0.05, "rounds": 1},  # rounds: tests/test_bench.py
 }
 
 
@@ -60,7 +60,7 @@ def test_compress_from_python_both_runtimes(demo_teacher: Path, fmnist: Path, tm
     assert {k: v["finished"] for k, v in man2["stages"].items()} == {k: v["finished"] for k, v in man["stages"].items()}
 
     # changing only the bench section re-runs only bench
-    edgekd.compress(demo_teacher, targets=["x86-cpu"], run_dir=str(run), **{**SMALL, "bench": {"iterations": 25, "warmup": 2, "warmup_seconds": 0.05}})
+    edgekd.compress(demo_teacher, targets=["x86-cpu"], run_dir=str(run), **{**SMALL, "bench": {"iterations": 25, "warmup": 2, "warmup_seconds": 0.05, "rounds": 1}})
     man3 = read_json(run / "manifest.json")
     assert man3["stages"]["distill"]["finished"] == man["stages"]["distill"]["finished"]
     assert man3["stages"]["bench/x86-cpu"]["finished"] != man["stages"]["bench/x86-cpu"]["finished"]
@@ -165,7 +165,7 @@ def test_data_free_pipeline_end_to_end_without_data(demo_teacher: Path, tmp_path
     cfg = {"synth": {"n": 96, "iterations": 25, "batch_size": 48},
            "distill": {"student": "resnet-xs", "epochs": 2, "batch_size": 32, "lr": 0.05},
            "quantize": {"calibration": "small", "min_top1_agreement": 0.5},
-           "bench": {"iterations": 20, "warmup": 2, "warmup_seconds": 0.05}}
+           "bench": {"iterations": 20, "warmup": 2, "warmup_seconds": 0.05, "rounds": 1}}
     rep = edgekd.compress(demo_teacher, targets=["x86-cpu"], run_dir=str(run), **cfg)
     man = read_json(run / "manifest.json")
     data = man["inputs"]["data"]
@@ -202,7 +202,7 @@ def test_data_free_dfad_bn_trains_the_pipeline_student_inside_the_game(demo_teac
     cfg = {"synth": {"method": "dfad-bn", "n": 96, "iterations": 5},
            "distill": {"student": "resnet-xs"},
            "quantize": {"calibration": "small", "min_top1_agreement": 0.5},
-           "bench": {"iterations": 20, "warmup": 2, "warmup_seconds": 0.05}}
+           "bench": {"iterations": 20, "warmup": 2, "warmup_seconds": 0.05, "rounds": 1}}
     edgekd.compress(demo_teacher, targets=["x86-cpu"], run_dir=str(run), **cfg)
     man = read_json(run / "manifest.json")
     assert man["inputs"]["data"]["synthetic"]["method"] == "dfad-bn"

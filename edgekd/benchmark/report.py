@@ -34,7 +34,8 @@ def collect(run: RunDir) -> list[dict[str, Any]]:
                 "top1": a.get("top1"), "agreement_with_teacher": a.get("agreement_with_teacher"),
                 "p50_ms": l1.get("p50_ms"), "p90_ms": l1.get("p90_ms"), "p99_ms": l1.get("p99_ms"),
                 "cov": l1.get("cov"), "throughput_per_s": {b: v["throughput_per_s"] for b, v in r["latency"].items()},
-                "speedup_vs_teacher_p50": r.get("speedup_vs_teacher_p50"), "size_bytes": r["size_bytes"],
+                "speedup_vs_teacher_p50": r.get("speedup_vs_teacher_p50"), "speedup_range": r.get("speedup_range"),
+                "rounds": len(r.get("per_round_p50_ms") or []) or None, "size_bytes": r["size_bytes"],
                 "peak_rss_mb": r["peak_rss_mb"], "threads": r.get("threads"), "artifact": r.get("artifact"),
                 "p95_ms": l1.get("p95_ms"), "mean_ms": l1.get("mean_ms"), "outliers": l1.get("outliers"),
                 "times_ms": l1.get("times_ms"), "tegrastats": l1.get("tegrastats"),
@@ -46,19 +47,31 @@ def _fmt(v: Any, spec: str) -> str:
     return "–" if v is None else format(v, spec)
 
 
+def _speedup(r: dict[str, Any]) -> str:
+    """``6.7× (6.2–7.1)``: the median of the per-round ratios and their range."""
+    if r.get("speedup_vs_teacher_p50") is None:
+        return "–"
+    text = f"{r['speedup_vs_teacher_p50']:.1f}×"
+    lo_hi = r.get("speedup_range")
+    if lo_hi and (r.get("rounds") or 0) > 1 and not (r["model"] == "teacher" and r["precision"] == "fp32"):
+        text += f" ({lo_hi[0]:.1f}–{lo_hi[1]:.1f})"
+    return text
+
+
 def recommendations(rows: list[dict[str, Any]]) -> list[str]:
-    """Where the measured INT8 student is not faster than its FP32 export on the same target (batch 1), say so:
-    INT8 then buys size only, and FP32 is the better deployment (``--precision fp32``). Tiny transformers on CPU
-    runtimes are the usual case: the Q/DQ work around small MatMuls costs more than the int8 kernels save."""
+    """Where the measured INT8 model (the student, or the teacher itself with distillation off) is not faster than
+    its own FP32 export on the same target (batch 1), say so: INT8 then buys size only, and FP32 is the better
+    deployment (``--precision fp32``). Tiny transformers on CPU runtimes are the usual case: the Q/DQ work around
+    small MatMuls costs more than the int8 kernels save."""
     out = []
-    by_target: dict[str, dict[str, dict[str, Any]]] = {}
+    by_model: dict[tuple[str, str], dict[str, dict[str, Any]]] = {}
     for r in rows:
-        if r["model"] == "student" and r.get("p50_ms") is not None:
-            by_target.setdefault(r["target"], {})[r["precision"]] = r
-    for target, recs in sorted(by_target.items()):
+        if r.get("p50_ms") is not None:
+            by_model.setdefault((r["target"], r["model"]), {})[r["precision"]] = r
+    for (target, model), recs in sorted(by_model.items()):
         fp32, int8 = recs.get("fp32"), recs.get("int8")
         if fp32 and int8 and int8["p50_ms"] >= fp32["p50_ms"]:
-            out.append(f"{target}: the INT8 student is not faster than FP32 at batch 1 ({int8['p50_ms']:.3f} vs "
+            out.append(f"{target}: the INT8 {model} is not faster than FP32 at batch 1 ({int8['p50_ms']:.3f} vs "
                        f"{fp32['p50_ms']:.3f} ms); it only saves size. Deploy FP32 here unless size matters "
                        "(edgekd compress ... --precision fp32).")
     return out
@@ -92,7 +105,7 @@ def markdown(run: RunDir, rows: list[dict[str, Any]]) -> str:
         size = None if r["size_bytes"] is None else r["size_bytes"] / 1024
         lines.append(f"| {r['target']} | {r['backend']} | {r['model']} | {r['precision']} | {_fmt(r['top1'], '.4f')} | "
                      f"{_fmt(r['agreement_with_teacher'], '.4f')} | {_fmt(r['p50_ms'], '.3f')} | {_fmt(r['p90_ms'], '.3f')} | "
-                     f"{_fmt(r['p99_ms'], '.3f')} | {_fmt(r['speedup_vs_teacher_p50'], '.1f')}× | {_fmt(size, '.0f')} | "
+                     f"{_fmt(r['p99_ms'], '.3f')} | {_speedup(r)} | {_fmt(size, '.0f')} | "
                      f"{_fmt(r['peak_rss_mb'], '.0f')} |")
     for r in rows:
         if r.get("note"):
@@ -103,8 +116,11 @@ def markdown(run: RunDir, rows: list[dict[str, Any]]) -> str:
                          f"(mean input power {tele['power_in_mw_mean']:.0f} mW, peak temperatures {tele.get('peak_temps_c')})")
     for rec in recommendations(rows):
         lines.append(f"\n- **Recommendation** — {rec}")
-    lines += ["", "Latency: batch 1, one process per artifact, after warm-up; speed-up = teacher p50 / model p50 on the same "
-              "runtime and thread count. Accuracy: top-1 on the held-out test split.", ""]
+    n_rounds = max((r.get("rounds") or 1 for r in rows), default=1)
+    lines += ["", f"Latency: batch 1, a fresh process per artifact and round, after warm-up; {n_rounds} alternating "
+              "round(s) in one run (A B C, C B A, …); speed-up = teacher p50 / model p50 on the same runtime and thread "
+              "count, the median of the per-round ratios (their range in brackets). Accuracy: top-1 on the held-out "
+              "test split.", ""]
     for stage_id, rec in sorted(m.get("stages", {}).items()):
         if stage_id.startswith("lower/") and rec.get("status") == "done":
             b = read_json(run.root / rec["outputs"]["build"])

@@ -29,6 +29,30 @@ class Bench(Stage):
     def config(self, ctx, profile) -> dict[str, Any]:  # noqa: ANN001
         return {"bench": ctx.cfg.bench.model_dump()}
 
+    @staticmethod
+    def artifacts(ctx, p, roles: tuple[str, ...], deployed: Path) -> list[tuple[str, str, Path]]:  # noqa: ANN001
+        """(role, precision, path) to time: the teacher's FP32 export, the student's, the deployed artifact — each file
+        once (by content hash). With distillation off there is no student: the deployed artifact is the teacher's."""
+        from edgekd.fileio import sha256_path
+
+        b = ctx.cfg.bench
+        distilled = ctx.distilled()
+        found: list[tuple[str, str, Path]] = []
+        if b.include_teacher and "teacher" in roles:
+            found.append(("teacher", "fp32", ctx.run.output("export", "teacher")))
+        if distilled and b.include_student_fp32 and "student_fp32" in roles and ctx.precision(p) != "fp32":
+            found.append(("student", "fp32", ctx.run.output("export", "student")))
+        found.append(("student" if distilled else "teacher", ctx.precision(p), deployed))
+        seen: dict[str, int] = {}
+        unique = []
+        for role, prec, path in found:
+            h = sha256_path(path) + (sha256_path(path.with_suffix(".bin")) if path.suffix == ".xml" else "")
+            if h in seen:  # the same file under two names would be timed against itself
+                continue
+            seen[h] = len(unique)
+            unique.append((role, prec, path))
+        return unique
+
     def run(self, ctx, profile, key: str) -> StageResult:  # noqa: ANN001
         from edgekd.backends import get_backend
         from edgekd.benchmark.envinfo import capture as describe_environment
@@ -57,34 +81,38 @@ class Bench(Stage):
             settings["threads"] = b.threads
         settings["input_shape"] = list(ctx.input_shape)
         settings["warmup_seconds"] = b.warmup_seconds if b.warmup_seconds is not None else p.measure.warmup_seconds
-        settings["max_seconds"] = p.measure.max_seconds
-        roles = backend.bench_roles()
-        artifacts: list[tuple[str, str, Path]] = []
-        if b.include_teacher and "teacher" in roles:
-            artifacts.append(("teacher", "fp32", ctx.run.output("export", "teacher")))
-        if b.include_student_fp32 and "student_fp32" in roles and ctx.precision(p) != "fp32":
-            artifacts.append(("student", "fp32", ctx.run.output("export", "student")))
-        artifacts.append(("student", ctx.precision(p), deployed))
-        results = []
-        teacher_out = None
-        for role, prec, path in artifacts:
-            progress.log(f"bench/{p.name}: {role} {prec} ({p.backend}, {settings.get('threads')} threads)")
-            logits_path = out / f"logits-{role}-{prec}.npy"
-            r = run_worker(p.backend, path, eval_npz, settings, b.warmup if b.warmup is not None else p.measure.warmup,
-                           b.iterations or p.measure.iterations, p.measure.batch_sizes, logits_path, ctx.task.name)
-            outputs = np.load(logits_path)
-            logits_path.unlink()
-            if role == "teacher":
-                teacher_out = outputs
-            r.update(role=role, precision=prec, artifact=ctx.run.rel(path))
-            if teacher_out is not None:
-                r["accuracy"]["agreement_with_teacher"] = ctx.task.agreement(teacher_out, outputs)
-            results.append(r)
-        base = next((r for r in results if r["role"] == "teacher"), None)
-        for r in results:
-            if base:
-                r["speedup_vs_teacher_p50"] = (base["latency"]["1"]["p50_ms"] / r["latency"]["1"]["p50_ms"]
-                                               if "1" in r["latency"] else None)
+        settings["max_seconds"] = p.measure.max_seconds / b.rounds
+        artifacts = self.artifacts(ctx, p, backend.bench_roles(), deployed)
+        iterations = max(10, (b.iterations or p.measure.iterations) // b.rounds)
+        warmup = b.warmup if b.warmup is not None else p.measure.warmup
+        rounds: dict[int, list[dict[str, Any]]] = {i: [] for i in range(len(artifacts))}
+        outputs: dict[int, np.ndarray] = {}
+        for r in range(b.rounds):  # alternating order, so drift on a shared machine hits every artifact alike
+            order = range(len(artifacts)) if r % 2 == 0 else reversed(range(len(artifacts)))
+            for i in order:
+                role, prec, path = artifacts[i]
+                progress.log(f"bench/{p.name}: round {r + 1}/{b.rounds} {role} {prec} ({p.backend}, "
+                             f"{settings.get('threads')} threads)")
+                logits_path = out / f"outputs-{i}.npy"
+                first = r == 0  # the outputs (and the task's metric) come from the first round only
+                rounds[i].append(run_worker(p.backend, path, eval_npz if first else None, settings, warmup, iterations,
+                                            p.measure.batch_sizes, logits_path if first else None, ctx.task.name))
+                if first:
+                    outputs[i] = np.load(logits_path)
+                    logits_path.unlink()
+        results = [combine_rounds(rounds[i], role, prec, ctx.run.rel(path)) for i, (role, prec, path) in enumerate(artifacts)]
+        base_i = next((i for i, (role, prec, _) in enumerate(artifacts) if role == "teacher" and prec == "fp32"), None)
+        for i, r in enumerate(results):
+            if base_i is not None:
+                r["accuracy"]["agreement_with_teacher"] = ctx.task.agreement(outputs[base_i], outputs[i])
+                ratios = [t / a for t, a in zip(results[base_i]["per_round_p50_ms"], r["per_round_p50_ms"])]
+                r["speedup_vs_teacher_p50"] = float(np.median(ratios))
+                r["speedup_range"] = [float(min(ratios)), float(max(ratios))]
+            cov = r["latency"].get("1", {}).get("cov")
+            if cov is not None and cov > 0.25:
+                progress.warn(f"bench/{p.name}: {r['role']} {r['precision']} latency varies a lot (CoV {cov:.2f}): the "
+                              "machine is busy or throttling; its numbers are less reliable")
+        base = results[base_i] if base_i is not None else None
         write_json(out / "latency.json", {"target": p.name, "backend": p.backend, "settings": settings,
                                           "environment": describe_environment(),
                                           "results": [{k: v for k, v in r.items() if k != "accuracy"} for r in results]})
@@ -92,9 +120,31 @@ class Bench(Stage):
                                            "results": [{"role": r["role"], "precision": r["precision"], **r["accuracy"]}
                                                        for r in results]})
         dep = results[-1]
-        metrics = {"top1": dep["accuracy"]["top1"], "p50_ms": dep["latency"].get("1", {}).get("p50_ms"),
-                   "speedup_vs_teacher_p50": dep.get("speedup_vs_teacher_p50")}
+        primary = ctx.task.primary
+        metrics = {primary: dep["accuracy"][primary], "p50_ms": dep["latency"].get("1", {}).get("p50_ms"),
+                   "speedup_vs_teacher_p50": dep.get("speedup_vs_teacher_p50"), "rounds": b.rounds}
         if base:
-            metrics["teacher_top1"] = base["accuracy"]["top1"]
+            metrics[f"teacher_{primary}"] = base["accuracy"][primary]
         return StageResult({"latency": ctx.run.rel(out / "latency.json"), "accuracy": ctx.run.rel(out / "accuracy.json")},
                            metrics)
+
+
+def combine_rounds(rounds: list[dict[str, Any]], role: str, precision: str, artifact: str) -> dict[str, Any]:
+    """One artifact's rounds as one result: batch-1 statistics over every timed call of every round (the raw times),
+    other batch sizes as the median over rounds; ``per_round_p50_ms`` keeps each round's batch-1 median."""
+    from edgekd.benchmark.stats import latency_stats
+
+    first = rounds[0]
+    latency: dict[str, Any] = {}
+    for bkey in first["latency"]:
+        per = [r["latency"][bkey] for r in rounds]
+        times = [t for st in per for t in st.get("times_ms", [])]
+        if times:
+            latency[bkey] = {**latency_stats(np.asarray(times) / 1e3, batch=int(bkey)), "times_ms": times[:2000]}
+        else:
+            med = float(np.median([st["p50_ms"] for st in per]))
+            latency[bkey] = {**per[0], "p50_ms": med, "throughput_per_s": int(bkey) * 1e3 / med if med else None}
+        latency[bkey]["rounds"] = len(rounds)
+    return {**first, "role": role, "precision": precision, "artifact": artifact, "latency": latency,
+            "per_round_p50_ms": [r["latency"].get("1", next(iter(r["latency"].values())))["p50_ms"] for r in rounds],
+            "peak_rss_mb": max(r["peak_rss_mb"] for r in rounds), "accuracy": dict(first.get("accuracy", {}))}
