@@ -20,7 +20,7 @@ from edgekd.config import PipelineConfig
 from edgekd.errors import UsageError
 from edgekd.fileio import sha256_file
 from edgekd.rundir import RunDir, RunDirError
-from edgekd.targets import Profile, resolve
+from edgekd.targets import Profile, isa_advice, resolve
 from edgekd.tasks import Task, get_task
 
 if TYPE_CHECKING:
@@ -191,6 +191,10 @@ def open_run(cfg: PipelineConfig) -> RunContext:
     profiles = [resolve(t) for t in cfg.targets]
     if not profiles:
         raise UsageError("no target given", "pass --target, e.g. --target x86-cpu (list: edgekd targets)")
+    for p in profiles:
+        advice = isa_advice(p)
+        if advice:
+            progress.warn(advice)
     validate_config(cfg)
     lm = load_model(cfg.model, arch=cfg.arch, input_shape=cfg.input_shape, allow_pickle=cfg.allow_pickle)
     shape = require_input_shape(lm)

@@ -179,10 +179,55 @@ def all_profiles(broken: dict[str, TargetError] | None = None) -> dict[str, Prof
     return found
 
 
+VNNI_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
+
+
+def auto_profile_name(machine: str, isa: list[str]) -> tuple[str, str]:
+    """(profile, why) for ``--target auto``: this machine's CPU profile. On x86-64 the choice that matters is VNNI:
+    with it, full 8-bit weights are fast and accurate (``x86-cpu-vnni``); without it the u8·s8 AVX2 kernels
+    saturate unless weights use 7 bits (``x86-cpu``, reduce_range). ARM64 takes the ARM CPU profile (S8S8)."""
+    if machine in ("x86_64", "AMD64"):
+        have = [f for f in VNNI_FLAGS if f in isa]
+        if have:
+            return "x86-cpu-vnni", f"this CPU has {have[0]}: full 8-bit weights"
+        return "x86-cpu", "this CPU has no VNNI: 7-bit weights (reduce_range) keep AVX2's int8 kernels exact"
+    if machine in ("aarch64", "arm64"):
+        return "raspberry-pi-5", "an ARM64 CPU: ONNX Runtime with S8S8 int8"
+    raise TargetError(f"--target auto does not know CPUs of type {machine!r}", "name a target (list: edgekd targets)")
+
+
+def isa_advice(profile: Profile) -> str | None:
+    """A warning when an x86 CPU profile's int8 settings do not fit the CPU this runs on (benchmark numbers would be
+    for the wrong settings)."""
+    from edgekd.benchmark.envinfo import cpu_info
+
+    if profile.backend != "onnxruntime" or profile.device.arch != "x86_64":
+        return None
+    cpu = cpu_info()
+    if cpu.get("machine") != "x86_64":
+        return None
+    vnni = any(f in cpu.get("isa", []) for f in VNNI_FLAGS)
+    if vnni and profile.onnxruntime.reduce_range:
+        return (f"this CPU has VNNI, but target {profile.name} quantizes weights to 7 bits (reduce_range, for CPUs "
+                "without VNNI); x86-cpu-vnni (or --target auto) fits this machine")
+    if not vnni and profile.onnxruntime.activation_type == "uint8" and not profile.onnxruntime.reduce_range:
+        return (f"this CPU has no VNNI, so target {profile.name}'s full 8-bit weights can saturate AVX2's int8 "
+                "kernels; x86-cpu (or --target auto) fits this machine")
+    return None
+
+
 def resolve(name: str) -> Profile:
-    """A profile by name, alias or path to a profile file."""
+    """A profile by name, alias or path to a profile file; ``auto`` is this machine's CPU profile."""
     if name.endswith((".yaml", ".yml")) and Path(name).is_file():
         return load_profile_file(Path(name))
+    if name == "auto":
+        from edgekd import progress
+        from edgekd.benchmark.envinfo import cpu_info
+
+        cpu = cpu_info()
+        chosen, why = auto_profile_name(cpu.get("machine", ""), cpu.get("isa", []))
+        progress.log(f"target auto → {chosen} ({why})")
+        return resolve(chosen)
     broken: dict[str, TargetError] = {}
     profiles = all_profiles(broken)
     if name in profiles:

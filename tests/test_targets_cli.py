@@ -103,3 +103,23 @@ def test_cli_global_flags_after_the_command() -> None:
 def test_cli_unknown_option_is_a_usage_error() -> None:
     res = cli("compress", "--bogus")
     assert res.returncode == 2 and "--bogus" in (res.stderr + res.stdout)
+
+
+def test_target_auto_picks_this_cpus_profile() -> None:
+    from edgekd.benchmark.envinfo import cpu_info
+    from edgekd.targets import auto_profile_name, isa_advice
+
+    assert auto_profile_name("x86_64", ["avx2", "avx512f", "avx512_vnni"])[0] == "x86-cpu-vnni"
+    assert auto_profile_name("x86_64", ["avx2", "avx_vnni"])[0] == "x86-cpu-vnni"
+    assert auto_profile_name("x86_64", ["avx2"])[0] == "x86-cpu"
+    assert auto_profile_name("aarch64", ["asimddp"])[0] == "raspberry-pi-5"
+    with pytest.raises(TargetError):
+        auto_profile_name("riscv64", [])
+    cpu = cpu_info()
+    if cpu["machine"] in ("x86_64", "aarch64"):
+        chosen = resolve("auto")
+        assert chosen.name == auto_profile_name(cpu["machine"], cpu.get("isa", []))[0]
+        assert isa_advice(chosen) is None  # the machine's own profile draws no advice
+        if cpu["machine"] == "x86_64":  # and the other x86 profile does
+            other = "x86-cpu" if chosen.name == "x86-cpu-vnni" else "x86-cpu-vnni"
+            assert "VNNI" in isa_advice(resolve(other))
