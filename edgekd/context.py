@@ -198,6 +198,10 @@ def open_run(cfg: PipelineConfig) -> RunContext:
     validate_config(cfg)
     lm = load_model(cfg.model, arch=cfg.arch, input_shape=cfg.input_shape, allow_pickle=cfg.allow_pickle)
     shape = require_input_shape(lm)
+    if lm.format == "onnx":
+        check_onnx_teacher(cfg)
+    for note in lm.notes:
+        progress.log(f"model: {note}")
     task = get_task("classify" if cfg.task == "auto" else cfg.task)
     info = probe(lm.module, shape, task.name)
     real = load_real_data(cfg, lm, shape, task, info) if cfg.data.path is not None else None
@@ -218,6 +222,19 @@ def open_run(cfg: PipelineConfig) -> RunContext:
                      real_data=real)
     Runner(ctx)
     return ctx
+
+
+def check_onnx_teacher(cfg: PipelineConfig) -> None:
+    """What needs gradients through the teacher, or its module paths, cannot use an ONNX teacher: one line each."""
+    hint = "pass the PyTorch model (TorchScript, .pt2, state_dict + --arch) for this"
+    if cfg.data.path is None or cfg.synth.mix:
+        raise UsageError("data-free synthesis optimises images through the teacher's gradients; an ONNX teacher has "
+                         "none", "pass real data with --data, or " + hint)
+    if cfg.distill.enabled and cfg.distill.features:
+        raise UsageError("feature distillation reads the teacher's module paths; an ONNX teacher has none", hint)
+    if cfg.quantize.qat != "none" and not cfg.distill.enabled:
+        raise UsageError("QAT trains a quantized copy of the model in PyTorch; an ONNX teacher cannot be copied",
+                         "distil a student first (drop --no-distill), or " + hint)
 
 
 def validate_config(cfg: PipelineConfig) -> None:

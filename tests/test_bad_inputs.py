@@ -301,8 +301,8 @@ def test_a_bad_profile_breaks_only_itself(capsys, tmp_path, monkeypatch) -> None
     expect(capsys, 2, "broken.yaml", args=("targets", "show", "broken"))
 
 
-def test_onnx_teacher_is_refused_with_a_reason(capsys, good_run) -> None:  # noqa: ANN001
-    expect(capsys, 2, "onnx", args=("compress", str(good_run / "02-export" / "teacher.onnx"), "-t", "x86-cpu"))
+def test_onnx_teacher_without_data_is_refused_with_the_reason(capsys, good_run) -> None:  # noqa: ANN001
+    expect(capsys, 2, "onnx", "gradients", args=("compress", str(good_run / "02-export" / "teacher.onnx"), "-t", "x86-cpu"))
 
 
 # ------------------------------------------------------------------------------------------------ data

@@ -159,7 +159,8 @@ def small_data_lines(run: RunDir) -> list[str]:
     exp = st.get("export", {})
     if exp.get("status") == "done" and "parity" in exp.get("outputs", {}):
         par = read_json(run.root / exp["outputs"]["parity"])
-        n = min((r.get("parity_torch_vs_onnxruntime", {}).get("samples") or 0 for r in par.values()), default=0)
+        n = min((r["parity_torch_vs_onnxruntime"]["samples"] for r in par.values() if "parity_torch_vs_onnxruntime" in r),
+                default=0)
         if 0 < n < 256:
             out.append(f"- export parity was checked on {n} inputs only (256 or more make it meaningful).")
     return ["", *out] if out else []

@@ -79,7 +79,7 @@ def export_onnx(module: nn.Module, input_shape: tuple[int, ...], path: Path, ops
         except Exception as e:  # noqa: BLE001 - try the other exporter, report both if both fail
             errors.append(f"{name}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
     if data is None:
-        raise StageError(f"ONNX export failed ({'; '.join(errors)})", "simplify the model's forward or try --exporter dynamo")
+        raise StageError(f"ONNX export failed ({'; '.join(errors)})", "simplify the model's forward, or set export.exporter: dynamo in a config file")
     model = onnx.load_from_string(data)
     folded = 0
     if _has_fake_quant(module):

@@ -40,6 +40,8 @@ class LoadedModel:
     sha256: str
     meta: dict[str, Any] = field(default_factory=dict)
     program: Any = None  # the torch.export program of a .pt2 file (exported to ONNX directly)
+    onnx_bytes: bytes | None = None  # an ONNX teacher: the graph the pipeline exports as is (batch made symbolic)
+    notes: list[str] = field(default_factory=list)
 
 
 def parse_shape(text: str | None) -> tuple[int, ...] | None:
@@ -78,6 +80,27 @@ def resolve_factory(arch: str) -> Callable[..., nn.Module]:
         return getattr(module, fn_name)
     except (ImportError, AttributeError, FileNotFoundError) as e:
         raise ModelLoadError(f"cannot import --arch {arch!r}: {e}", "check the module path and the factory name") from None
+
+
+def sidecar_path(path: Path) -> Path:
+    """``model.onnx`` → ``model.edgekd.json``: metadata for formats that cannot carry edgekd's own (a ``.pt2`` holds it
+    in its ``edgekd.json`` extra file)."""
+    return path.with_name(f"{path.name.split('.')[0]}.edgekd.json")
+
+
+def read_sidecar(path: Path) -> dict[str, Any]:
+    """The sidecar's ``edgekd`` section (normalize, class names, input_shape, …), or {} when there is none."""
+    side = sidecar_path(path)
+    if not side.is_file():
+        return {}
+    try:
+        doc = json.loads(side.read_text())
+    except (ValueError, OSError) as e:
+        raise ModelLoadError(f"cannot read {side.name}: {str(e)[:80]}", "fix the JSON, or remove the file") from None
+    meta = doc.get("edgekd", doc) if isinstance(doc, dict) else None
+    if not isinstance(meta, dict):
+        raise ModelLoadError(f"{side.name} does not hold a JSON object", 'write {"edgekd": {"normalize": {...}}}')
+    return meta
 
 
 def _first_line(e: BaseException, limit: int = 160) -> str:
@@ -163,10 +186,14 @@ def load_model(
         raise ModelLoadError(f"model file {path} does not exist", "check the path")
     if path.is_dir():
         raise ModelLoadError(f"{path} is a folder, not a model file", "pass a .pt/.pt2/.pth file")
-    if path.suffix.lower() == ".onnx":
-        raise ModelLoadError(f"{path.name} is an ONNX file; edgekd needs the PyTorch model to distill it",
-                             "pass the TorchScript, .pt2 or state_dict (+ --arch) of the model")
     shape = parse_shape(input_shape) if input_shape is not None else None
+    if path.suffix.lower() == ".onnx":
+        from edgekd.models.onnx_teacher import load_onnx_teacher
+
+        teacher, data, file_shape, meta, note = load_onnx_teacher(path)
+        meta = {**read_sidecar(path), **meta}
+        return LoadedModel(module=teacher, input_shape=shape or file_shape, format="onnx", path=str(path),
+                           sha256=sha256_file(path), meta=meta, onnx_bytes=data, notes=[note])
     meta: dict[str, Any] = {}
     program = None
 
@@ -273,6 +300,7 @@ def load_model(
             fmt = "state_dict"
             meta.setdefault("arch", arch)
 
+    meta = {**read_sidecar(path), **meta}
     if shape is None and meta.get("input_shape"):
         shape = tuple(meta["input_shape"])
     module.eval()

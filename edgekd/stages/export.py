@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from edgekd import progress
-from edgekd.fileio import write_json
+from edgekd.fileio import atomic_path, write_json
 from edgekd.rundir import StageResult
 from edgekd.runner import Stage, register
 
@@ -43,8 +43,19 @@ class Export(Stage):
         report: dict[str, Any] = {}
         outputs: dict[str, str] = {}
         distilled = ctx.distilled()
-        for name, module in (("teacher", ctx.teacher.module), ("student", ctx.student_module())):
+        onnx_teacher = ctx.teacher.onnx_bytes
+        for name in ("teacher", "student"):
             path = out / f"{name}.onnx"
+            if onnx_teacher is not None and (name == "teacher" or not distilled):
+                # an ONNX teacher is exported as it is (its batch axis made symbolic when that was safe)
+                with atomic_path(path) as tmp:
+                    tmp.write_bytes(onnx_teacher)
+                report[name] = {"exporter": "none (an ONNX file)", "opset": opset_of(path), "source": ctx.teacher.path,
+                                "notes": ctx.teacher.notes}
+                write_json(out / "parity.json", report)
+                outputs[name] = ctx.run.rel(path)
+                continue
+            module = ctx.teacher.module if name == "teacher" else ctx.student_module()
             program = ctx.teacher.program if (name == "teacher" or not distilled) else None
             info = export_onnx(module, ctx.input_shape, path, cfg.opset, cfg.exporter, program=program)
             with torch.no_grad():
@@ -56,7 +67,15 @@ class Export(Stage):
             parity.check(stats, what=f"{name}.onnx vs PyTorch", atol=cfg.atol, min_agreement=cfg.min_top1_agreement)
             outputs[name] = ctx.run.rel(path)
         outputs["parity"] = ctx.run.rel(out / "parity.json")
-        metrics = {f"{n}_{k}": v for n, r in report.items() for k, v in r["parity_torch_vs_onnxruntime"].items() if k != "samples"}
+        metrics = {f"{n}_{k}": v for n, r in report.items() for k, v in r.get("parity_torch_vs_onnxruntime", {}).items()
+                   if k != "samples"}
         metrics["exporter"] = report["student"]["exporter"]
         metrics["opset"] = report["student"]["opset"]
         return StageResult(outputs, metrics)
+
+
+def opset_of(path) -> int:  # noqa: ANN001
+    import onnx
+
+    m = onnx.load(str(path), load_external_data=False)
+    return max((o.version for o in m.opset_import if o.domain in ("", "ai.onnx")), default=0)

@@ -1,0 +1,102 @@
+"""An ONNX file as a teacher: quantized, lowered and benchmarked as it is, or distilled from (issue #19).
+
+Knowledge distillation needs only the teacher's outputs, which ONNX Runtime computes, so :class:`OnnxTeacher` wraps an
+ORT session as a ``torch.nn.Module`` whose forward runs the session (no gradients flow through it; it has no
+parameters to freeze). What needs gradients *through* the teacher — data-free synthesis, feature distillation,
+Teacher Intervention, QAT from the teacher itself — is refused for ONNX teachers with one line.
+
+A batch axis fixed at 1 in the file is made symbolic in memory (the user's file is never changed) when ONNX Runtime
+then runs a batch of 2 correctly; otherwise the teacher runs sample by sample and the exported copy keeps batch 1.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from edgekd.errors import ModelLoadError
+
+
+class OnnxTeacher(nn.Module):
+    def __init__(self, model_bytes: bytes, batch_dynamic: bool, threads: int | None = None) -> None:
+        super().__init__()
+        import onnxruntime as ort
+
+        so = ort.SessionOptions()
+        so.log_severity_level = 3
+        if threads:
+            so.intra_op_num_threads = threads
+        self.session = ort.InferenceSession(model_bytes, so, providers=["CPUExecutionProvider"])
+        self.input_name = self.session.get_inputs()[0].name
+        self.batch_dynamic = batch_dynamic
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a = np.ascontiguousarray(x.detach().cpu().numpy(), np.float32)
+        if self.batch_dynamic:
+            out = self.session.run(None, {self.input_name: a})[0]
+        else:
+            out = np.concatenate([self.session.run(None, {self.input_name: a[i : i + 1]})[0] for i in range(len(a))])
+        return torch.from_numpy(out)
+
+
+def _set_batch_symbolic(model: Any) -> bool:
+    """Make the first input's and every output's leading dimension symbolic; True when any was fixed."""
+    changed = False
+    for vi in [model.graph.input[0], *model.graph.output]:
+        dims = vi.type.tensor_type.shape.dim
+        if dims and dims[0].HasField("dim_value"):
+            dims[0].dim_param = "batch"
+            changed = True
+    return changed
+
+
+def load_onnx_teacher(path: Path) -> tuple[OnnxTeacher, bytes, tuple[int, ...], dict[str, Any], str]:
+    """(teacher, model bytes to export, input shape (1, …), edgekd metadata, batch note)."""
+    import onnx
+    import onnxruntime as ort
+
+    try:
+        model = onnx.load(str(path))
+        onnx.checker.check_model(model)
+    except Exception as e:  # noqa: BLE001 - onnx raises several types for damaged files
+        line = next((ln for ln in str(e).splitlines() if ln.strip()), type(e).__name__)
+        raise ModelLoadError(f"{path.name} is not a valid ONNX model: {line[:100]}", "re-export it") from None
+    inits = {i.name for i in model.graph.initializer}
+    inputs = [i for i in model.graph.input if i.name not in inits]
+    if len(inputs) != 1:
+        raise ModelLoadError(f"{path.name} has {len(inputs)} inputs; edgekd takes one-input models today",
+                             "export the model with a single input")
+    dims = inputs[0].type.tensor_type.shape.dim
+    shape = tuple(int(d.dim_value) if d.HasField("dim_value") else 1 for d in dims)
+    if len(shape) < 2 or any(d <= 0 for d in shape[1:]):
+        raise ModelLoadError(f"{path.name}'s input has no fixed shape {shape}", "pass --input-shape")
+    meta: dict[str, Any] = {}
+    for p in model.metadata_props:
+        if p.key == "edgekd":
+            try:
+                meta = json.loads(p.value)
+            except ValueError:
+                raise ModelLoadError(f"{path.name} has unreadable edgekd metadata", "store valid JSON under the key edgekd") from None
+    original = model.SerializeToString()
+    note = "batch axis dynamic in the file"
+    batch_dynamic = True
+    if _set_batch_symbolic(model):
+        candidate = model.SerializeToString()
+        try:
+            sess = ort.InferenceSession(candidate, providers=["CPUExecutionProvider"])
+            x = np.zeros((2, *shape[1:]), np.float32)
+            two = sess.run(None, {inputs[0].name: x})[0]
+            one = ort.InferenceSession(original, providers=["CPUExecutionProvider"]).run(None, {inputs[0].name: x[:1]})[0]
+            ok = two.shape[0] == 2 and np.allclose(two[:1], one, atol=1e-5)
+        except Exception:  # noqa: BLE001 - the graph hard-codes its batch (e.g. in a Reshape)
+            ok = False
+        if ok:
+            original, note = candidate, "the file's batch of 1 made symbolic (checked at batch 2)"
+        else:
+            batch_dynamic, note = False, "the file hard-codes batch 1: the teacher runs sample by sample"
+    return OnnxTeacher(original, batch_dynamic), original, (1, *shape[1:]), meta, note
