@@ -126,6 +126,7 @@ def compress(
     eval_limit: Optional[int] = typer.Option(None, help="score on only the first N test samples"),
     mean: Optional[str] = typer.Option(None, help="per-channel mean on the 0..1 scale, e.g. 0.286"),
     std: Optional[str] = typer.Option(None, help="per-channel std on the 0..1 scale, e.g. 0.353"),
+    resize: Optional[str] = typer.Option(None, help="images of another size: stretch (default) | letterbox | center-crop"),
 ) -> None:
     """Run every stage: distill → export → quantize → lower → bench, then print the report."""
     from edgekd import api
@@ -136,7 +137,8 @@ def compress(
                  distill__enabled=False if no_distill else None, quantize__precision=precision,
                  quantize__calibration=calibration, quantize__qat=qat, quantize__bits=bits, quantize__ti_mode=ti_mode,
                  quantize__qat_steps=qat_steps, quantize__keep_fp=keep_fp or None, bench__threads=threads, data__limit=data_limit,
-                 data__eval_limit=eval_limit, data__mean=_floats(mean, "--mean"), data__std=_floats(std, "--std"), synth__method=synth,
+                 data__eval_limit=eval_limit, data__mean=_floats(mean, "--mean"), data__std=_floats(std, "--std"),
+                 data__resize=resize, synth__method=synth,
                  synth__n=synth_n, synth__iterations=synth_iterations, synth__lr=synth_lr,
                  synth__mix=True if (synth and data) else None)
     m, c = kw.pop("model"), kw.pop("config")

@@ -29,6 +29,9 @@ class DataConfig(Strict):
     std: list[float] | None = None
     limit: int | None = Field(None, gt=0, description="use only the first N training samples")
     eval_limit: int | None = Field(None, gt=0, description="score on only the first N test samples")
+    resize: Literal["stretch", "letterbox", "center-crop"] = Field(
+        "stretch", description="images of another size than the model's: stretch to it, letterbox (keep the aspect, "
+                               "pad with black), or scale the short side and crop the centre")
 
 
 class FeaturePairConfig(Strict):

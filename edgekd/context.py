@@ -87,7 +87,8 @@ class RunContext:
 
     def data_key(self) -> dict[str, Any]:
         m = dict(self.data.meta)
-        key = {k: m.get(k) for k in ("source", "format", "sizes", "split_seed", "normalize", "val_fraction", "synthetic")}
+        key = {k: m.get(k) for k in ("source", "format", "sizes", "split_seed", "normalize", "val_fraction", "synthetic",
+                                     "resize")}
         key["limit"], key["eval_limit"] = self.cfg.data.limit, self.cfg.data.eval_limit
         return key
 
@@ -205,6 +206,12 @@ def open_run(cfg: PipelineConfig) -> RunContext:
     task = get_task("classify" if cfg.task == "auto" else cfg.task)
     info = probe(lm.module, shape, task.name)
     real = load_real_data(cfg, lm, shape, task, info) if cfg.data.path is not None else None
+    if real is not None:
+        norm = real.meta.get("normalize", {})
+        classes = real.meta.get("classes")
+        progress.log(f"preprocessing: input {list(shape)}, mean {_short(norm.get('mean'))}, std {_short(norm.get('std'))} "
+                     f"({norm.get('source')}); resize {real.meta.get('resize') or 'none'}"
+                     + (f"; classes {', '.join(classes[:5])}{', …' if len(classes) > 5 else ''}" if classes else ""))
 
     root = Path(cfg.run_dir) if cfg.run_dir else Path("runs") / Path(cfg.model).stem.split(".")[0]
     run = RunDir(root)
@@ -222,6 +229,10 @@ def open_run(cfg: PipelineConfig) -> RunContext:
                      real_data=real)
     Runner(ctx)
     return ctx
+
+
+def _short(values: Any) -> str:
+    return "[" + ", ".join(f"{v:.3f}" for v in values) + "]" if values else "none"
 
 
 def check_onnx_teacher(cfg: PipelineConfig) -> None:
@@ -245,8 +256,12 @@ def validate_config(cfg: PipelineConfig) -> None:
         resolve_data_path(cfg.data.path)  # raises DataError naming the path
     if cfg.distill.enabled:
         from edgekd.kd.losses import build_loss
+        from edgekd.models.zoo import MODELS
 
         build_loss(cfg.distill.loss, **cfg.distill.loss_params)
+        spec = cfg.distill.student
+        if ":" not in spec and spec.removeprefix("zoo:") not in MODELS:
+            MODELS.get(spec.removeprefix("zoo:"))  # raises: unknown student, with the zoo's names
 
 
 def load_real_data(cfg: PipelineConfig, lm: LoadedModel, shape: tuple[int, ...], task: Task, info: dict[str, Any]) -> Dataset:
@@ -255,7 +270,7 @@ def load_real_data(cfg: PipelineConfig, lm: LoadedModel, shape: tuple[int, ...],
     norm = known_normalize(cfg, lm)
     mean, std = (norm["mean"], norm["std"]) if norm else (None, None)
     ds = task.load_data(d.path, input_shape=shape, info=info, mean=mean, std=std, val_fraction=d.val_fraction,
-                        seed=d.split_seed, limit=d.limit)
+                        seed=d.split_seed, limit=d.limit, resize=d.resize)
     if d.eval_limit:
         ds.test = ds.test.take(d.eval_limit)
         ds.meta["sizes"]["test"] = len(ds.test)

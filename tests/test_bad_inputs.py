@@ -543,3 +543,9 @@ def test_tiny_data_shrinking_is_said(capsys, tmp_path, fmnist) -> None:  # noqa:
     assert "calibration asked for 300 samples" in err
     report = (tmp_path / "r" / "report.md").read_text()
     assert "fewer than the 300" in report
+
+
+def test_unknown_student_is_refused_before_any_data_is_loaded(capsys, tmp_path) -> None:  # noqa: ANN001
+    expect(capsys, 2, "nosuch-net", args=("compress", str(REPO / "examples" / "fmnist_teacher.pt2"), "-t", "x86-cpu",
+                                          "--student", "nosuch-net", "-o", str(tmp_path / "r")))
+    assert not (tmp_path / "r").exists()

@@ -28,7 +28,7 @@ def test_given_normalisation_is_used(idx_dir: Path) -> None:
     ds = load_dataset(idx_dir, mean=[0.5], std=[0.25])
     raw = read_idx(idx_dir / "t10k-images-idx3-ubyte.gz")
     assert np.allclose(ds.test.x[:, 0], (raw / 255.0 - 0.5) / 0.25, atol=1e-5)
-    assert ds.meta["normalize"]["source"] == "given"
+    assert ds.meta["normalize"]["source"] == "given or recorded in the model file"
 
 
 def test_npz_with_and_without_test_split(tmp_path: Path) -> None:
@@ -72,3 +72,35 @@ def test_real_fashion_mnist(fmnist: Path) -> None:
     ds = load_dataset("fashion-mnist")
     assert ds.meta["sizes"] == {"train": 55000, "val": 5000, "test": 10000}
     assert sorted(np.unique(ds.test.y).tolist()) == list(range(10))
+
+
+@pytest.mark.parametrize("mode", ["stretch", "letterbox", "center-crop"])
+def test_resize_modes_on_a_known_image(tmp_path: Path, mode: str) -> None:
+    """A 20×40 (H×W) image, left half black, right half white, fitted to 10×10: stretch keeps both halves side by side,
+    letterbox pads 2.5 rows of black above and below a 5-row band, center-crop keeps the middle 20×20 (half and half)."""
+    from PIL import Image
+
+    from edgekd.data.datasets import fit_image
+
+    a = np.zeros((20, 40), np.uint8)
+    a[:, 20:] = 255
+    out = np.asarray(fit_image(Image.fromarray(a, "L"), (10, 10), mode), np.float32) / 255
+    assert out.shape == (10, 10)
+    if mode == "stretch":
+        assert out[:, :5].max() < 0.1 and out[:, 5:].min() > 0.9
+    elif mode == "letterbox":
+        assert out[:2].max() == 0 and out[-2:].max() == 0  # padding rows
+        assert out[4, 7] > 0.9 and out[4, 2] < 0.1  # the band keeps both halves
+    else:
+        assert out[:, :4].max() < 0.1 and out[:, 6:].min() > 0.9  # the centre: left black, right white, full height
+
+
+def test_image_folder_resize_is_recorded(tmp_path: Path) -> None:
+    from PIL import Image
+
+    for c in range(2):
+        (tmp_path / f"c{c}").mkdir()
+        for i in range(4):
+            Image.fromarray(np.full((30, 40), 50 * c, np.uint8), "L").save(tmp_path / f"c{c}" / f"{i}.png")
+    ds = load_dataset(tmp_path, channels=1, size=(28, 28), resize="letterbox")
+    assert ds.input_shape == (1, 28, 28) and ds.meta["resize"] == "letterbox"

@@ -145,3 +145,16 @@ def test_val_split_is_scored_every_n_epochs_and_after_the_last(idx_dir: Path) ->
     res = train_student(teacher, TinyNet(), data, DistillConfig(epochs=5, batch_size=16, eval_every=2))
     assert [h["epoch"] for h in res.history if "val_top1" in h] == [2, 4, 5]
     assert DistillConfig(epochs=10).eval_interval() == 1 and DistillConfig(epochs=300).eval_interval() == 15
+
+
+def test_a_teacher_far_below_its_recorded_accuracy_is_called_out(tmp_path: Path, fmnist: Path, capsys) -> None:  # noqa: ANN001
+    """The demo teacher records 93 % test top-1; fed images normalised with the wrong statistics (ImageNet's mean as
+    if the data were RGB-normalised) it scores far lower, and the run says why before anything is trained."""
+    import edgekd
+    from conftest import DEMO_TEACHER
+
+    edgekd.distill(DEMO_TEACHER, targets=["x86-cpu"], run_dir=str(tmp_path / "run"),
+                   data={"path": "fashion-mnist", "limit": 300, "mean": [0.9], "std": [0.05]},
+                   distill={"student": "resnet-xs", "epochs": 1})
+    err = capsys.readouterr().err
+    assert "warning: the teacher scores" in err and "normalisation" in err and "class order" in err

@@ -102,8 +102,33 @@ def load_idx_folder(root: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray | No
     return xs, ys, xt, yt
 
 
-def load_image_folder(root: Path, channels: int | None, size: tuple[int, int] | None) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """``root/<class>/<image>``; classes are the sorted subfolder names."""
+def fit_image(im, size: tuple[int, int], mode: str):  # noqa: ANN001, ANN201
+    """Resize a PIL image to ``size`` (H, W): ``stretch`` (ignore the aspect ratio), ``letterbox`` (scale to fit,
+    pad the rest with black, centred) or ``center-crop`` (scale the short side to fit, crop the centre)."""
+    from PIL import Image
+
+    h, w = size
+    if (im.height, im.width) == (h, w):
+        return im
+    if mode == "stretch":
+        return im.resize((w, h))
+    if mode == "letterbox":
+        s = min(w / im.width, h / im.height)
+        nw, nh = max(1, round(im.width * s)), max(1, round(im.height * s))
+        canvas = Image.new(im.mode, (w, h))
+        canvas.paste(im.resize((nw, nh)), ((w - nw) // 2, (h - nh) // 2))
+        return canvas
+    s = max(w / im.width, h / im.height)
+    nw, nh = max(w, round(im.width * s)), max(h, round(im.height * s))
+    big = im.resize((nw, nh))
+    left, top = (nw - w) // 2, (nh - h) // 2
+    return big.crop((left, top, left + w, top + h))
+
+
+def load_image_folder(root: Path, channels: int | None, size: tuple[int, int] | None,
+                      resize: str = "stretch") -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """``root/<class>/<image>``; classes are the sorted subfolder names; images of another size are fitted with
+    ``resize`` (:func:`fit_image`), and how many were is said."""
     from PIL import Image  # pillow comes with matplotlib
 
     classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
@@ -114,6 +139,7 @@ def load_image_folder(root: Path, channels: int | None, size: tuple[int, int] | 
         raise DataError(f"image folder {root} has no images", "use one subfolder per class holding .png/.jpg files")
     images = []
     mode = None
+    resized = 0
     converted: dict[str, int] = {}
     for p, _ in files:
         try:
@@ -126,10 +152,13 @@ def load_image_folder(root: Path, channels: int | None, size: tuple[int, int] | 
                     converted[im.mode] = converted.get(im.mode, 0) + 1
                 im = im.convert(mode)
                 if (im.height, im.width) != size:
-                    im = im.resize((size[1], size[0]))
+                    resized += 1
+                    im = fit_image(im, size, resize)
                 images.append(np.asarray(im, dtype=np.uint8))
         except (OSError, ValueError, SyntaxError) as e:  # PIL raises these for damaged or non-image files
             raise DataError(f"cannot read image {p}: {str(e)[:80]}", "remove or replace the damaged file") from None
+    if resized:
+        progress.log(f"data: {resized} image(s) in {root.name} fitted to {size[0]}×{size[1]} ({resize})")
     if converted:
         what = ", ".join(f"{n} {m}" for m, n in converted.items())
         progress.warn(f"converted {what} image(s) in {root.name} to {'grayscale' if mode == 'L' else 'RGB'} "
@@ -208,6 +237,7 @@ def load_dataset(
     mean: Sequence[float] | None = None,
     std: Sequence[float] | None = None,
     limit: int | None = None,
+    resize: str = "stretch",
 ) -> Dataset:
     """Load ``spec`` (IDX folder, image folder, .npz, or ``fashion-mnist``) into normalised train/val/test splits."""
     root = resolve_data_path(spec)
@@ -235,11 +265,11 @@ def load_dataset(
         fmt = "idx"
     elif root.is_dir():
         if (root / "train").is_dir():
-            x, y, classes = load_image_folder(root / "train", channels, size)
+            x, y, classes = load_image_folder(root / "train", channels, size, resize)
             if (root / "test").is_dir():
-                x_test, y_test, _ = load_image_folder(root / "test", channels, size or tuple(x.shape[1:3]))  # type: ignore[arg-type]
+                x_test, y_test, _ = load_image_folder(root / "test", channels, size or tuple(x.shape[1:3]), resize)  # type: ignore[arg-type]
         else:
-            x, y, classes = load_image_folder(root, channels, size)
+            x, y, classes = load_image_folder(root, channels, size, resize)
         fmt = "image-folder"
     else:
         raise DataError(f"cannot read data at {root}", "pass an IDX folder, an image folder or a .npz file")
@@ -273,9 +303,9 @@ def load_dataset(
     if mean is None or std is None:
         mean = xtr.mean(axis=(0, 2, 3)).tolist()
         std = (xtr.std(axis=(0, 2, 3)) + 1e-8).tolist()
-        norm_source = "train-split statistics"
+        norm_source = "measured on the train split: no mean/std given or recorded in the model file"
     else:
-        norm_source = "given"
+        norm_source = "given or recorded in the model file"
     m = np.asarray(mean, np.float32).reshape(1, -1, 1, 1)
     s = np.asarray(std, np.float32).reshape(1, -1, 1, 1)
 
@@ -300,5 +330,6 @@ def load_dataset(
         "val_fraction": val_fraction,
         "test_split": "source" if fmt == "idx" or x_test is not None else f"seeded {test_fraction}",
         "normalize": {"mean": [float(v) for v in mean], "std": [float(v) for v in std], "source": norm_source},
+        "resize": resize if fmt == "image-folder" else None,
     }
     return ds

@@ -43,9 +43,7 @@ class Distill(Stage):
         data, task = ctx.data, ctx.task
         teacher = ctx.teacher.module
         t_val = task.evaluate(teacher, data.val.x, data.val.y)[task.primary]
-        if task.primary == "top1" and t_val < 1.5 / ctx.info["num_classes"]:
-            progress.warn(f"the teacher scores {t_val:.3f} on the val split (near chance): check the preprocessing "
-                          "(--mean/--std) matches what the teacher was trained with")
+        check_teacher_score(ctx, t_val)
         metrics: dict[str, Any] = {f"teacher_val_{task.primary}": t_val, "teacher_params": count_params(teacher)}
         student = None
         history: list[dict[str, Any]] = []
@@ -71,3 +69,17 @@ class Distill(Stage):
         write_json(out / "history.json", history)
         outputs["history"] = ctx.run.rel(out / "history.json")
         return StageResult(outputs, metrics)
+
+
+def check_teacher_score(ctx, score: float) -> None:  # noqa: ANN001
+    """Say so, loudly, when the teacher scores near chance on the user's data or far below the accuracy its file
+    records: a wrong normalisation or class order makes every later number wrong while everything runs."""
+    task = ctx.task
+    recorded = ctx.teacher.meta.get(f"test_{task.primary}", ctx.teacher.meta.get(task.primary))
+    causes = ("check the normalisation (--mean/--std, or the model file's metadata) and the class order (folder "
+              "names sort alphabetically) match what the teacher was trained with")
+    if task.primary == "top1" and score < 1.5 / ctx.info["num_classes"]:
+        progress.warn(f"the teacher scores {score:.3f} top-1 on the val split, near chance: {causes}")
+    elif isinstance(recorded, (int, float)) and score < recorded - 0.10:
+        progress.warn(f"the teacher scores {score:.3f} {task.primary} on the val split, but its file records "
+                      f"{recorded:.3f}: {causes}")

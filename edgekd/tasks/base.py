@@ -29,7 +29,7 @@ class Task:
         raise NotImplementedError
 
     def load_data(self, spec: str, *, input_shape: tuple[int, ...], info: dict[str, Any], mean: Any, std: Any,
-                  val_fraction: float, seed: int, limit: int | None) -> Any:
+                  val_fraction: float, seed: int, limit: int | None, resize: str = "stretch") -> Any:
         """The user's data as a :class:`edgekd.data.Dataset` (train/val/test), checked against the model."""
         raise NotImplementedError
 
