@@ -39,6 +39,13 @@ def run_all(ctx: RunContext, force_bench: bool = False) -> dict[str, Any]:
             if (ctx.run.record("export") or {}).get("status") == "failed":
                 break  # the export gate failed: no target can go on
     report = write_report(ctx.run.root)
+    t = ctx.cfg.tracking
+    if t.mlflow:
+        from edgekd.tracking import log_to_mlflow
+
+        report["mlflow_run_id"] = log_to_mlflow(ctx.run.root, ctx.cfg.model_dump(), report, uri=t.mlflow_uri,
+                                                experiment=t.experiment)
+        progress.log(f"mlflow: logged run {report['mlflow_run_id']} to experiment {t.experiment}")
     if failed:
         name, err = failed[0]
         more = f" (and {len(failed) - 1} more target(s))" if len(failed) > 1 else ""

@@ -127,6 +127,8 @@ def compress(
     mean: Optional[str] = typer.Option(None, help="per-channel mean on the 0..1 scale, e.g. 0.286"),
     std: Optional[str] = typer.Option(None, help="per-channel std on the 0..1 scale, e.g. 0.353"),
     resize: Optional[str] = typer.Option(None, help="images of another size: stretch (default) | letterbox | center-crop"),
+    mlflow: bool = typer.Option(False, "--mlflow", help="log config, metrics and report to MLflow (pip install 'edgekd[mlflow]')"),
+    mlflow_uri: Optional[str] = typer.Option(None, "--mlflow-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else ./mlruns)"),
 ) -> None:
     """Run every stage: distill → export → quantize → lower → bench, then print the report."""
     from edgekd import api
@@ -138,7 +140,8 @@ def compress(
                  quantize__calibration=calibration, quantize__qat=qat, quantize__bits=bits, quantize__ti_mode=ti_mode,
                  quantize__qat_steps=qat_steps, quantize__keep_fp=keep_fp or None, bench__threads=threads, data__limit=data_limit,
                  data__eval_limit=eval_limit, data__mean=_floats(mean, "--mean"), data__std=_floats(std, "--std"),
-                 data__resize=resize, synth__method=synth,
+                 data__resize=resize, tracking__mlflow=True if (mlflow or mlflow_uri) else None,
+                 tracking__mlflow_uri=mlflow_uri, synth__method=synth,
                  synth__n=synth_n, synth__iterations=synth_iterations, synth__lr=synth_lr,
                  synth__mix=True if (synth and data) else None)
     m, c = kw.pop("model"), kw.pop("config")

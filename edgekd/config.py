@@ -164,6 +164,14 @@ class BenchConfig(Strict):
     include_student_fp32: bool = True
 
 
+class TrackingConfig(Strict):
+    """Opt-in experiment tracking (edgekd/tracking.py)."""
+
+    mlflow: bool = False
+    mlflow_uri: str | None = Field(None, description="default: $MLFLOW_TRACKING_URI, else ./mlruns")
+    experiment: str = "edgekd"
+
+
 #: the tasks of edgekd.tasks (listed here so that reading a config never imports them; a test keeps them equal)
 TASK_NAMES = ("classify",)
 
@@ -183,6 +191,7 @@ class PipelineConfig(Strict):
     export: ExportConfig = Field(default_factory=ExportConfig)
     quantize: QuantizeConfig = Field(default_factory=QuantizeConfig)
     bench: BenchConfig = Field(default_factory=BenchConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
 
     @field_validator("task")
     @classmethod
