@@ -122,10 +122,15 @@ class OrtSession:
     def __init__(self, path: str | Path, settings: dict[str, Any]) -> None:
         self.sess = ort_session(path, settings.get("threads"), settings.get("graph_optimization", "all"),
                                 settings.get("execution_providers"))
-        self.input = self.sess.get_inputs()[0].name
+        first = self.sess.get_inputs()[0]
+        self.input = first.name
+        self.batch_fixed = isinstance(first.shape[0], int)  # a graph saved with a fixed batch (of 1)
 
     def infer(self, x: np.ndarray) -> np.ndarray:
-        return self.sess.run(None, {self.input: np.ascontiguousarray(x, np.float32)})[0]
+        x = np.ascontiguousarray(x, np.float32)
+        if self.batch_fixed and len(x) != 1:
+            return np.concatenate([self.sess.run(None, {self.input: x[i : i + 1]})[0] for i in range(len(x))])
+        return self.sess.run(None, {self.input: x})[0]
 
     def timed(self, x: np.ndarray) -> Callable[[], Any]:
         feed = {self.input: np.ascontiguousarray(x, np.float32)}
@@ -141,9 +146,14 @@ class OvSession:
                                    settings.get("performance_hint", "LATENCY"), settings.get("inference_precision", "f32"))
         self.req = self.compiled.create_infer_request()
         self.out = self.compiled.outputs[0]
+        shape = self.compiled.inputs[0].get_partial_shape()
+        self.batch_fixed = shape.rank.is_static and shape[0].is_static
 
     def infer(self, x: np.ndarray) -> np.ndarray:
-        return np.array(self.req.infer({0: np.ascontiguousarray(x, np.float32)})[self.out])
+        x = np.ascontiguousarray(x, np.float32)
+        if self.batch_fixed and len(x) != 1:
+            return np.concatenate([np.array(self.req.infer({0: x[i : i + 1]})[self.out]) for i in range(len(x))])
+        return np.array(self.req.infer({0: x})[self.out])
 
     def timed(self, x: np.ndarray) -> Callable[[], Any]:
         import openvino as ov

@@ -112,3 +112,27 @@ def test_parse_shape_and_probe(net: TinyNet) -> None:
     assert probe(net, (1, 1, 28, 28)) == {"num_classes": 10}
     with pytest.raises(ModelLoadError, match="input of shape"):
         probe(net, (1, 3, 28, 28))
+
+
+def test_a_pt2_saved_at_batch_1_runs_at_any_batch_and_compresses(tmp_path: Path, fmnist: Path) -> None:
+    """torch.export specialises the batch of its example: a .pt2 saved from one sample accepts batch 1 only. It runs
+    one sample at a time (the same outputs), exports with its batch made symbolic, and the pipeline goes through."""
+    import edgekd
+    from edgekd.fileio import read_json
+    from edgekd.models.zoo import build_model
+
+    torch.manual_seed(0)
+    net = build_model("resnet-xs", 1, 10).eval()
+    torch.export.save(torch.export.export(net, (torch.randn(1, 1, 28, 28),)), str(tmp_path / "b1.pt2"))
+    lm = load_model(tmp_path / "b1.pt2")
+    assert "fixed batch of 1" in lm.notes[0]
+    x = torch.randn(4, 1, 28, 28)
+    with torch.no_grad():
+        assert torch.allclose(lm.module(x), net(x), atol=1e-5)
+    edgekd.compress(tmp_path / "b1.pt2", targets=["x86-cpu"], run_dir=str(tmp_path / "run"), distill={"enabled": False},
+                    data={"path": "fashion-mnist", "limit": 300, "eval_limit": 100}, quantize={"calibration": "small",
+                    "min_top1_agreement": 0.5}, bench={"iterations": 10, "warmup": 1, "warmup_seconds": 0.01, "rounds": 1})
+    par = read_json(tmp_path / "run" / "02-export" / "parity.json")
+    assert par["teacher"]["batch_dynamic"] is True  # the batch-1 program's ONNX, made symbolic and checked
+    lat = read_json(tmp_path / "run" / "05-bench" / "x86-cpu" / "latency.json")["results"]
+    assert all(set(r["latency"]) == {"1", "8"} for r in lat)

@@ -24,6 +24,7 @@ from torch import nn
 
 from edgekd.errors import ModelLoadError
 from edgekd.fileio import sha256_file
+from edgekd.models.batching import PerSample, accepts_batch
 from edgekd.models.safe_load import (UnsafeUnpickling, no_unsafe_unpickling, pt2_pickled_members, pt2_problem,
                                      torch_file_kind)
 from edgekd.models.zoo import MODELS
@@ -304,8 +305,14 @@ def load_model(
     if shape is None and meta.get("input_shape"):
         shape = tuple(meta["input_shape"])
     module.eval()
+    notes: list[str] = []
+    if shape is not None and not accepts_batch(module, shape, 2) and accepts_batch(module, shape, 1):
+        # saved with a batch-1 example (torch.export specialises it): correct at any batch, one sample at a time
+        module = PerSample(module)
+        notes.append(f"{path.name} was saved with a fixed batch of 1: it runs one sample at a time here (slower); "
+                     "re-export it with a dynamic batch (torch.export.Dim) for speed")
     return LoadedModel(module=module, input_shape=shape, format=fmt, path=str(path), sha256=sha256_file(path), meta=meta,
-                       program=program)
+                       program=program, notes=notes)
 
 
 def require_input_shape(lm: LoadedModel) -> tuple[int, ...]:

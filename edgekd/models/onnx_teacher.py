@@ -6,7 +6,8 @@ parameters to freeze). What needs gradients *through* the teacher — data-free 
 Teacher Intervention, QAT from the teacher itself — is refused for ONNX teachers with one line.
 
 A batch axis fixed at 1 in the file is made symbolic in memory (the user's file is never changed) when ONNX Runtime
-then runs a batch of 2 correctly; otherwise the teacher runs sample by sample and the exported copy keeps batch 1.
+then runs a batch of 2 correctly (:mod:`edgekd.models.batching`); otherwise the teacher runs sample by sample and
+the exported copy keeps batch 1.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import torch
 from torch import nn
 
 from edgekd.errors import ModelLoadError
+from edgekd.models.batching import make_batch_dynamic, onnx_batch_fixed
 
 
 class OnnxTeacher(nn.Module):
@@ -44,21 +46,9 @@ class OnnxTeacher(nn.Module):
         return torch.from_numpy(out)
 
 
-def _set_batch_symbolic(model: Any) -> bool:
-    """Make the first input's and every output's leading dimension symbolic; True when any was fixed."""
-    changed = False
-    for vi in [model.graph.input[0], *model.graph.output]:
-        dims = vi.type.tensor_type.shape.dim
-        if dims and dims[0].HasField("dim_value"):
-            dims[0].dim_param = "batch"
-            changed = True
-    return changed
-
-
 def load_onnx_teacher(path: Path) -> tuple[OnnxTeacher, bytes, tuple[int, ...], dict[str, Any], str]:
     """(teacher, model bytes to export, input shape (1, …), edgekd metadata, batch note)."""
     import onnx
-    import onnxruntime as ort
 
     try:
         model = onnx.load(str(path))
@@ -83,20 +73,12 @@ def load_onnx_teacher(path: Path) -> tuple[OnnxTeacher, bytes, tuple[int, ...], 
             except ValueError:
                 raise ModelLoadError(f"{path.name} has unreadable edgekd metadata", "store valid JSON under the key edgekd") from None
     original = model.SerializeToString()
-    note = "batch axis dynamic in the file"
-    batch_dynamic = True
-    if _set_batch_symbolic(model):
-        candidate = model.SerializeToString()
-        try:
-            sess = ort.InferenceSession(candidate, providers=["CPUExecutionProvider"])
-            x = np.zeros((2, *shape[1:]), np.float32)
-            two = sess.run(None, {inputs[0].name: x})[0]
-            one = ort.InferenceSession(original, providers=["CPUExecutionProvider"]).run(None, {inputs[0].name: x[:1]})[0]
-            ok = two.shape[0] == 2 and np.allclose(two[:1], one, atol=1e-5)
-        except Exception:  # noqa: BLE001 - the graph hard-codes its batch (e.g. in a Reshape)
-            ok = False
-        if ok:
-            original, note = candidate, "the file's batch of 1 made symbolic (checked at batch 2)"
-        else:
-            batch_dynamic, note = False, "the file hard-codes batch 1: the teacher runs sample by sample"
+    data, batch_dynamic = make_batch_dynamic(original)
+    if not onnx_batch_fixed(model):
+        note = "batch axis dynamic in the file"
+    elif batch_dynamic:
+        note = "the file's batch of 1 made symbolic (checked at batch 2)"
+    else:
+        note = "the file hard-codes batch 1: the teacher runs sample by sample"
+    original = data
     return OnnxTeacher(original, batch_dynamic), original, (1, *shape[1:]), meta, note

@@ -37,7 +37,11 @@ def ort_quantize(fp32_onnx: Path, out_path: Path, calib_x: np.ndarray, s: OrtSet
 
     import onnx
 
-    input_name = onnx.load(str(fp32_onnx), load_external_data=False).graph.input[0].name
+    first = onnx.load(str(fp32_onnx), load_external_data=False).graph.input[0]
+    input_name = first.name
+    dims = first.type.tensor_type.shape.dim
+    if dims and dims[0].HasField("dim_value"):  # a graph with a fixed batch (of 1) takes its samples one at a time
+        batch = int(dims[0].dim_value)
 
     class Reader(CalibrationDataReader):
         def __init__(self) -> None:

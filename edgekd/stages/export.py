@@ -29,6 +29,7 @@ class Export(Stage):
 
         from edgekd.exporters import parity
         from edgekd.exporters.onnx_export import export_onnx
+        from edgekd.models.batching import make_batch_dynamic
         from edgekd.runtimes import make_runner
 
         cfg = ctx.cfg.export
@@ -51,13 +52,19 @@ class Export(Stage):
                 with atomic_path(path) as tmp:
                     tmp.write_bytes(onnx_teacher)
                 report[name] = {"exporter": "none (an ONNX file)", "opset": opset_of(path), "source": ctx.teacher.path,
-                                "notes": ctx.teacher.notes}
+                                "notes": ctx.teacher.notes, "batch_dynamic": ctx.teacher.module.batch_dynamic}
                 write_json(out / "parity.json", report)
                 outputs[name] = ctx.run.rel(path)
                 continue
             module = ctx.teacher.module if name == "teacher" else ctx.student_module()
             program = ctx.teacher.program if (name == "teacher" or not distilled) else None
             info = export_onnx(module, ctx.input_shape, path, cfg.opset, cfg.exporter, program=program)
+            data, info["batch_dynamic"] = make_batch_dynamic(path.read_bytes())  # a batch-1 program exports batch 1
+            with atomic_path(path) as tmp:
+                tmp.write_bytes(data)
+            if not info["batch_dynamic"]:
+                progress.warn(f"export: {name}.onnx keeps a fixed batch of 1 (its graph hard-codes it); it is "
+                              "benchmarked at batch 1 only")
             with torch.no_grad():
                 ref = parity.run_batched(lambda b: module(torch.from_numpy(b)).numpy(), x)
             got = parity.run_batched(make_runner("onnxruntime", path, {"graph_optimization": "all"}), x)
