@@ -77,6 +77,8 @@ TARGET = typer.Option(None, "--target", "-t", help="device profile(s), e.g. x86-
 DATA = typer.Option(None, "--data", "-d", help="IDX folder, image folder (one subfolder per class), .npz, or fashion-mnist")
 CONFIG = typer.Option(None, "--config", "-c", help="pipeline.yaml; command-line options override it")
 RUN = typer.Option(None, "--run-dir", "-o", help="run directory (default runs/<model name>)")
+TASK = typer.Option(None, "--task", help="auto (default) | classify | outputs: how the model's outputs are distilled and "
+                    "scored (outputs: embeddings, regression, multi-label, several heads)")
 
 
 def _common(model: Optional[str], config: Optional[Path], target: Optional[List[str]], data: Optional[str], run_dir: Optional[Path],
@@ -96,6 +98,7 @@ def compress(
     data: Optional[str] = DATA,
     config: Optional[Path] = CONFIG,
     run_dir: Optional[Path] = RUN,
+    task: Optional[str] = TASK,
     arch: Optional[str] = typer.Option(None, help="module.path:factory or file.py:factory for a state_dict (or a zoo name)"),
     input_shape: Optional[str] = typer.Option(None, help="NxCxHxW when the file does not record it, e.g. 1x1x28x28"),
     allow_pickle: bool = typer.Option(False, "--allow-pickle", help="allow loading a pickled module (runs code from the file)"),
@@ -133,7 +136,7 @@ def compress(
     """Run every stage: distill → export → quantize → lower → bench, then print the report."""
     from edgekd import api
 
-    kw = _common(model, config, target, data, run_dir, arch, input_shape, allow_pickle,
+    kw = _common(model, config, target, data, run_dir, arch, input_shape, allow_pickle, task=task,
                  distill__student=student, distill__loss=loss, distill__epochs=epochs, distill__batch_size=batch_size,
                  distill__lr=lr, distill__features=_features(feature), distill__augment=augment, distill__mixup=mixup,
                  distill__enabled=False if no_distill else None, quantize__precision=precision,
@@ -184,13 +187,14 @@ def _stage_cmd(stage: str):  # noqa: ANN202
         data: Optional[str] = DATA,
         config: Optional[Path] = CONFIG,
         run_dir: Optional[Path] = RUN,
+        task: Optional[str] = TASK,
         arch: Optional[str] = typer.Option(None),
         input_shape: Optional[str] = typer.Option(None),
         allow_pickle: bool = typer.Option(False, "--allow-pickle"),
     ) -> None:
         from edgekd import api
 
-        kw = _common(model, config, target, data, run_dir, arch, input_shape, allow_pickle)
+        kw = _common(model, config, target, data, run_dir, arch, input_shape, allow_pickle, task=task)
         m, c, rd = kw.pop("model"), kw.pop("config"), kw.pop("run_dir")
         if m is None and c is None and rd is None:
             raise typer.BadParameter("pass a model file, --config, or --run-dir of an existing run")

@@ -51,6 +51,9 @@ class DistillConfig(Strict):
     loss_params: dict[str, float] = Field(default_factory=dict)
     ce_weight: float | None = None
     features: list[FeaturePairConfig] = Field(default_factory=list)
+    output_loss: dict[str, Literal["mse", "cosine", "bce"]] = Field(
+        default_factory=dict, description="outputs task: the loss per output name (default by the output's kind: "
+        "real-valued mse, unit-norm cosine, probabilities bce)")
     epochs: int = Field(10, ge=1)
     batch_size: int = Field(128, ge=1)
     optimizer: Literal["sgd", "adamw"] = "sgd"
@@ -88,6 +91,8 @@ class QuantizeConfig(Strict):
     calibration: str = Field("default", description="a recipe name from calibration/ or a path to a recipe .yaml")
     calibration_size: int | None = Field(None, gt=0)
     min_top1_agreement: float = Field(0.95, ge=0, le=1, description="int8 vs fp32 student on the val split; lower fails the stage")
+    min_fidelity_r2: float = Field(0.95, le=1, description="the outputs task's INT8 gate: R² of the int8 model's outputs "
+                                   "against the fp32 export's on the val split (the minimum over outputs)")
     qat: Literal["none", "kd", "ti"] = Field("none", description="quantization-aware training instead of PTQ")
     bits: str = Field("w8a8", description="QAT bit widths: w8a8, w4a8, w2a8, ternary, w4a4")
     ti_mode: Literal["auto", "g", "o", "c", "m", "rg", "ro", "rm", "br", "b"] = Field(
@@ -173,13 +178,13 @@ class TrackingConfig(Strict):
 
 
 #: the tasks of edgekd.tasks (listed here so that reading a config never imports them; a test keeps them equal)
-TASK_NAMES = ("classify",)
+TASK_NAMES = ("classify", "outputs")
 
 
 class PipelineConfig(Strict):
     model: str
     task: str = Field("auto", description="auto | " + " | ".join(TASK_NAMES) + ": what the model's outputs mean and how "
-                      "they are scored (auto: classify, the only task today)")
+                      "they are scored (auto: decided from the model's outputs and the data's labels)")
     arch: str | None = None
     input_shape: str | None = None
     allow_pickle: bool = False

@@ -152,13 +152,13 @@ class RunContext:
         from edgekd.fileio import atomic_path
 
         path = self.run.stage_dir("bench") / "eval.npz"
-        want = f"{len(self.data.test)}:{self.data.meta['normalize']}"
+        want = f"{len(self.data.test)}:{self.data.meta['normalize']}:{self.task.name}:{self.data.test.y.shape}:{self.teacher.sha256}"
         marker = path.with_suffix(".key")
         if not path.exists() or not marker.exists() or marker.read_text() != want:
             path.parent.mkdir(parents=True, exist_ok=True)
             with atomic_path(path) as tmp:
-                with open(tmp, "wb") as f:
-                    np.savez(f, x=self.data.test.x, y=self.data.test.y)
+                with open(tmp, "wb") as f:  # task_info: what the torch-free worker needs to score the outputs
+                    np.savez(f, x=self.data.test.x, y=self.data.test.y, task_info=np.array(json.dumps(self.info)))
             marker.write_text(want)
         return path
 
@@ -174,7 +174,7 @@ def known_normalize(cfg: PipelineConfig, teacher: LoadedModel) -> dict[str, list
 def open_run(cfg: PipelineConfig) -> RunContext:
     """Check every input, then open (create or resume) the run directory and return the context."""
     from edgekd.benchmark.envinfo import capture as describe_environment
-    from edgekd.models.loading import load_model, probe, require_input_shape
+    from edgekd.models.loading import load_model, probe_outputs, require_input_shape
     from edgekd.runner import RUN_FORMAT, Runner
 
     cfg = cfg.model_copy(deep=True)
@@ -203,9 +203,28 @@ def open_run(cfg: PipelineConfig) -> RunContext:
         check_onnx_teacher(cfg)
     for note in lm.notes:
         progress.log(f"model: {note}")
-    task = get_task("classify" if cfg.task == "auto" else cfg.task)
-    info = probe(lm.module, shape, task.name)
+    raw_outputs = probe_outputs(lm.module, shape)
+    if cfg.task == "auto":
+        from edgekd.tasks.auto import choose_task
+
+        name, why = choose_task(raw_outputs, cfg.data.path)
+    else:
+        name, why = cfg.task, "--task"
+    task = get_task(name.rstrip("?"))
+    info = task.probe(raw_outputs)
+    check_backends_score(task, profiles)
     real = load_real_data(cfg, lm, shape, task, info) if cfg.data.path is not None else None
+    if name.endswith("?"):  # fewer label classes than outputs: is it a classifier? its own predictions tell
+        from edgekd.tasks.auto import confirm_classifier
+
+        assert real is not None
+        why = confirm_classifier(lm.module, real.val.x, real.val.y, info["num_classes"])
+    if cfg.task == "auto":
+        progress.log(f"task: {task.name} ({why}; --task to choose another)")
+    if real is not None:
+        task.prepare(lm.module, real, info)
+    elif task.name != "classify":
+        task.synth_classes(info)  # raises: data-free synthesis inverts a classifier
     if real is not None:
         norm = real.meta.get("normalize", {})
         classes = real.meta.get("classes")
@@ -233,6 +252,18 @@ def open_run(cfg: PipelineConfig) -> RunContext:
 
 def _short(values: Any) -> str:
     return "[" + ", ".join(f"{v:.3f}" for v in values) + "]" if values else "none"
+
+
+def check_backends_score(task: Task, profiles: list[Profile]) -> None:
+    """A backend whose lowering or gate scores only some tasks is refused for the others, in one line (never a
+    top-1 computed on outputs that are not logits)."""
+    from edgekd.backends import get_backend
+
+    for p in profiles:
+        allowed = get_backend(p.backend).tasks
+        if allowed is not None and task.name not in allowed:
+            raise UsageError(f"target {p.name} ({p.backend}) scores {', '.join(allowed)} models only today; this "
+                             f"run's task is {task.name}", "use an onnxruntime or openvino target for this model")
 
 
 def check_onnx_teacher(cfg: PipelineConfig) -> None:

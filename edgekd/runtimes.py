@@ -116,8 +116,16 @@ class TensorrtRunner:
         return self._host_out.copy()
 
 
+def packed(outputs: list[np.ndarray]) -> np.ndarray:
+    """One output as it is; several flattened per sample and set side by side in graph order, (N, Σ d_k) — the
+    layout :func:`edgekd.tasks.output_metrics.split_packed` undoes."""
+    if len(outputs) == 1:
+        return outputs[0]
+    return np.concatenate([np.asarray(o, np.float32).reshape(len(o), -1) for o in outputs], 1)
+
+
 class OrtSession:
-    """An ONNX Runtime session: ``infer(x)`` → the first output; ``timed(x)`` → a zero-argument call for timing loops."""
+    """An ONNX Runtime session: ``infer(x)`` → the outputs (several packed, :func:`packed`); ``timed(x)`` → a zero-argument call for timing loops."""
 
     def __init__(self, path: str | Path, settings: dict[str, Any]) -> None:
         self.sess = ort_session(path, settings.get("threads"), settings.get("graph_optimization", "all"),
@@ -129,8 +137,8 @@ class OrtSession:
     def infer(self, x: np.ndarray) -> np.ndarray:
         x = np.ascontiguousarray(x, np.float32)
         if self.batch_fixed and len(x) != 1:
-            return np.concatenate([self.sess.run(None, {self.input: x[i : i + 1]})[0] for i in range(len(x))])
-        return self.sess.run(None, {self.input: x})[0]
+            return np.concatenate([packed(self.sess.run(None, {self.input: x[i : i + 1]})) for i in range(len(x))])
+        return packed(self.sess.run(None, {self.input: x}))
 
     def timed(self, x: np.ndarray) -> Callable[[], Any]:
         feed = {self.input: np.ascontiguousarray(x, np.float32)}
@@ -138,7 +146,7 @@ class OrtSession:
 
 
 class OvSession:
-    """An OpenVINO compiled model: ``infer(x)`` → the first output; ``timed(x)`` sets the input once and returns the
+    """An OpenVINO compiled model: ``infer(x)`` → the outputs (several packed, :func:`packed`); ``timed(x)`` sets the input once and returns the
     request's ``infer`` (the loop times inference only)."""
 
     def __init__(self, path: str | Path, settings: dict[str, Any]) -> None:
@@ -152,8 +160,12 @@ class OvSession:
     def infer(self, x: np.ndarray) -> np.ndarray:
         x = np.ascontiguousarray(x, np.float32)
         if self.batch_fixed and len(x) != 1:
-            return np.concatenate([np.array(self.req.infer({0: x[i : i + 1]})[self.out]) for i in range(len(x))])
-        return np.array(self.req.infer({0: x})[self.out])
+            return np.concatenate([self._all(x[i : i + 1]) for i in range(len(x))])
+        return self._all(x)
+
+    def _all(self, x: np.ndarray) -> np.ndarray:
+        res = self.req.infer({0: x})
+        return packed([np.array(res[o]) for o in self.compiled.outputs])
 
     def timed(self, x: np.ndarray) -> Callable[[], Any]:
         import openvino as ov

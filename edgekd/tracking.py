@@ -28,11 +28,13 @@ def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, str]:
     return out
 
 
-def row_metrics(rows: list[dict[str, Any]], primary: str = "top1") -> dict[str, float]:
+def row_metrics(rows: list[dict[str, Any]]) -> dict[str, float]:
+    """One metric per report row and measure: the task's primary metric under its own name (``top1``,
+    ``fidelity_r2``), p50, speed-up, size and memory."""
     out: dict[str, float] = {}
     for r in rows:
         name = f"{r['target']}.{r['model']}.{r['precision']}"
-        for key, metric in ((primary, primary), ("p50_ms", "p50_ms"), ("speedup_vs_teacher_p50", "speedup"),
+        for key, metric in (("metric", r.get("metric_name", "top1")), ("p50_ms", "p50_ms"), ("speedup_vs_teacher_p50", "speedup"),
                             ("size_bytes", "size_bytes"), ("peak_rss_mb", "peak_rss_mb")):
             if isinstance(r.get(key), (int, float)):
                 out[f"{name}.{metric}"] = float(r[key])

@@ -11,10 +11,13 @@ from edgekd.tracking import flatten, row_metrics
 
 def test_flatten_and_row_metrics() -> None:
     assert flatten({"a": 1, "b": {"c": [1, 2], "d": None}}) == {"a": "1", "b.c": "[1, 2]", "b.d": "None"}
-    rows = [{"target": "x86-cpu", "model": "student", "precision": "int8", "top1": 0.9, "p50_ms": 0.1,
-             "speedup_vs_teacher_p50": 6.0, "size_bytes": 1024, "peak_rss_mb": None}]
+    rows = [{"target": "x86-cpu", "model": "student", "precision": "int8", "metric": 0.9, "metric_name": "top1",
+             "p50_ms": 0.1, "speedup_vs_teacher_p50": 6.0, "size_bytes": 1024, "peak_rss_mb": None},
+            {"target": "x86-cpu", "model": "teacher", "precision": "int8", "metric": 0.99, "metric_name": "fidelity_r2",
+             "p50_ms": None}]
     assert row_metrics(rows) == {"x86-cpu.student.int8.top1": 0.9, "x86-cpu.student.int8.p50_ms": 0.1,
-                                 "x86-cpu.student.int8.speedup": 6.0, "x86-cpu.student.int8.size_bytes": 1024.0}
+                                 "x86-cpu.student.int8.speedup": 6.0, "x86-cpu.student.int8.size_bytes": 1024.0,
+                                 "x86-cpu.teacher.int8.fidelity_r2": 0.99}  # the task's metric under its own name
 
 
 def test_a_run_logged_to_a_file_store(tmp_path: Path, demo_teacher: Path, fmnist: Path) -> None:

@@ -49,6 +49,8 @@ class Backend:
     name: str = ""
     #: artifact suffixes this backend runs (``edgekd bench FILE`` picks the backend by suffix)
     suffixes: tuple[str, ...] = ()
+    #: the tasks whose outputs this backend's lowering and gates can score (None: every task, through the task)
+    tasks: tuple[str, ...] | None = None
 
     def settings(self, profile: Profile) -> dict[str, Any]:
         raise NotImplementedError

@@ -494,6 +494,8 @@ class TensorrtBackend(Backend):
     of the profile's compute capability are here. Bench times engines only: the teacher stays an ONNX file."""
 
     name = "tensorrt"
+    #: the bundle's expected accuracy and its on-device INT8-vs-FP16 gate (gate.py) compare top-1
+    tasks = ("classify",)
     suffixes = (".engine", ".plan", ".trt")
 
     def settings(self, profile: Profile) -> dict[str, Any]:

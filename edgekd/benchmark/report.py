@@ -9,7 +9,21 @@ from edgekd.fileio import read_json, write_json, write_text
 from edgekd.rundir import RunDir
 
 
+#: how a task's primary metric is headed in tables and plots
+METRIC_LABELS = {"top1": "top-1", "fidelity_r2": "fidelity R²"}
+
+
+def primary_metric(run: RunDir) -> str:
+    """The run's primary metric: its task's (recorded in the manifest), never assumed."""
+    from edgekd.tasks import get_task
+
+    return get_task(run.manifest.get("inputs", {}).get("model", {}).get("task", "classify")).primary
+
+
 def collect(run: RunDir) -> list[dict[str, Any]]:
+    """One row per (target, artifact): ``metric`` is the task's primary metric (``metric_name``); classification
+    rows also carry it as ``top1``; ``scores`` holds everything the task measured."""
+    primary = primary_metric(run)
     rows = []
     for stage_id, rec in sorted(run.manifest.get("stages", {}).items()):
         if not stage_id.startswith("bench/") or rec.get("status") != "done":
@@ -21,7 +35,8 @@ def collect(run: RunDir) -> list[dict[str, Any]]:
         if lat.get("skipped"):  # a TensorRT bundle with no engine built here: expected accuracy, no latency
             for a in acc_doc["results"]:
                 rows.append({"target": target, "backend": lat["backend"], "model": a["role"], "precision": a["precision"],
-                             "top1": a.get("top1"), "agreement_with_teacher": None, "p50_ms": None, "p90_ms": None,
+                             "metric": a.get(primary), "metric_name": primary, "top1": a.get("top1"),
+                             "agreement_with_teacher": None, "p50_ms": None, "p90_ms": None,
                              "p99_ms": None, "cov": None, "throughput_per_s": {}, "speedup_vs_teacher_p50": None,
                              "size_bytes": None, "peak_rss_mb": None, "threads": None, "artifact": None,
                              "note": f"expected ({a.get('measured_on')}); latency: {lat['skipped']}"})
@@ -31,7 +46,9 @@ def collect(run: RunDir) -> list[dict[str, Any]]:
             l1 = r["latency"].get("1", {})
             rows.append({
                 "target": target, "backend": lat["backend"], "model": r["role"], "precision": r["precision"],
-                "top1": a.get("top1"), "agreement_with_teacher": a.get("agreement_with_teacher"),
+                "metric": a.get(primary), "metric_name": primary, "top1": a.get("top1"),
+                "scores": {k: v for k, v in a.items() if k not in ("role", "precision")},
+                "agreement_with_teacher": a.get("agreement_with_teacher"),
                 "p50_ms": l1.get("p50_ms"), "p90_ms": l1.get("p90_ms"), "p99_ms": l1.get("p99_ms"),
                 "cov": l1.get("cov"), "throughput_per_s": {b: v["throughput_per_s"] for b, v in r["latency"].items()},
                 "speedup_vs_teacher_p50": r.get("speedup_vs_teacher_p50"), "speedup_range": r.get("speedup_range"),
@@ -86,9 +103,11 @@ def markdown(run: RunDir, rows: list[dict[str, Any]]) -> str:
         lines.append(f"Teacher `{Path(model['path']).name}` ({model['format']}, input {model['input_shape']}); "
                      f"test set: {data.get('sizes', {}).get('test', '?')} samples of `{data.get('source', '?')}`.")
     d = m.get("stages", {}).get("distill", {}).get("metrics", {})
+    primary = primary_metric(run)
+    label = METRIC_LABELS.get(primary, primary)
     if d.get("student"):
         lines.append(f"Student `{d['student']}`: {d.get('student_params', 0):,} params vs teacher {d.get('teacher_params', 0):,}; "
-                     f"val top-1 {d.get('student_val_top1', 0):.4f} (teacher {d.get('teacher_val_top1', 0):.4f}).")
+                     f"val {label} {d.get(f'student_val_{primary}', 0):.4f} (teacher {d.get(f'teacher_val_{primary}', 0):.4f}).")
     if data.get("data_free"):
         syn = data.get("synthetic", {})
         lines.append(f"**Data-free run**: no real data was given; {syn.get('n')} images were synthesized with "
@@ -99,11 +118,11 @@ def markdown(run: RunDir, rows: list[dict[str, Any]]) -> str:
         lines.append(f"Training data mixed with {syn.get('n')} synthetic images (`{syn.get('method')}`).")
     cpu = m.get("environment", {}).get("cpu", {})
     lines += [f"Measured on: {cpu.get('model', '?')} ({cpu.get('logical_cores')} logical cores, ISA {', '.join(cpu.get('isa', []))}).", ""]
-    lines += ["| target | runtime | model | precision | top-1 | agree w/ teacher | p50 ms | p90 ms | p99 ms | speed-up | size KB | peak RSS MB |",
+    lines += [f"| target | runtime | model | precision | {label} | agree w/ teacher | p50 ms | p90 ms | p99 ms | speed-up | size KB | peak RSS MB |",
               "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         size = None if r["size_bytes"] is None else r["size_bytes"] / 1024
-        lines.append(f"| {r['target']} | {r['backend']} | {r['model']} | {r['precision']} | {_fmt(r['top1'], '.4f')} | "
+        lines.append(f"| {r['target']} | {r['backend']} | {r['model']} | {r['precision']} | {_fmt(r['metric'], '.4f')} | "
                      f"{_fmt(r['agreement_with_teacher'], '.4f')} | {_fmt(r['p50_ms'], '.3f')} | {_fmt(r['p90_ms'], '.3f')} | "
                      f"{_fmt(r['p99_ms'], '.3f')} | {_speedup(r)} | {_fmt(size, '.0f')} | "
                      f"{_fmt(r['peak_rss_mb'], '.0f')} |")
@@ -117,10 +136,14 @@ def markdown(run: RunDir, rows: list[dict[str, Any]]) -> str:
     for rec in recommendations(rows):
         lines.append(f"\n- **Recommendation** — {rec}")
     n_rounds = max((r.get("rounds") or 1 for r in rows), default=1)
+    scored = ("Accuracy: top-1 on the held-out test split." if primary == "top1" else
+              "Fidelity R²: every output of the artifact against the teacher's PyTorch outputs on the held-out test "
+              "split, 1 − Σ(s − t)² / Σ(t − t̄)², the minimum over outputs (1 = the teacher exactly); agreement is the "
+              "same against the teacher's ONNX export." if primary == "fidelity_r2" else f"{label} on the held-out test split.")
     lines += ["", f"Latency: batch 1, a fresh process per artifact and round, after warm-up; {n_rounds} alternating "
               "round(s) in one run (A B C, C B A, …); speed-up = teacher p50 / model p50 on the same runtime and thread "
-              "count, the median of the per-round ratios (their range in brackets). Accuracy: top-1 on the held-out "
-              "test split.", ""]
+              f"count, the median of the per-round ratios (their range in brackets). {scored}", ""]
+    lines += output_lines(rows)
     for stage_id, rec in sorted(m.get("stages", {}).items()):
         if stage_id.startswith("lower/") and rec.get("status") == "done":
             b = read_json(run.root / rec["outputs"]["build"])
@@ -144,6 +167,31 @@ def markdown(run: RunDir, rows: list[dict[str, Any]]) -> str:
         lines += [f"- `{sid}`: {err}" for sid, err in failed.items()]
     lines += ["", "Stages: " + ", ".join(f"{k} {v.get('status')} ({v.get('seconds', 0):.1f}s)" for k, v in m.get("stages", {}).items())]
     return "\n".join(lines) + "\n"
+
+
+def output_lines(rows: list[dict[str, Any]]) -> list[str]:
+    """The outputs task: fidelity to the teacher per output, and the targets' own metrics when the data had them."""
+    out: list[str] = []
+    for r in rows:
+        sc = r.get("scores") or {}
+        for name, f in (sc.get("fidelity") or {}).items():
+            if not out:
+                out = ["Per output (against the teacher's PyTorch outputs):", "",
+                       "| target | model | precision | output | R² | cosine | rel. L2 | Pearson r | max abs diff |",
+                       "|---|---|---|---|---|---|---|---|---|"]
+            out.append(f"| {r['target']} | {r['model']} | {r['precision']} | {name} | {_fmt(f.get('r2'), '.4f')} | "
+                       f"{_fmt(f.get('cosine'), '.4f')} | {_fmt(f.get('rel_l2'), '.4f')} | {_fmt(f.get('pearson_r'), '.4f')} | "
+                       f"{_fmt(f.get('max_abs_diff'), '.3g')} |")
+    tgt = [(r, {k[len("target_"):]: v for k, v in (r.get("scores") or {}).items() if k.startswith("target_") and k != "target_output"})
+           for r in rows]
+    tgt = [(r, t) for r, t in tgt if t]
+    if tgt:
+        keys = sorted({k for _, t in tgt for k in t})
+        out += ["", f"Against the data's targets (output `{tgt[0][0]['scores'].get('target_output')}`):", "",
+                "| target | model | precision | " + " | ".join(keys) + " |", "|---|---|---|" + "---|" * len(keys)]
+        out += [f"| {r['target']} | {r['model']} | {r['precision']} | " + " | ".join(_fmt(t.get(k), '.4f') for k in keys) + " |"
+                for r, t in tgt]
+    return [*out, ""] if out else []
 
 
 def small_data_lines(run: RunDir) -> list[str]:
@@ -194,11 +242,13 @@ def parity_lines(run: RunDir) -> list[str]:
                 rows.append((f"student: ONNX FP32 → INT8 for {sid.split('/', 1)[1]} ({rt}, val split)", cal["parity_int8_vs_fp32_val"]))
     if not rows:
         return []
-    out = ["", "Parity (top-1 agreement, max |Δ logit|):", "", "| comparison | top-1 agreement | max abs diff | samples |",
+    what = next((r.get("agreement_metric") for _, r in rows if r.get("agreement_metric")), "top-1 agreement")
+    out = ["", f"Parity ({what}, max |Δ output|):", "", f"| comparison | {what} | max abs diff | samples |",
            "|---|---|---|---|"]
     for name, r in rows:
-        if "top1_agreement" in r:
-            out.append(f"| {name} | {r['top1_agreement']:.4f} | {_fmt(r.get('max_abs_diff'), '.2e')} | {r.get('samples', '–')} |")
+        agree = r.get("agreement", r.get("top1_agreement"))
+        if agree is not None:
+            out.append(f"| {name} | {agree:.4f} | {_fmt(r.get('max_abs_diff'), '.2e')} | {r.get('samples', '–')} |")
     return out
 
 
@@ -236,14 +286,22 @@ def compare(run_a: RunDir, run_b: RunDir) -> dict[str, Any]:
     for k in keys:
         ra, rb = a.get(k, {}), b.get(k, {})
         pa, pb = ra.get("p50_ms"), rb.get("p50_ms")
-        ta, tb = ra.get("top1"), rb.get("top1")
-        rows.append({"target": k[0], "model": k[1], "precision": k[2], "top1_a": ta, "top1_b": tb,
+        ta, tb = ra.get("metric"), rb.get("metric")
+        rows.append({"target": k[0], "model": k[1], "precision": k[2], "metric_a": ta, "metric_b": tb,
+                     "top1_a": ra.get("top1"), "top1_b": rb.get("top1"),
                      "top1_delta_points": 100 * (tb - ta) if ta is not None and tb is not None else None,
                      "p50_ms_a": pa, "p50_ms_b": pb, "p50_ratio_b_over_a": pb / pa if pa and pb else None})
+    ma, mb = primary_metric(run_a), primary_metric(run_b)
+    if ma != mb:
+        from edgekd.errors import UsageError
+
+        raise UsageError(f"{run_a.root.name} is scored by {ma}, {run_b.root.name} by {mb}: they cannot be compared",
+                         "compare runs of the same task")
+    label = METRIC_LABELS.get(ma, ma)
     md = [f"# edgekd compare — A: {run_a.root.name}, B: {run_b.root.name}", "",
-          "| target | model | precision | top-1 A | top-1 B | Δ pt | p50 ms A | p50 ms B | B/A |", "|---|---|---|---|---|---|---|---|---|"]
+          f"| target | model | precision | {label} A | {label} B | Δ pt | p50 ms A | p50 ms B | B/A |", "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        md.append(f"| {r['target']} | {r['model']} | {r['precision']} | {_fmt(r['top1_a'], '.4f')} | {_fmt(r['top1_b'], '.4f')} | "
+        md.append(f"| {r['target']} | {r['model']} | {r['precision']} | {_fmt(r['metric_a'], '.4f')} | {_fmt(r['metric_b'], '.4f')} | "
                   f"{_fmt(r['top1_delta_points'], '+.2f')} | {_fmt(r['p50_ms_a'], '.3f')} | {_fmt(r['p50_ms_b'], '.3f')} | "
                   f"{_fmt(r['p50_ratio_b_over_a'], '.2f')} |")
     env_a = run_a.manifest.get("environment", {}).get("cpu", {}).get("model")
@@ -266,9 +324,9 @@ def pareto_png(rows: list[dict[str, Any]], path: Path) -> None:
     colors = {t: plt.cm.tab10(i) for i, t in enumerate(targets)}
     markers = {("teacher", "fp32"): "s", ("student", "fp32"): "o", ("student", "int8"): "^", ("student", "fp16"): "D"}
     for r in rows:
-        if r["p50_ms"] is None or r["top1"] is None:
+        if r["p50_ms"] is None or r["metric"] is None:
             continue
-        ax.scatter(r["p50_ms"], 100 * r["top1"], color=colors[r["target"]], s=60, edgecolor="black", linewidth=0.5,
+        ax.scatter(r["p50_ms"], 100 * r["metric"], color=colors[r["target"]], s=60, edgecolor="black", linewidth=0.5,
                    marker=markers.get((r["model"], r["precision"]), "o"),
                    label=f"{r['target']} ({r['backend']}): {r['model']} {r['precision']}")
     ax.legend(fontsize=7, loc="lower right")
@@ -277,7 +335,8 @@ def pareto_png(rows: list[dict[str, Any]], path: Path) -> None:
     ax.xaxis.set_minor_formatter(ScalarFormatter())
     ax.tick_params(axis="x", which="minor", labelsize=7)
     ax.set_xlabel("p50 latency, batch 1 (ms, log scale)")
-    ax.set_ylabel("top-1 on the test split (%)")
+    name = rows[0].get("metric_name", "top1") if rows else "top1"
+    ax.set_ylabel(f"{METRIC_LABELS.get(name, name)} on the test split (×100)")
     ax.set_title("accuracy vs latency (up-left is better)")
     ax.grid(alpha=0.3)
     fig.tight_layout()

@@ -74,9 +74,12 @@ def bench(backend: str, model: Path, data: Path | None, settings: dict, warmup: 
 
     rss0 = _rss_mb()
     x_eval = y_eval = None
+    task_info: dict = {}
     if data is not None:
-        with np.load(data) as z:
+        with np.load(data, allow_pickle=False) as z:
             x_eval, y_eval = z["x"], z["y"]
+            if "task_info" in z.files:  # the output layout, for tasks that score several outputs
+                task_info = json.loads(str(z["task_info"]))
     shape = tuple(settings["input_shape"])
     threads = settings.get("threads")
     t_load = time.perf_counter()
@@ -108,7 +111,7 @@ def bench(backend: str, model: Path, data: Path | None, settings: dict, warmup: 
         from edgekd.tasks import get_task
 
         outputs = np.concatenate([infer(np.ascontiguousarray(x_eval[i : i + 256])) for i in range(0, len(x_eval), 256)])
-        result["accuracy"] = get_task(task).score(outputs, y_eval)
+        result["accuracy"] = get_task(task).score(outputs, y_eval, task_info)
         result["task"] = task
         if preds_out is not None:
             np.save(preds_out, outputs.astype(np.float32))

@@ -238,20 +238,40 @@ def load_dataset(
     std: Sequence[float] | None = None,
     limit: int | None = None,
     resize: str = "stretch",
+    labels: str = "classes",
 ) -> Dataset:
-    """Load ``spec`` (IDX folder, image folder, .npz, or ``fashion-mnist``) into normalised train/val/test splits."""
+    """Load ``spec`` (IDX folder, image folder, .npz, or ``fashion-mnist``) into normalised train/val/test splits.
+
+    ``labels="classes"``: ``y`` holds integer class ids (checked). ``labels="targets"`` (the ``outputs`` task): ``y``
+    holds whatever targets an ``.npz`` carries, of any shape and dtype, cast to float32 and never to integers; an
+    ``.npz`` without ``y`` — and an IDX or image folder, whose labels are class ids — give targets of width 0."""
     root = resolve_data_path(spec)
     classes: list[str] | None = None
     x_test = y_test = None
+    targets = labels == "targets"
+
+    def read_y(z: Any, key: str, n: int) -> np.ndarray:
+        if not targets:
+            return _check_labels(z[key], root.name if key == "y" else f"{root.name} ({key})")
+        if key not in z:
+            return np.zeros((n, 0), np.float32)
+        y_ = z[key]
+        if not (np.issubdtype(y_.dtype, np.floating) or np.issubdtype(y_.dtype, np.integer) or y_.dtype == bool):
+            raise DataError(f"targets {key} in {root.name} are {y_.dtype}, not numbers", "save y as a float array")
+        _check_finite(y_, f"{root.name} ({key})")
+        return y_.astype(np.float32)
+
     if root.is_file():
         if root.suffix != ".npz":
             raise DataError(f"unsupported data file {root.name}", "use a .npz with arrays x and y, an IDX folder or an image folder")
         with np.load(root, allow_pickle=False) as z:
-            if "x" not in z or "y" not in z:
+            if "x" not in z or ("y" not in z and not targets):
                 raise DataError(f"{root.name} lacks arrays 'x' and 'y' (has {sorted(z.files)})", "save with np.savez(path, x=images, y=labels)")
-            x, y = z["x"], _check_labels(z["y"], root.name)
-            if "x_test" in z and "y_test" in z:
-                x_test, y_test = z["x_test"], _check_labels(z["y_test"], f"{root.name} (y_test)")
+            x = z["x"]
+            y = read_y(z, "y", len(x))
+            if "x_test" in z and ("y_test" in z or (targets and "y" not in z)):
+                x_test = z["x_test"]
+                y_test = read_y(z, "y_test", len(x_test))
             _check_finite(x, root.name)
             if x_test is not None:
                 _check_finite(x_test, f"{root.name} (x_test)")
@@ -274,10 +294,15 @@ def load_dataset(
     else:
         raise DataError(f"cannot read data at {root}", "pass an IDX folder, an image folder or a .npz file")
 
+    if targets and fmt != "npz":  # class ids of an IDX or image folder are not targets of a non-classifier
+        y = np.zeros((len(y), 0), np.float32)
+        y_test = None if y_test is None else np.zeros((len(y_test), 0), np.float32)
     if len(y) == 0:
         raise DataError(f"dataset {root} is empty", "add samples")
-    n_classes = len(np.unique(y))
-    if n_classes < 2:
+    if len(x) != len(y):
+        raise DataError(f"{len(x)} samples but {len(y)} targets in {root}", "fix the dataset")
+    n_classes = len(np.unique(y)) if not targets else 0
+    if not targets and n_classes < 2:
         raise DataError(f"dataset {root} has one class only ({classes[0] if classes else int(y[0])}); a classifier "
                         "cannot be scored on it", "add samples of the other classes")
     if len(x) != len(y):
@@ -312,7 +337,7 @@ def load_dataset(
     def norm(a: np.ndarray) -> np.ndarray:
         return np.ascontiguousarray((_to_unit_float(a) - m) / s, dtype=np.float32)
 
-    num_classes = int(max(y.max(), y_test.max() if len(y_test) else 0) + 1)  # type: ignore[union-attr]
+    num_classes = 0 if targets else int(max(y.max(), y_test.max() if len(y_test) else 0) + 1)  # type: ignore[union-attr]
     ds = Dataset(
         train=ArraySplit(np.ascontiguousarray((xtr - m) / s, dtype=np.float32), y[train_idx]),
         val=ArraySplit(norm(x[val_idx]), y[val_idx]),
@@ -332,4 +357,7 @@ def load_dataset(
         "normalize": {"mean": [float(v) for v in mean], "std": [float(v) for v in std], "source": norm_source},
         "resize": resize if fmt == "image-folder" else None,
     }
+    if targets:
+        ds.meta["classes"], ds.meta["labels"] = None, ("targets of shape " + str(tuple(y.shape[1:])) if y.ndim == 1 or y.shape[1]
+                                                      else "none")
     return ds

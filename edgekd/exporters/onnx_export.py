@@ -25,21 +25,21 @@ def _has_fake_quant(module: nn.Module) -> bool:
     return any(isinstance(m, FakeQuantizer) for m in module.modules())
 
 
-def _legacy(module: nn.Module, x: torch.Tensor, opset: int) -> bytes:
+def _legacy(module: nn.Module, x: torch.Tensor, opset: int, names: list[str]) -> bytes:
     buf = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(module, (x,), buf, dynamo=False, opset_version=opset, input_names=["input"],
-                          output_names=["logits"], dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+                          output_names=names, dynamic_axes={"input": {0: "batch"}, **{n: {0: "batch"} for n in names}},
                           do_constant_folding=True)
     return buf.getvalue()
 
 
-def _dynamo(module: nn.Module, x: torch.Tensor, opset: int) -> bytes:
+def _dynamo(module: nn.Module, x: torch.Tensor, opset: int, names: list[str]) -> bytes:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         prog = torch.onnx.export(module, (x,), dynamo=True, opset_version=max(opset, 18), input_names=["input"],
-                                 output_names=["logits"], dynamic_shapes=({0: torch.export.Dim("batch")},),
+                                 output_names=names, dynamic_shapes=({0: torch.export.Dim("batch")},),
                                  external_data=False, verbose=False)
     assert prog is not None
     return prog.model_proto.SerializeToString()
@@ -54,13 +54,26 @@ def _program(program: object, opset: int) -> bytes:
 
 
 def export_onnx(module: nn.Module, input_shape: tuple[int, ...], path: Path, opset: int = 17,
-                exporter: str = "legacy", program: object = None) -> dict[str, object]:
-    """Write ``path`` (atomically) with a dynamic batch axis; return what was used.
+                exporter: str = "legacy", program: object = None, output_names: list[str] | None = None) -> dict[str, object]:
+    """Write ``path`` (atomically) with a dynamic batch axis and the outputs named ``output_names`` (the task's;
+    default ``logits``); return what was used.
 
     A ``torch.export`` program (from a .pt2 file) is exported as it is, with the dynamo exporter: it already holds
-    the graph, and its unflattened module cannot be traced again.
+    the graph, and its unflattened module cannot be traced again. A dict-output module is exported through
+    :class:`edgekd.models.heads.AsTuple` (the exporters name tuple outputs, not dict keys).
     """
+    names = list(output_names or ["logits"])
     module = module.eval()
+    probe_out = None
+    with torch.no_grad():
+        try:
+            probe_out = module(torch.zeros((2, *input_shape[1:])))
+        except Exception:  # noqa: BLE001 - the exporters below report the failure
+            pass
+    if isinstance(probe_out, dict):
+        from edgekd.models.heads import AsTuple
+
+        module = AsTuple(module, names)
     x = torch.zeros((2, *input_shape[1:]))
     order = [exporter, "dynamo" if exporter == "legacy" else "legacy"]
     if program is not None:
@@ -73,7 +86,7 @@ def export_onnx(module: nn.Module, input_shape: tuple[int, ...], path: Path, ops
             if name == "program":
                 data = _program(program, opset)
             else:
-                data = _legacy(module, x, opset) if name == "legacy" else _dynamo(module, x, opset)
+                data = _legacy(module, x, opset, names) if name == "legacy" else _dynamo(module, x, opset, names)
             used = name
             break
         except Exception as e:  # noqa: BLE001 - try the other exporter, report both if both fail

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 
@@ -21,16 +21,21 @@ def compare(ref: np.ndarray, out: np.ndarray) -> dict[str, float]:
         "samples": int(len(ref)),
         "max_abs_diff": float(diff.max()) if diff.size else 0.0,
         "mean_abs_diff": float(diff.mean()) if diff.size else 0.0,
-        "top1_agreement": float((ref.argmax(1) == out.argmax(1)).mean()) if len(ref) else 1.0,
+        **({"top1_agreement": float((ref.argmax(1) == out.argmax(1)).mean()) if len(ref) else 1.0}
+           if ref.ndim == 2 else {}),
     }
 
 
-def check(stats: dict[str, float], *, what: str, atol: float | None, min_agreement: float) -> None:
-    """Raise :class:`ParityError` past tolerance (``atol=None`` checks agreement only, for quantized models)."""
+def check(stats: dict[str, Any], *, what: str, atol: float | None, min_agreement: float) -> None:
+    """Raise :class:`ParityError` past tolerance (``atol=None`` checks agreement only, for quantized models). The
+    agreement is the task's (``stats["agreement"]``, named by ``agreement_metric``: top-1 agreement for classifiers,
+    R² for the outputs task)."""
+    agree = stats.get("agreement", stats.get("top1_agreement"))
+    label = stats.get("agreement_metric", "top-1 agreement")
     if atol is not None and stats["max_abs_diff"] > atol:
         raise ParityError(f"{what}: max abs diff {stats['max_abs_diff']:.3g} exceeds tolerance {atol:g} "
-                          f"(top-1 agreement {stats['top1_agreement']:.4f})",
+                          f"({label} {agree:.4f})",
                           "the exporter changed the model's math; check custom ops, or raise export.atol if expected")
-    if stats["top1_agreement"] < min_agreement:
-        raise ParityError(f"{what}: top-1 agreement {stats['top1_agreement']:.4f} is below {min_agreement:.4f}",
+    if agree < min_agreement:
+        raise ParityError(f"{what}: {label} {agree:.4f} is below {min_agreement:.4f}",
                           "see parity.json; for int8 try a larger calibration recipe (--calibration large)")

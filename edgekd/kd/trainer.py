@@ -15,7 +15,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -28,7 +28,7 @@ from edgekd.config import DistillConfig
 from edgekd.distributed import dist_info
 from edgekd.data import Dataset
 from edgekd.kd.features import FeatureKD, FeaturePair, FeatureRecorder
-from edgekd.kd.losses import build_loss
+from edgekd.kd.losses import LogitLoss, build_loss
 from edgekd.kd.objective import DistillObjective
 from edgekd.errors import ConfigError, StageError
 from edgekd.fileio import atomic_path
@@ -95,6 +95,21 @@ def predict_logits(model: nn.Module, x: np.ndarray, batch: int = 256) -> np.ndar
     return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
 
 
+@torch.no_grad()
+def predict_outputs(model: nn.Module, x: np.ndarray, names: list[str] | None = None, batch: int = 256) -> np.ndarray:
+    """All of a model's outputs for ``x``, packed side by side as (N, Σ d_k) (:func:`edgekd.models.heads.pack`);
+    a single output keeps its shape."""
+    from edgekd.models.heads import output_list, pack
+
+    model.eval()
+    out = []
+    for i in range(0, len(x), batch):
+        o = model(torch.from_numpy(x[i : i + batch]))
+        parts = output_list(o, names)
+        out.append((parts[0].float() if len(parts) == 1 else pack(parts)).numpy())
+    return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
+
+
 def accuracy(logits: np.ndarray, y: np.ndarray) -> float:
     return float((logits.argmax(1) == y).mean()) if len(y) else float("nan")
 
@@ -103,29 +118,40 @@ def _unwrap(m: nn.Module) -> nn.Module:
     return m.module if isinstance(m, nn.parallel.DistributedDataParallel) else m
 
 
+ValMetric = tuple[str, Callable[[nn.Module, np.ndarray, np.ndarray], float]]
+
+
+def _top1(model: nn.Module, x: np.ndarray, y: np.ndarray) -> float:
+    return accuracy(predict_logits(model, x), y)
+
+
 def train_student(teacher: nn.Module, student: nn.Module, data: Dataset, cfg: DistillConfig,
-                  ckpt_dir: Path | None = None, teacher_logits: np.ndarray | None = None) -> DistResult:
-    """Distill ``teacher`` into ``student`` on ``data.train``; report val top-1 every ``cfg.eval_interval()`` epochs
-    and after the last (``history[-1]["val_top1"]`` always exists).
+                  ckpt_dir: Path | None = None, teacher_logits: np.ndarray | None = None,
+                  loss_fn: LogitLoss | None = None, val_metric: ValMetric | None = None) -> DistResult:
+    """Distill ``teacher`` into ``student`` on ``data.train``; report the val metric every ``cfg.eval_interval()``
+    epochs and after the last (``history[-1]["val_<name>"]`` always exists; top-1 unless ``val_metric`` names
+    another, as ``(name, fn(model, x, y))``).
 
     ``teacher_logits`` (optional) are the teacher's outputs on ``data.train.x``, for callers that train several
     students from one teacher (benchmarks); they are used only where the trainer would cache logits itself.
-    The teacher is used frozen and handed back unchanged (:func:`edgekd.models.freeze.frozen`).
+    ``loss_fn`` replaces ``cfg.loss`` (a task's own loss on its outputs). The teacher is used frozen and handed back
+    unchanged (:func:`edgekd.models.freeze.frozen`).
     """
     check_student(student, teacher)
     with frozen(teacher):
-        return _train_student(teacher, student, data, cfg, ckpt_dir, teacher_logits)
+        return _train_student(teacher, student, data, cfg, ckpt_dir, teacher_logits, loss_fn, val_metric or ("top1", _top1))
 
 
 def _train_student(teacher: nn.Module, student: nn.Module, data: Dataset, cfg: DistillConfig,
-                   ckpt_dir: Path | None, teacher_logits: np.ndarray | None) -> DistResult:
+                   ckpt_dir: Path | None, teacher_logits: np.ndarray | None, loss_fn: LogitLoss | None,
+                   val_metric: ValMetric) -> DistResult:
     rank, world = dist_info()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed + rank)
 
-    loss_fn = build_loss(cfg.loss, **cfg.loss_params)
+    loss_fn = loss_fn if loss_fn is not None else build_loss(cfg.loss, **cfg.loss_params)
     pairs = [FeaturePair(f.student, f.teacher, f.weight) for f in cfg.features]
     s_rec = FeatureRecorder(student, [p.student for p in pairs]) if pairs else None
     t_rec = FeatureRecorder(teacher, [p.teacher for p in pairs]) if pairs else None
@@ -236,11 +262,13 @@ def _train_student(teacher: nn.Module, student: nn.Module, data: Dataset, cfg: D
                "lr_end": opt.param_groups[0]["lr"]}
         # scoring the val split can cost more than an epoch on a small transfer set: every `eval_interval` epochs
         if (epoch + 1) % cfg.eval_interval() == 0 or epoch + 1 == cfg.epochs:
-            rec["val_top1"] = accuracy(predict_logits(student, data.val.x), data.val.y)
+            rec[f"val_{val_metric[0]}"] = val_metric[1](student, data.val.x, data.val.y)
         rec["seconds"] = round(time.time() - t0, 2)
         history.append(rec)
         if rank == 0:
-            val = f" val top-1 {rec['val_top1']:.4f}" if "val_top1" in rec else ""
+            vk = f"val_{val_metric[0]}"
+            label = "top-1" if val_metric[0] == "top1" else val_metric[0]
+            val = f" val {label} {rec[vk]:.4f}" if vk in rec else ""
             progress.log(f"distill: epoch {epoch + 1}/{cfg.epochs} loss {rec['loss_total']:.4f}{val} ({rec['seconds']:.1f}s)")
             if ckpt_dir is not None:
                 with atomic_path(ckpt_dir / "last.pt") as tmp:

@@ -13,16 +13,26 @@ from edgekd.models.zoo import MODELS, build_model
 
 
 def build_student(spec: str, in_channels: int, num_classes: int, width: int | None = None,
-                  depth: int | None = None) -> tuple[nn.Module, dict[str, Any]]:
-    """Return (student, recipe); the recipe rebuilds it later (saved next to the weights)."""
+                  depth: int | None = None, layout: list[dict[str, Any]] | None = None) -> tuple[nn.Module, dict[str, Any]]:
+    """Return (student, recipe); the recipe rebuilds it later (saved next to the weights).
+
+    With ``layout`` (the ``outputs`` task) the model's ``num_classes`` outputs are the packed outputs, split into the
+    teacher's output structure by :class:`edgekd.models.heads.OutputHeads`."""
     if spec.removeprefix("zoo:") in MODELS:
         name = spec.removeprefix("zoo:")
-        return build_model(name, in_channels, num_classes, width, depth), {
-            "arch": name, "in_channels": in_channels, "num_classes": num_classes, "width": width, "depth": depth}
-    factory = resolve_factory(spec)
-    n_params = len([p for p in inspect.signature(factory).parameters.values() if p.default is inspect.Parameter.empty])
-    model = factory(in_channels, num_classes) if n_params >= 2 else factory()
-    return model, {"arch": spec, "in_channels": in_channels, "num_classes": num_classes, "width": None, "depth": None}
+        model = build_model(name, in_channels, num_classes, width, depth)
+        recipe = {"arch": name, "in_channels": in_channels, "num_classes": num_classes, "width": width, "depth": depth}
+    else:
+        factory = resolve_factory(spec)
+        n_params = len([p for p in inspect.signature(factory).parameters.values() if p.default is inspect.Parameter.empty])
+        model = factory(in_channels, num_classes) if n_params >= 2 else factory()
+        recipe = {"arch": spec, "in_channels": in_channels, "num_classes": num_classes, "width": None, "depth": None}
+    if layout is not None:
+        from edgekd.models.heads import OutputHeads
+
+        model = OutputHeads(model, layout)
+        recipe["layout"] = [{"name": o["name"], "shape": list(o["shape"]), "kind": o.get("kind", "real")} for o in layout]
+    return model, recipe
 
 
 def save_student(path: str, model: nn.Module, recipe: dict[str, Any], extra: dict[str, Any]) -> None:
@@ -40,6 +50,7 @@ def load_student(path: str, named_factory: str | None = None) -> tuple[nn.Module
     if arch.removeprefix("zoo:") not in MODELS and arch != named_factory:
         raise ModelLoadError(f"the student in {path} was built by the factory {arch[:80]!r}, which this command did not name",
                              f"if you trust it, add --student {arch[:80]}")
-    model, _ = build_student(arch, meta["in_channels"], meta["num_classes"], meta.get("width"), meta.get("depth"))
+    model, _ = build_student(arch, meta["in_channels"], meta["num_classes"], meta.get("width"), meta.get("depth"),
+                             layout=meta.get("layout"))
     model.load_state_dict(obj["state_dict"])
     return model.eval(), meta

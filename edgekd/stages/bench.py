@@ -108,7 +108,7 @@ class Bench(Stage):
         base_i = next((i for i, (role, prec, _) in enumerate(artifacts) if role == "teacher" and prec == "fp32"), None)
         for i, r in enumerate(results):
             if base_i is not None:
-                r["accuracy"]["agreement_with_teacher"] = ctx.task.agreement(outputs[base_i], outputs[i])
+                r["accuracy"]["agreement_with_teacher"] = ctx.task.agreement(outputs[base_i], outputs[i], ctx.info)
                 ratios = [t / a for t, a in zip(results[base_i]["per_round_p50_ms"], r["per_round_p50_ms"])]
                 r["speedup_vs_teacher_p50"] = float(np.median(ratios))
                 r["speedup_range"] = [float(min(ratios)), float(max(ratios))]

@@ -42,7 +42,7 @@ class Distill(Stage):
         key_file.write_text(key)
         data, task = ctx.data, ctx.task
         teacher = ctx.teacher.module
-        t_val = task.evaluate(teacher, data.val.x, data.val.y)[task.primary]
+        t_val = task.evaluate(teacher, data.val.x, data.val.y, ctx.info)[task.primary]
         check_teacher_score(ctx, t_val)
         metrics: dict[str, Any] = {f"teacher_val_{task.primary}": t_val, "teacher_params": count_params(teacher)}
         student = None
@@ -53,10 +53,10 @@ class Distill(Stage):
             if ctx.data_free and is_adversarial(ctx.synth_method()):
                 # DFAD trains the student inside the synthesis game (stage synth); take that student as is
                 student = load_student(str(ctx.run.output("synth", "dfad_student")), cfg.student)[0]
-                val = task.evaluate(student, data.val.x, data.val.y)[task.primary]
+                val = task.evaluate(student, data.val.x, data.val.y, ctx.info)[task.primary]
                 history, resumed = [{"epoch": 1, f"val_{task.primary}": val, "source": "DFAD game (stage synth)"}], 0
             else:
-                res = task.distill(teacher, student, data, cfg, ckpt_dir)
+                res = task.distill(teacher, student, data, cfg, ckpt_dir, ctx.info)
                 student, history, resumed = res.student, res.history, res.resumed_from_epoch
             metrics.update({f"student_val_{task.primary}": history[-1][f"val_{task.primary}"]},
                            student_params=count_params(student), resumed_from_epoch=resumed, student=recipe["arch"])

@@ -25,8 +25,6 @@ class Export(Stage):
         return {"export": ctx.cfg.export.model_dump()}
 
     def run(self, ctx, profile, key: str) -> StageResult:  # noqa: ANN001
-        import torch
-
         from edgekd.exporters import parity
         from edgekd.exporters.onnx_export import export_onnx
         from edgekd.models.batching import make_batch_dynamic
@@ -58,24 +56,24 @@ class Export(Stage):
                 continue
             module = ctx.teacher.module if name == "teacher" else ctx.student_module()
             program = ctx.teacher.program if (name == "teacher" or not distilled) else None
-            info = export_onnx(module, ctx.input_shape, path, cfg.opset, cfg.exporter, program=program)
+            info = export_onnx(module, ctx.input_shape, path, cfg.opset, cfg.exporter, program=program,
+                               output_names=ctx.task.output_names(ctx.info))
             data, info["batch_dynamic"] = make_batch_dynamic(path.read_bytes())  # a batch-1 program exports batch 1
             with atomic_path(path) as tmp:
                 tmp.write_bytes(data)
             if not info["batch_dynamic"]:
                 progress.warn(f"export: {name}.onnx keeps a fixed batch of 1 (its graph hard-codes it); it is "
                               "benchmarked at batch 1 only")
-            with torch.no_grad():
-                ref = parity.run_batched(lambda b: module(torch.from_numpy(b)).numpy(), x)
+            ref = ctx.task.predict(module, x, ctx.info)
             got = parity.run_batched(make_runner("onnxruntime", path, {"graph_optimization": "all"}), x)
-            stats = ctx.task.parity(ref, got)
+            stats = ctx.task.parity(ref, got, ctx.info)
             report[name] = {**info, "parity_torch_vs_onnxruntime": stats}
             write_json(out / "parity.json", report)
             parity.check(stats, what=f"{name}.onnx vs PyTorch", atol=cfg.atol, min_agreement=cfg.min_top1_agreement)
             outputs[name] = ctx.run.rel(path)
         outputs["parity"] = ctx.run.rel(out / "parity.json")
         metrics = {f"{n}_{k}": v for n, r in report.items() for k, v in r.get("parity_torch_vs_onnxruntime", {}).items()
-                   if k != "samples"}
+                   if k != "samples" and isinstance(v, (int, float))}
         metrics["exporter"] = report["student"]["exporter"]
         metrics["opset"] = report["student"]["opset"]
         return StageResult(outputs, metrics)

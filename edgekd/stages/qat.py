@@ -79,7 +79,7 @@ class QAT(Stage):
             except Exception as e:  # noqa: BLE001 - a runtime that is not installed is reported, not fatal here
                 checks[name] = {"error": str(e)[:200]}
                 continue
-            checks[name] = ctx.task.parity(ref, got)
+            checks[name] = ctx.task.parity(ref, got, ctx.info)
         report = {"bits": q.bits, "qat": q.qat, "ti": ti, "plan": plan, "export": info, "training": res,
                   "parity_vs_torch_fakequant_test": checks,
                   "low_bit_weights": "deployed as int8 Q/DQ holding the low-bit values exactly (lossless); no runtime "

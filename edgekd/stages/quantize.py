@@ -71,13 +71,15 @@ class Quantize(Stage):
             # int8 vs fp32 on the val split (real data the student never trained on)
             ref = parity.run_batched(make_runner("onnxruntime", fp32, {"graph_optimization": "all"}), data.val.x)
             got = parity.run_batched(make_runner(q.check_backend, q.files["model"], q.check_settings), data.val.x)
-            info["parity_int8_vs_fp32_val"] = ctx.task.parity(ref, got)
+            info["parity_int8_vs_fp32_val"] = ctx.task.parity(ref, got, ctx.info)
         write_json(out / "calibration.json", info)  # before the gate, so a failed stage keeps its evidence
         if "parity_int8_vs_fp32_val" in info:
             parity.check(info["parity_int8_vs_fp32_val"], what=f"int8 model for {p.name} vs fp32", atol=None,
-                         min_agreement=ctx.cfg.quantize.min_top1_agreement)
+                         min_agreement=ctx.task.int8_gate(ctx.cfg.quantize))
         outputs["calibration"] = ctx.run.rel(out / "calibration.json")
         metrics = {"precision": prec, "tool": info["tool"]}
         if "parity_int8_vs_fp32_val" in info:
-            metrics["top1_agreement_vs_fp32"] = info["parity_int8_vs_fp32_val"]["top1_agreement"]
+            metrics["agreement_vs_fp32"] = info["parity_int8_vs_fp32_val"]["agreement"]
+            if "top1_agreement" in info["parity_int8_vs_fp32_val"]:
+                metrics["top1_agreement_vs_fp32"] = info["parity_int8_vs_fp32_val"]["top1_agreement"]
         return StageResult(outputs, metrics)

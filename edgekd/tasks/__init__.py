@@ -2,8 +2,9 @@
 
 A task probes the model's outputs, names them for export, scores outputs against targets (numpy only, so the
 torch-free benchmark worker and the device-side runner score any task), measures a student's agreement with its
-teacher, and samples calibration data. Classification is the first; detection and any-output models build on the
-same interface (#17). A metric never falls back silently to top-1: the task named in the run decides.
+teacher, and samples calibration data: ``classify`` (logits, top-1) and ``outputs`` (any tensors, scored by fidelity
+to the teacher and by the data's targets). ``--task auto`` (:mod:`edgekd.tasks.auto`) decides from the model's
+outputs and the data's labels, and refuses what it cannot tell. A metric never falls back silently to top-1.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 from edgekd.registry import Registry
 from edgekd.tasks.base import Task
 
-TASK_NAMES = ("classify",)
+TASK_NAMES = ("classify", "outputs")
 TASKS: Registry[Task] = Registry("task", lazy={n: f"edgekd.tasks.{n}" for n in TASK_NAMES})
 
 

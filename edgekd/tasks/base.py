@@ -18,6 +18,8 @@ class Task:
     name: str = ""
     #: the metric that headlines reports and decides gates
     primary: str = ""
+    #: what :meth:`agreement` measures, for reports and gate messages
+    agreement_name: str = "agreement"
 
     # ------------------------------------------------------------------ the model and its data
     def probe(self, outputs: Any) -> dict[str, Any]:
@@ -33,6 +35,10 @@ class Task:
         """The user's data as a :class:`edgekd.data.Dataset` (train/val/test), checked against the model."""
         raise NotImplementedError
 
+    def prepare(self, teacher: Any, data: Any, info: dict[str, Any]) -> None:
+        """After the data load (before the run directory is touched): anything the task derives from the teacher
+        and the data together (the ``outputs`` task stores the teacher's reference outputs). Default: nothing."""
+
     def synth_classes(self, info: dict[str, Any]) -> int:
         """How many classes data-free synthesis should cover (it inverts a classifier's decisions)."""
         from edgekd.errors import UsageError
@@ -44,26 +50,36 @@ class Task:
                       depth: int | None) -> tuple[Any, dict[str, Any]]:
         raise NotImplementedError
 
-    def distill(self, teacher: Any, student: Any, data: Any, cfg: Any, ckpt_dir: Path | None) -> Any:
+    def predict(self, model: Any, x: np.ndarray, info: dict[str, Any] | None = None) -> np.ndarray:
+        """A torch model's outputs on ``x`` as one array (several outputs packed side by side, in layout order)."""
+        raise NotImplementedError
+
+    def distill(self, teacher: Any, student: Any, data: Any, cfg: Any, ckpt_dir: Path | None,
+                info: dict[str, Any]) -> Any:
         """Train ``student`` from ``teacher``; returns :class:`edgekd.kd.trainer.DistResult`."""
         raise NotImplementedError
 
-    def evaluate(self, model: Any, x: np.ndarray, y: np.ndarray) -> dict[str, float]:
+    def evaluate(self, model: Any, x: np.ndarray, y: np.ndarray, info: dict[str, Any] | None = None) -> dict[str, float]:
         """The task's metrics of a torch model on (x, y)."""
         raise NotImplementedError
 
     # ------------------------------------------------------------------ scoring (numpy only)
-    def score(self, outputs: np.ndarray, targets: np.ndarray) -> dict[str, float]:
+    def score(self, outputs: np.ndarray, targets: np.ndarray, info: dict[str, Any] | None = None) -> dict[str, Any]:
         """Metrics of ``outputs`` against ``targets``, the primary one under :attr:`primary`."""
         raise NotImplementedError
 
-    def agreement(self, reference: np.ndarray, outputs: np.ndarray) -> float:
-        """How closely ``outputs`` reproduce ``reference`` (a student's outputs vs its teacher's), in [0, 1]."""
+    def agreement(self, reference: np.ndarray, outputs: np.ndarray, info: dict[str, Any] | None = None) -> float:
+        """How closely ``outputs`` reproduce ``reference`` (a student's outputs vs its teacher's); 1 is exact."""
         raise NotImplementedError
 
-    def parity(self, reference: np.ndarray, outputs: np.ndarray) -> dict[str, float]:
-        """Two implementations of one model compared (max/mean |Δ| and the task's agreement), for the parity gates."""
+    def parity(self, reference: np.ndarray, outputs: np.ndarray, info: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Two implementations of one model compared, for the parity gates: ``max_abs_diff``, ``mean_abs_diff`` and
+        ``agreement`` (the task's, named by ``agreement_metric``)."""
         raise NotImplementedError
+
+    def int8_gate(self, quantize_cfg: Any) -> float:
+        """The least :meth:`parity` ``agreement`` an INT8 model may have with its FP32 export."""
+        return float(quantize_cfg.min_top1_agreement)
 
     def calibration(self, data: Any, recipe: Any, count: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """The calibration samples (x, targets) for a recipe."""

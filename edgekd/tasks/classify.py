@@ -21,15 +21,20 @@ from edgekd.tasks.base import Task
 class Classification(Task):
     name = "classify"
     primary = "top1"
+    agreement_name = "top-1 agreement"
 
     def probe(self, outputs: Any) -> dict[str, Any]:
         from edgekd.errors import ModelLoadError
 
-        out = outputs[0] if isinstance(outputs, (tuple, list)) else outputs
+        if isinstance(outputs, (tuple, list, dict)) and len(outputs) != 1:
+            raise ModelLoadError(f"the model returns {len(outputs)} outputs; a classifier returns one (batch, classes) "
+                                 "logits tensor", "pass --task outputs (every output distilled and scored)")
+        out = next(iter(outputs.values())) if isinstance(outputs, dict) else outputs
+        out = out[0] if isinstance(out, (tuple, list)) else out
         shape = tuple(getattr(out, "shape", ()))
-        if len(shape) != 2 or not shape[1]:
+        if len(shape) != 2 or shape[1] < 2:
             raise ModelLoadError(f"the model's output has shape {shape}, not (batch, classes) logits",
-                                 "edgekd compresses classifiers today; wrap the model to return logits")
+                                 "pass --task outputs for embeddings, regression and other real-valued outputs")
         return {"num_classes": int(shape[1])}
 
     def output_names(self, info: dict[str, Any]) -> list[str]:
@@ -59,28 +64,37 @@ class Classification(Task):
 
         return build_student(spec, input_shape[1], info["num_classes"], width, depth)
 
-    def distill(self, teacher: Any, student: Any, data: Any, cfg: Any, ckpt_dir: Path | None) -> Any:
-        from edgekd.kd.trainer import train_student
-
-        return train_student(teacher, student, data, cfg, ckpt_dir)
-
-    def evaluate(self, model: Any, x: np.ndarray, y: np.ndarray) -> dict[str, float]:
+    def predict(self, model: Any, x: np.ndarray, info: dict[str, Any] | None = None) -> np.ndarray:
         from edgekd.kd.trainer import predict_logits
 
-        return self.score(predict_logits(model, x), y)
+        return predict_logits(model, x)
 
-    def score(self, outputs: np.ndarray, targets: np.ndarray) -> dict[str, float]:
+    def distill(self, teacher: Any, student: Any, data: Any, cfg: Any, ckpt_dir: Path | None,
+                info: dict[str, Any]) -> Any:
+        from edgekd.errors import ConfigError
+        from edgekd.kd.trainer import train_student
+
+        if cfg.output_loss:
+            raise ConfigError("distill.output_loss is for the outputs task; a classifier distils its logits with "
+                              "distill.loss", "remove distill.output_loss, or pass --task outputs")
+        return train_student(teacher, student, data, cfg, ckpt_dir)
+
+    def evaluate(self, model: Any, x: np.ndarray, y: np.ndarray, info: dict[str, Any] | None = None) -> dict[str, float]:
+        return self.score(self.predict(model, x), y)
+
+    def score(self, outputs: np.ndarray, targets: np.ndarray, info: dict[str, Any] | None = None) -> dict[str, Any]:
         if not len(targets):
             return {"samples": 0, "top1": float("nan")}
         return {"samples": int(len(targets)), "top1": float((outputs.argmax(1) == targets).mean())}
 
-    def agreement(self, reference: np.ndarray, outputs: np.ndarray) -> float:
+    def agreement(self, reference: np.ndarray, outputs: np.ndarray, info: dict[str, Any] | None = None) -> float:
         return float((reference.argmax(1) == outputs.argmax(1)).mean()) if len(reference) else 1.0
 
-    def parity(self, reference: np.ndarray, outputs: np.ndarray) -> dict[str, float]:
+    def parity(self, reference: np.ndarray, outputs: np.ndarray, info: dict[str, Any] | None = None) -> dict[str, Any]:
         from edgekd.exporters.parity import compare
 
-        return compare(reference, outputs)
+        stats = compare(reference, outputs)
+        return {**stats, "agreement": stats["top1_agreement"], "agreement_metric": "top-1 agreement"}
 
     def calibration(self, data: Any, recipe: Any, count: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         from edgekd.quant.calibration import select
