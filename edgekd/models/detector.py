@@ -1,0 +1,150 @@
+"""Small anchor-free detectors (FCOS-style, depthwise backbone) that export their decoded boxes.
+
+FCOS (Tian et al., ICCV 2019) predicts, at every location p = ((i + ½)·s, (j + ½)·s) of a feature map of stride s,
+the class scores and the distances (l, t, r, b) from p to the box sides. Here
+
+    (l, t, r, b) = softplus(α_s · reg) · s         (α_s a learned scale per level, as FCOS's "scale" layers)
+    box          = (p_x − l, p_y − t, p_x + r, p_y + b)        → written as (cx, cy, w, h)
+    scores       = σ(cls)
+
+and the model returns one dense tensor in the layout Ultralytics' YOLOv8/11 exports use, ``(B, 4 + C, N)`` with N
+the locations of every level, level by level (stride ascending), row-major — so a student built here lines up
+location by location with a YOLO-style teacher of the same strides (dense distillation needs that), and one
+decoder (:mod:`edgekd.tasks.detection_metrics`) scores both.
+
+Backbone: a stride-2 stem and MobileNetV2 inverted-residual (depthwise) stages, one per stride up to the largest
+level; neck: an FPN-lite top-down path (1×1 laterals, nearest upsampling, sum); head: one depthwise-separable conv
+block shared by the levels, then 1×1 convs for classes and box.
+
+``channels_first=False`` returns (B, N, 4 + C); ``box_format="xyxy"`` writes corners; ``scores="logits"`` skips the
+sigmoid: a student takes the teacher's output conventions (:meth:`edgekd.tasks.detect.Detect.build_student`).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from edgekd.models.zoo import InvertedResidual, conv_bn
+from edgekd.registry import Registry
+
+DETECTORS: Registry[Callable[..., nn.Module]] = Registry("detector")
+
+
+class Detector(nn.Module):
+    def __init__(self, in_channels: int, num_classes: int, width: int = 16, depth: int = 1,
+                 strides: Sequence[int] = (8, 16), *, channels_first: bool = True, box_format: str = "cxcywh",
+                 scores: str = "probabilities") -> None:
+        super().__init__()
+        strides = [int(s) for s in strides]
+        if not strides or strides != sorted(strides) or any(s < 4 or s & (s - 1) for s in strides):
+            raise ValueError(f"strides must be ascending powers of two ≥ 4, got {strides}")
+        self.strides = strides
+        self.num_classes = num_classes
+        self.channels_first, self.box_format, self.scores = channels_first, box_format, scores
+        self.stem = conv_bn(in_channels, width, 3, 2)  # stride 2
+        stages: list[nn.Module] = []
+        chans: list[int] = []
+        cin, s = width, 2
+        while s < strides[-1]:
+            s *= 2
+            cout = min(width * s // 2, width * 8)
+            blocks: list[nn.Module] = [InvertedResidual(cin, cout, 2, 2, False)]
+            blocks += [InvertedResidual(cout, cout, 1, 2, False) for _ in range(depth - 1 if s < 8 else depth)]
+            stages.append(nn.Sequential(*blocks))
+            chans.append(cout)
+            cin = cout
+        self.stages = nn.ModuleList(stages)
+        # the stage index of each level's feature map: stage k has stride 2^(k+2)
+        self.level_stage = [stages_index(s_) for s_ in strides]
+        neck = width * 4
+        self.lateral = nn.ModuleList(conv_bn(chans[k], neck, 1) for k in self.level_stage)
+        self.head = nn.Sequential(conv_bn(neck, neck, 3, groups=neck), conv_bn(neck, neck, 1))
+        self.cls = nn.Conv2d(neck, num_classes, 1)
+        self.reg = nn.Conv2d(neck, 4, 1)
+        self.scale = nn.Parameter(torch.ones(len(strides)))
+        nn.init.constant_(self.cls.bias, -4.6)  # σ⁻¹(0.01): the focal-loss prior of Lin et al. 2017
+        nn.init.zeros_(self.reg.bias)
+
+    def features(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The neck's output per level, stride ascending."""
+        feats = []
+        x = self.stem(x)
+        for stage in self.stages:
+            x = stage(x)
+            feats.append(x)
+        lat = [lateral(feats[k]) for lateral, k in zip(self.lateral, self.level_stage)]
+        for i in range(len(lat) - 2, -1, -1):  # top-down: coarse levels refine the finer ones
+            lat[i] = lat[i] + F.interpolate(lat[i + 1], size=lat[i].shape[-2:], mode="nearest")
+        return lat
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        boxes, scores = [], []
+        for level, (f, s) in enumerate(zip(self.features(x), self.strides)):
+            h = self.head(f)
+            n, _, fh, fw = h.shape
+            dist = F.softplus(self.reg(h) * self.scale[level]) * s  # (B, 4, h, w): l, t, r, b
+            ys = (torch.arange(fh, dtype=x.dtype, device=x.device) + 0.5) * s
+            xs = (torch.arange(fw, dtype=x.dtype, device=x.device) + 0.5) * s
+            px, py = xs.view(1, 1, fw).expand(1, fh, fw), ys.view(1, fh, 1).expand(1, fh, fw)
+            x1, y1 = px - dist[:, 0], py - dist[:, 1]
+            x2, y2 = px + dist[:, 2], py + dist[:, 3]
+            if self.box_format == "cxcywh":
+                b = torch.stack([(x1 + x2) / 2, (y1 + y2) / 2, x2 - x1, y2 - y1], 1)
+            else:
+                b = torch.stack([x1, y1, x2, y2], 1)
+            c = self.cls(h)
+            boxes.append(b.reshape(n, 4, fh * fw))
+            scores.append((torch.sigmoid(c) if self.scores == "probabilities" else c).reshape(n, self.num_classes, fh * fw))
+        out = torch.cat([torch.cat(boxes, 2), torch.cat(scores, 2)], 1)
+        return out if self.channels_first else out.transpose(1, 2)
+
+
+def stages_index(stride: int) -> int:
+    """Stage k of the backbone has stride 2^(k + 2) (the stem has stride 2)."""
+    return stride.bit_length() - 3
+
+
+def anchor_count(strides: Sequence[int], height: int, width: int) -> int:
+    """Locations of all levels for an input of height × width (each stride-2 conv rounds up)."""
+    n = 0
+    for s in strides:
+        h, w = height, width
+        while s > 1:
+            h, w, s = (h + 1) // 2, (w + 1) // 2, s // 2
+        n += h * w
+    return n
+
+
+def infer_strides(anchors: int, height: int, width: int) -> list[int] | None:
+    """The consecutive strides (of 4…128) whose locations add up to ``anchors``, smallest first; None if none."""
+    cands = [4, 8, 16, 32, 64, 128]
+    best = None
+    for i in range(len(cands)):
+        for j in range(i + 1, len(cands) + 1):
+            if anchor_count(cands[i:j], height, width) == anchors:
+                best = best or cands[i:j]
+    return best
+
+
+def _preset(width: int, depth: int) -> Callable[..., nn.Module]:
+    def build(in_channels: int, num_classes: int, width_: int | None = None, depth_: int | None = None,
+              **kwargs: Any) -> nn.Module:
+        return Detector(in_channels, num_classes, width_ or width, depth_ or depth, **kwargs)
+
+    build.__doc__ = f"FCOS-style detector, depthwise backbone, width={width} depth={depth}"
+    return build
+
+
+DETECTORS.add("det-xs", _preset(8, 1))
+DETECTORS.add("det-s", _preset(12, 1))
+DETECTORS.add("det-m", _preset(16, 2))  # the example teacher's architecture
+DETECTORS.add("det-l", _preset(24, 2))
+
+
+def build_detector(name: str, in_channels: int, num_classes: int, width: int | None = None, depth: int | None = None,
+                   **kwargs: Any) -> nn.Module:
+    return DETECTORS.get(name)(in_channels, num_classes, width, depth, **kwargs)
