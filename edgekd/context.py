@@ -287,11 +287,12 @@ def validate_config(cfg: PipelineConfig) -> None:
         resolve_data_path(cfg.data.path)  # raises DataError naming the path
     if cfg.distill.enabled:
         from edgekd.kd.losses import build_loss
+        from edgekd.models.detector import DETECTORS
         from edgekd.models.zoo import MODELS
 
         build_loss(cfg.distill.loss, **cfg.distill.loss_params)
         spec = cfg.distill.student
-        if ":" not in spec and spec.removeprefix("zoo:") not in MODELS:
+        if ":" not in spec and spec.removeprefix("zoo:") not in MODELS and spec.removeprefix("zoo:") not in DETECTORS:
             MODELS.get(spec.removeprefix("zoo:"))  # raises: unknown student, with the zoo's names
 
 

@@ -10,7 +10,7 @@ from edgekd.rundir import RunDir
 
 
 #: how a task's primary metric is headed in tables and plots
-METRIC_LABELS = {"top1": "top-1", "fidelity_r2": "fidelity R²"}
+METRIC_LABELS = {"top1": "top-1", "fidelity_r2": "fidelity R²", "map": "mAP@[.5:.95]"}
 
 
 def primary_metric(run: RunDir) -> str:

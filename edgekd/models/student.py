@@ -13,12 +13,21 @@ from edgekd.models.zoo import MODELS, build_model
 
 
 def build_student(spec: str, in_channels: int, num_classes: int, width: int | None = None,
-                  depth: int | None = None, layout: list[dict[str, Any]] | None = None) -> tuple[nn.Module, dict[str, Any]]:
+                  depth: int | None = None, layout: list[dict[str, Any]] | None = None,
+                  kwargs: dict[str, Any] | None = None) -> tuple[nn.Module, dict[str, Any]]:
     """Return (student, recipe); the recipe rebuilds it later (saved next to the weights).
 
     With ``layout`` (the ``outputs`` task) the model's ``num_classes`` outputs are the packed outputs, split into the
-    teacher's output structure by :class:`edgekd.models.heads.OutputHeads`."""
-    if spec.removeprefix("zoo:") in MODELS:
+    teacher's output structure by :class:`edgekd.models.heads.OutputHeads`. A detector of
+    :data:`edgekd.models.detector.DETECTORS` takes ``kwargs`` (strides, output conventions), recorded too."""
+    from edgekd.models.detector import DETECTORS, build_detector
+
+    if spec.removeprefix("zoo:") in DETECTORS:
+        name = spec.removeprefix("zoo:")
+        model = build_detector(name, in_channels, num_classes, width, depth, **(kwargs or {}))
+        recipe = {"arch": name, "in_channels": in_channels, "num_classes": num_classes, "width": width, "depth": depth,
+                  "kwargs": dict(kwargs or {})}
+    elif spec.removeprefix("zoo:") in MODELS:
         name = spec.removeprefix("zoo:")
         model = build_model(name, in_channels, num_classes, width, depth)
         recipe = {"arch": name, "in_channels": in_channels, "num_classes": num_classes, "width": width, "depth": depth}
@@ -47,10 +56,12 @@ def load_student(path: str, named_factory: str | None = None) -> tuple[nn.Module
     obj = torch.load(path, map_location="cpu", weights_only=True)
     meta = obj["edgekd"]
     arch = str(meta["arch"])
-    if arch.removeprefix("zoo:") not in MODELS and arch != named_factory:
+    from edgekd.models.detector import DETECTORS
+
+    if arch.removeprefix("zoo:") not in MODELS and arch.removeprefix("zoo:") not in DETECTORS and arch != named_factory:
         raise ModelLoadError(f"the student in {path} was built by the factory {arch[:80]!r}, which this command did not name",
                              f"if you trust it, add --student {arch[:80]}")
     model, _ = build_student(arch, meta["in_channels"], meta["num_classes"], meta.get("width"), meta.get("depth"),
-                             layout=meta.get("layout"))
+                             layout=meta.get("layout"), kwargs=meta.get("kwargs"))
     model.load_state_dict(obj["state_dict"])
     return model.eval(), meta

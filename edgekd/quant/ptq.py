@@ -58,14 +58,16 @@ def ort_quantize(fp32_onnx: Path, out_path: Path, calib_x: np.ndarray, s: OrtSet
         pre = Path(td) / "pre.onnx"
         logging.getLogger("root").setLevel(logging.ERROR)
         quant_pre_process(str(fp32_onnx), str(pre), skip_symbolic_shape=True)
+        tail = float_tail(onnx.load(str(pre), load_external_data=False))
         with atomic_path(out_path) as tmp:
             quantize_static(str(pre), str(tmp), Reader(), quant_format=QuantFormat.QDQ, per_channel=s.per_channel,
                             reduce_range=s.reduce_range, activation_type=qtype[s.activation_type],
-                            weight_type=qtype[s.weight_type], calibrate_method=method, extra_options=extra)
+                            weight_type=qtype[s.weight_type], calibrate_method=method, extra_options=extra,
+                            nodes_to_exclude=tail)
     return {"tool": "onnxruntime.quantization.quantize_static", "format": "QDQ", "activation_type": s.activation_type,
             "weight_type": s.weight_type, "reduce_range": s.reduce_range, "per_channel": s.per_channel,
             "calibration_method": s.calibration_method, "activation_symmetric": s.activation_symmetric,
-            "quantize_bias": s.quantize_bias}
+            "quantize_bias": s.quantize_bias, "float_tail_nodes": len(tail)}
 
 
 def nncf_quantize_openvino(fp32_onnx: Path, out_xml: Path, calib_x: np.ndarray, s: OpenvinoSettings,
@@ -75,7 +77,12 @@ def nncf_quantize_openvino(fp32_onnx: Path, out_xml: Path, calib_x: np.ndarray, 
     import openvino as ov
 
     nncf.set_log_level(logging.ERROR)
+    import onnx
+
     model = ov.convert_model(str(fp32_onnx))
+    # the output tail stays in float (see float_tail); OpenVINO keeps ONNX node names as operation names
+    tail = set(float_tail(onnx.load(str(fp32_onnx), load_external_data=False)))
+    ignored = [op.get_friendly_name() for op in model.get_ops() if op.get_friendly_name() in tail]
     items = [calib_x[i : i + batch] for i in range(0, len(calib_x), batch)]
     preset = nncf.QuantizationPreset.PERFORMANCE if s.preset == "performance" else nncf.QuantizationPreset.MIXED
     # NNCF draws its progress bars on stdout; stdout is for results, so send them to stderr (or nowhere if quiet).
@@ -83,7 +90,8 @@ def nncf_quantize_openvino(fp32_onnx: Path, out_xml: Path, calib_x: np.ndarray, 
     try:
         with contextlib.redirect_stdout(sink):
             q = nncf.quantize(model, nncf.Dataset(items), preset=preset, subset_size=len(items),
-                              fast_bias_correction=s.bias_correction == "fast")
+                              fast_bias_correction=s.bias_correction == "fast",
+                              ignored_scope=nncf.IgnoredScope(names=ignored, validate=False) if ignored else None)
     finally:
         if sink is not sys.stderr:
             sink.close()
@@ -94,4 +102,38 @@ def nncf_quantize_openvino(fp32_onnx: Path, out_xml: Path, calib_x: np.ndarray, 
     os.replace(tmp_xml.with_suffix(".bin"), out_xml.with_suffix(".bin"))
     os.replace(tmp_xml, out_xml)
     return {"tool": "nncf.quantize (OpenVINO backend)", "format": "OpenVINO IR with FakeQuantize",
-            "preset": s.preset, "bias_correction": s.bias_correction, "subset_size": len(items), "nncf": nncf.__version__}
+            "preset": s.preset, "bias_correction": s.bias_correction, "subset_size": len(items), "nncf": nncf.__version__,
+            "float_tail_nodes": len(ignored)}
+
+
+#: the layers whose inputs PTQ quantizes for speed; everything after the last of them on every path to an output is
+#: the model's output tail (box decoding, sigmoid, concatenation of boxes with scores)
+WEIGHTED_OPS = {"Conv", "ConvTranspose", "Gemm", "MatMul", "ConvInteger", "MatMulInteger"}
+
+
+def float_tail(model) -> list[str]:  # noqa: ANN001
+    """Names of the nodes that lie after the last weighted layer (:data:`WEIGHTED_OPS`) on every path to a graph
+    output, and after at least one weighted layer: they are kept in float.
+
+    Why: a detector's head ends by decoding boxes (pixels, 0…640) and concatenating them with class probabilities
+    (0…1) into one tensor; a per-tensor INT8 scale for that tensor is ≈ 640/255 ≈ 2.5, so every probability rounds to
+    0 or 2.5 — the mAP collapse users report for INT8 YOLO exports (Ultralytics' Jetson table: YOLO11n 0.61 → 0.32).
+    NNCF's own YOLOv8 example ignores the same subgraph. The tail holds no weights, so keeping it in float costs
+    little time. A classifier's tail (nothing after its last Gemm, or a Softmax) is unaffected."""
+    nodes = list(model.graph.node)
+    consumers: dict[str, list[int]] = {}
+    for i, n in enumerate(nodes):
+        for t in n.input:
+            consumers.setdefault(t, []).append(i)
+    producer = {t: i for i, n in enumerate(nodes) for t in n.output}
+    # weighted layers reachable downstream of each node (reverse topological order: ONNX graphs are sorted)
+    feeds_weighted = [False] * len(nodes)
+    for i in range(len(nodes) - 1, -1, -1):
+        feeds_weighted[i] = any(nodes[j].op_type in WEIGHTED_OPS or feeds_weighted[j]
+                                for t in nodes[i].output for j in consumers.get(t, []))
+    after_weighted = [False] * len(nodes)
+    for i, n in enumerate(nodes):
+        after_weighted[i] = any(p is not None and (nodes[p].op_type in WEIGHTED_OPS or after_weighted[p])
+                                for p in (producer.get(t) for t in n.input))
+    return [n.name for i, n in enumerate(nodes) if after_weighted[i] and not feeds_weighted[i]
+            and n.op_type not in WEIGHTED_OPS and n.name]

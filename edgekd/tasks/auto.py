@@ -1,6 +1,7 @@
 """``--task auto``: decide how a model is scored from its outputs and the data's labels, or refuse in one line.
 
     several outputs (tuple / dict)                         → outputs
+    one (batch, a, b) output and COCO / YOLO box data      → detect
     one output that is not (batch, K ≥ 2)                  → outputs   (a scalar regression, a map, a sequence)
     (batch, K) and no real data (data-free)                → classify  (synthesis inverts a classifier)
     (batch, K) and labels that are class ids covering K    → classify
@@ -53,6 +54,11 @@ def choose_task(outputs: Any, data_path: str | None) -> tuple[str, str]:
     out = next(iter(outputs.values())) if isinstance(outputs, dict) else outputs
     out = out[0] if isinstance(out, (tuple, list)) else out
     shape = tuple(getattr(out, "shape", ()))
+    if len(shape) == 3 and data_path is not None:
+        from edgekd.data.detection import is_detection_data
+
+        if is_detection_data(data_path):
+            return "detect", f"its output has shape {shape} and the data hold boxes"
     if len(shape) != 2 or shape[1] < 2:
         return "outputs", f"its output has shape {shape}, not (batch, classes)"
     k = int(shape[1])

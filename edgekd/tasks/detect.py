@@ -1,0 +1,203 @@
+"""Object detection: dense YOLO-style outputs, COCO or YOLO data, scored by mAP on every artifact (issue #17 §2).
+
+    model output  one tensor (B, 4 + C, N) or (B, N, 4 + C): boxes (cx, cy, w, h — or x1, y1, x2, y2) in input
+                  pixels, then per-class scores (probabilities or logits), for N locations — the layout of
+                  Ultralytics' YOLOv8/11 exports and of edgekd's detectors (:mod:`edgekd.models.detector`)
+    data          COCO JSON or YOLO txt (:mod:`edgekd.data.detection`), letterboxed, targets (N, M, 5)
+    score         mAP@[.5:.95] (primary, ``map``), mAP@.5, mAP@.75, AR@100 by pycocotools, after numpy decoding
+                  and class-aware NMS (:mod:`edgekd.tasks.detection_metrics`): the torch-free worker scores too
+    agreement     mAP@.5 of one implementation's detections against the other's confident ones (score ≥ 0.25):
+                  1 when the INT8 artifact finds what the FP32 export finds
+    distill       dense KD on the teacher's per-location scores and decoded boxes, plus the ground-truth loss
+                  when the batch is not augmented (:mod:`edgekd.kd.detection_losses`); the student is an edgekd
+                  detector with the teacher's strides (so locations line up) and output conventions
+    calibration   random images of the recipe's split
+
+What the teacher's outputs cannot tell is decided on the data when it loads (:meth:`Detect.prepare`): whether the
+scores are probabilities (all in [0, 1]) or logits, and whether boxes are centre or corner form (the one that gives
+the teacher the higher val mAP@.5, logged) — a wrong guess would halve every mAP while everything runs.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgekd.tasks import register
+from edgekd.tasks.base import Task
+from edgekd.tasks.detection_metrics import DEFAULT_DECODE, dense_layout, detections_as_truth, score_dense, split_dense
+
+#: the student when the run names none (the config default, resnet-s, is a classifier)
+DEFAULT_STUDENT = "det-s"
+#: distillation learning rate when none is given (AdamW; the classifier default SGD 0.1 is for logits)
+DETECT_LR = 3e-3
+
+
+@register
+class Detect(Task):
+    name = "detect"
+    primary = "map"
+    agreement_name = "mAP@.5 vs reference detections"
+
+    # ------------------------------------------------------------------ the model and its data
+    def probe(self, outputs: Any) -> dict[str, Any]:
+        from edgekd.errors import ModelLoadError
+
+        hint = ("return one (batch, 4 + classes, anchors) tensor of boxes and class scores before NMS, as a YOLOv8 "
+                "export does")
+        if isinstance(outputs, dict):
+            outputs = list(outputs.values())
+        if isinstance(outputs, (tuple, list)):
+            if len(outputs) != 1:
+                raise ModelLoadError(f"the detector returns {len(outputs)} outputs; edgekd's detect task reads one "
+                                     "dense tensor", hint)
+            outputs = outputs[0]
+        shape = tuple(getattr(outputs, "shape", ()))
+        if len(shape) != 3 or min(shape[1:]) < 5:
+            raise ModelLoadError(f"the detector's output has shape {shape}, not (batch, 4 + classes, anchors)", hint)
+        layout = dense_layout(shape)
+        return {"layout": layout, "num_classes": layout["num_classes"], "decode": dict(DEFAULT_DECODE)}
+
+    def output_names(self, info: dict[str, Any]) -> list[str]:
+        return ["detections"]
+
+    def load_data(self, spec: str, *, input_shape: tuple[int, ...], info: dict[str, Any], mean: Any, std: Any,
+                  val_fraction: float, seed: int, limit: int | None, resize: str = "stretch") -> Any:
+        from edgekd.data.detection import load_detection
+        from edgekd.errors import DataError
+
+        if len(input_shape) != 4:
+            raise DataError(f"a detector takes images (batch, C, H, W); this model's input is {input_shape}",
+                            "pass --input-shape 1,C,H,W")
+        ds = load_detection(spec, channels=input_shape[1], size=(input_shape[2], input_shape[3]), mean=mean, std=std,
+                            val_fraction=val_fraction, seed=seed, limit=limit)
+        c = int(info["num_classes"])
+        if ds.num_classes > c:
+            raise DataError(f"the data have {ds.num_classes} classes, the detector scores {c}",
+                            "pass the detector's dataset (class ids 0..C−1 in the detector's order)")
+        return ds
+
+    def prepare(self, teacher: Any, data: Any, info: dict[str, Any]) -> None:
+        """Decide scores (probabilities or logits) and box form from the teacher's val outputs; record its strides."""
+        from edgekd import progress
+        from edgekd.models.detector import infer_strides
+
+        out = self.predict(teacher, data.val.x, info)
+        _, scores = split_dense(out, info["layout"])
+        dec = info["decode"]
+        dec["scores"] = "probabilities" if scores.min() >= 0 and scores.max() <= 1 else "logits"
+        trial = {}
+        for form in ("cxcywh", "xyxy"):
+            trial[form] = score_dense(out, data.val.y, {**info, "decode": {**dec, "box_format": form}})["map50"]
+        dec["box_format"] = max(trial, key=lambda f: (trial[f], f == "cxcywh"))
+        h, w = data.input_shape[1:]
+        info["strides"] = infer_strides(int(info["layout"]["anchors"]), int(h), int(w))
+        info["image_hw"] = [int(h), int(w)]
+        data.meta["decode"] = dict(dec)
+        progress.log(f"task detect: {info['layout']['anchors']} locations"
+                     + (f" (strides {info['strides']})" if info["strides"] else "")
+                     + f", {info['num_classes']} classes, scores are {dec['scores']}, boxes {dec['box_format']} "
+                     f"(teacher val mAP@.5 {trial['cxcywh']:.3f} as cx,cy,w,h vs {trial['xyxy']:.3f} as corners)")
+
+    # ------------------------------------------------------------------ training (torch)
+    def predict(self, model: Any, x: np.ndarray, info: dict[str, Any] | None = None) -> np.ndarray:
+        from edgekd.kd.trainer import predict_logits
+
+        return predict_logits(model, x)
+
+    def build_student(self, spec: str, input_shape: tuple[int, ...], info: dict[str, Any], width: int | None,
+                      depth: int | None) -> tuple[Any, dict[str, Any]]:
+        from edgekd import progress
+        from edgekd.errors import ConfigError
+        from edgekd.models.detector import DETECTORS
+        from edgekd.models.student import build_student
+        from edgekd.models.zoo import MODELS
+
+        name = spec.removeprefix("zoo:")
+        if name in MODELS and name not in DETECTORS:
+            progress.log(f"distill: {name} is a classifier; the detect task's student is {DEFAULT_STUDENT} "
+                         f"(choose with --student {', '.join(DETECTORS.names())})")
+            spec = DEFAULT_STUDENT
+        if spec.removeprefix("zoo:") in DETECTORS:
+            if not info.get("strides"):
+                raise ConfigError(f"the teacher's {info['layout']['anchors']} locations match no stride set of an "
+                                  f"edgekd detector at {info.get('image_hw')}", "pass your own student with --student "
+                                  "module:factory returning the teacher's output layout")
+            dec = info["decode"]
+            kwargs = {"strides": list(info["strides"]), "channels_first": bool(info["layout"]["channels_first"]),
+                      "box_format": dec["box_format"], "scores": dec["scores"]}
+            return build_student(spec, input_shape[1], int(info["num_classes"]), width, depth, kwargs=kwargs)
+        return build_student(spec, input_shape[1], int(info["num_classes"]), width, depth)
+
+    def distill(self, teacher: Any, student: Any, data: Any, cfg: Any, ckpt_dir: Path | None, info: dict[str, Any]) -> Any:
+        from edgekd import progress
+        from edgekd.errors import ConfigError
+        from edgekd.kd.detection_losses import DetectionKD, FCOSLoss
+        from edgekd.kd.trainer import train_student
+
+        if cfg.mixup > 0 or cfg.features:
+            raise ConfigError("distill.mixup and features are not supported for detectors yet (mixed images have "
+                              "no boxes; neck features need module paths)", "remove them")
+        if cfg.augment:
+            raise ConfigError("distill.augment flips and shifts images without their boxes", "set distill.augment: false "
+                              "(the detect task trains on the images as given)")
+        update: dict[str, Any] = {"ce_weight": 0.0}
+        if "lr" not in cfg.model_fields_set:
+            update["lr"] = DETECT_LR
+        if "optimizer" not in cfg.model_fields_set:
+            update["optimizer"] = "adamw"
+        gt_weight = 1.0 if cfg.ce_weight is None else float(cfg.ce_weight)
+        cfg = cfg.model_copy(update=update)
+        gt = None
+        if gt_weight and info.get("strides"):
+            gt = FCOSLoss(info["strides"], tuple(info["image_hw"]), info["layout"], info["decode"])
+        elif gt_weight:
+            progress.log("distill: no FCOS stride set fits the teacher's locations; distilling without the "
+                         "ground-truth term")
+        loss = DetectionKD(info["layout"], info["decode"], gt=gt, gt_weight=gt_weight if gt is not None else 0.0)
+
+        def val(model: Any, x: np.ndarray, y: np.ndarray) -> float:
+            return self.score(self.predict(model, x, info), y, info)[self.primary]
+
+        res = train_student(teacher, student, data, cfg, ckpt_dir, loss_fn=loss, val_metric=(self.primary, val))
+        return res
+
+    def evaluate(self, model: Any, x: np.ndarray, y: np.ndarray, info: dict[str, Any] | None = None) -> dict[str, float]:
+        return self.score(self.predict(model, x, info), y, info)
+
+    # ------------------------------------------------------------------ scoring (numpy only)
+    def score(self, outputs: np.ndarray, targets: np.ndarray, info: dict[str, Any] | None = None) -> dict[str, Any]:
+        assert info, "the detect task scores with its layout (task_info)"
+        if not len(targets):
+            return {"samples": 0, self.primary: float("nan")}
+        return {"samples": int(len(targets)), **score_dense(outputs, targets, info)}
+
+    def agreement(self, reference: np.ndarray, outputs: np.ndarray, info: dict[str, Any] | None = None) -> float:
+        assert info
+        if not len(reference):
+            return 1.0
+        truth = detections_as_truth(reference, info)
+        if not (truth[..., 0] >= 0).any():  # the reference finds nothing: agree when the other does not either
+            return float(not (detections_as_truth(outputs, info)[..., 0] >= 0).any())
+        return float(score_dense(outputs, truth, info)["map50"])
+
+    def parity(self, reference: np.ndarray, outputs: np.ndarray, info: dict[str, Any] | None = None) -> dict[str, Any]:
+        from edgekd.exporters.parity import compare
+
+        stats = compare(reference, outputs)
+        return {**stats, "agreement": self.agreement(reference, outputs, info), "agreement_metric": self.agreement_name}
+
+    def int8_gate(self, quantize_cfg: Any) -> float:
+        return float(quantize_cfg.min_map_agreement)
+
+    def calibration(self, data: Any, recipe: Any, count: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        from edgekd.quant.calibration import select
+
+        return select(data, recipe.model_copy(update={"selection": "random"}) if recipe.selection == "stratified"
+                      else recipe, count)
+
+    def describe_calibration(self, targets: np.ndarray, info: dict[str, Any]) -> dict[str, Any]:
+        n = int((np.asarray(targets)[..., 0] >= 0).sum()) if np.asarray(targets).ndim == 3 else 0
+        return {"selection_note": f"random images ({n} objects)"}

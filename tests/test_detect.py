@@ -1,0 +1,274 @@
+"""The detect task: mAP against hand-built cases, NMS, letterbox box transforms, loss terms with golden values,
+COCO/YOLO loading, and one real run (distil → export → INT8 → benchmark) on a small Fashion-MNIST detection set."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from edgekd.tasks.detection_metrics import (batched_nms, box_iou, coco_map, decode, dense_layout, ground_truth,
+                                            nms, xyxy_to_cxcywh)
+
+ROOT = Path(__file__).resolve().parents[1]
+TEACHER = ROOT / "examples" / "fmnist_detector.pt2"
+
+
+def _dense(boxes_per_image: list[list[tuple[list[float], int, float]]], n: int = 8, c: int = 3) -> np.ndarray:
+    """Dense (B, 4 + C, N) outputs holding the given (box xyxy, class, score) at the first locations."""
+    out = np.zeros((len(boxes_per_image), 4 + c, n), np.float32)
+    out[:, 2:4] = 1.0  # empty locations: 1-px boxes with score 0
+    for i, dets in enumerate(boxes_per_image):
+        for j, (b, k, s) in enumerate(dets):
+            out[i, :4, j] = xyxy_to_cxcywh(np.asarray(b, np.float32))
+            out[i, 4 + k, j] = s
+    return out
+
+
+def _truth(boxes_per_image: list[list[tuple[list[float], int]]], m: int = 4) -> np.ndarray:
+    y = np.full((len(boxes_per_image), m, 5), -1.0, np.float32)
+    for i, objs in enumerate(boxes_per_image):
+        for j, (b, k) in enumerate(objs):
+            y[i, j] = [k, *b]
+    return y
+
+
+def test_map_known_answers() -> None:
+    """One object; a perfect detection gives AP 1 at every IoU; a false positive ranked above it halves the
+    precision at every recall (AP 0.5); ranked below it, changes nothing."""
+    lay = dense_layout((1, 7, 8), 3)
+    gt = _truth([[([10, 10, 30, 30], 0)]])
+    info = {"score_threshold": 0.001}
+    perfect = decode(_dense([[([10, 10, 30, 30], 0, 0.9)]]), lay, **info)
+    assert coco_map(perfect, ground_truth(gt), 3)["map"] == pytest.approx(1.0)
+    fp_first = decode(_dense([[([10, 10, 30, 30], 0, 0.9), ([50, 50, 70, 70], 0, 0.95)]]), lay, **info)
+    assert coco_map(fp_first, ground_truth(gt), 3)["map"] == pytest.approx(0.5)
+    fp_last = decode(_dense([[([10, 10, 30, 30], 0, 0.9), ([50, 50, 70, 70], 0, 0.5)]]), lay, **info)
+    assert coco_map(fp_last, ground_truth(gt), 3)["map"] == pytest.approx(1.0)
+    # a box of IoU 0.64 with the object counts at thresholds .50–.60 only: 3 of 10 → 0.3
+    shifted = decode(_dense([[([10, 10, 30, 30 + 20 * (1 / 0.64 - 1)], 0, 0.9)]]), lay, **info)
+    iou = box_iou(np.array([[10, 10, 30, 30 + 20 * (1 / 0.64 - 1)]]), np.array([[10, 10, 30, 30]]))[0, 0]
+    assert iou == pytest.approx(0.64)
+    assert coco_map(shifted, ground_truth(gt), 3)["map"] == pytest.approx(0.3)
+    # the wrong class finds nothing
+    wrong = decode(_dense([[([10, 10, 30, 30], 1, 0.9)]]), lay, **info)
+    assert coco_map(wrong, ground_truth(gt), 3)["map"] == pytest.approx(0.0)
+
+
+def _ap50_by_hand(dets, truth, num_classes: int) -> float:
+    """AP@.5 computed independently of pycocotools: greedy matching by score, 101-point interpolated precision
+    (COCO's definition), mean over classes present in the ground truth."""
+    aps = []
+    for c in range(num_classes):
+        n_gt = sum(int((g[1] == c).sum()) for g in truth)
+        if not n_gt:
+            continue
+        rows = []
+        for i, (b, s, k) in enumerate(dets):
+            for j in np.flatnonzero(k == c):
+                rows.append((s[j], i, b[j]))
+        rows.sort(key=lambda r: -r[0])
+        used = [np.zeros(int((g[1] == c).sum()), bool) for g in truth]
+        tp = []
+        for _, i, b in rows:
+            g = truth[i][0][truth[i][1] == c]
+            hit = False
+            if len(g):
+                iou = box_iou(b[None], g)[0]
+                iou[used[i]] = -1
+                j = int(iou.argmax())
+                if iou[j] >= 0.5:
+                    used[i][j] = hit = True
+            tp.append(hit)
+        tp_c = np.cumsum(tp)
+        rec = tp_c / n_gt
+        prec = tp_c / np.arange(1, len(tp) + 1)
+        prec = np.maximum.accumulate(prec[::-1])[::-1] if len(prec) else prec
+        ap = 0.0
+        for r in np.linspace(0, 1, 101):
+            k = np.searchsorted(rec, r, side="left")
+            ap += prec[k] if k < len(prec) else 0.0
+        aps.append(ap / 101)
+    return float(np.mean(aps))
+
+
+def test_map50_matches_an_independent_implementation() -> None:
+    rng = np.random.default_rng(0)
+    truth_rows, det_rows = [], []
+    for _ in range(12):
+        objs = []
+        for _ in range(int(rng.integers(1, 4))):
+            x, y = rng.uniform(0, 60, 2)
+            w, h = rng.uniform(10, 30, 2)
+            objs.append(([x, y, x + w, y + h], int(rng.integers(3))))
+        truth_rows.append(objs)
+        dets = []
+        for b, k in objs:  # jittered copies (some miss IoU .5), some with the wrong class, and a few strays
+            j = np.asarray(b) + rng.normal(0, 4, 4)
+            dets.append((list(j), k if rng.random() > 0.2 else (k + 1) % 3, float(rng.uniform(0.3, 1))))
+        for _ in range(2):
+            x, y = rng.uniform(0, 60, 2)
+            dets.append(([x, y, x + 15, y + 15], int(rng.integers(3)), float(rng.uniform(0, 0.8))))
+        det_rows.append(dets)
+    lay = dense_layout((1, 7, 8), 3)
+    dets = decode(_dense(det_rows), lay, score_threshold=0.001, iou_threshold=1.0)  # keep every box
+    truth = ground_truth(_truth(truth_rows))
+    got = coco_map(dets, truth, 3)["map50"]
+    assert 0.2 < got < 0.95
+    assert got == pytest.approx(_ap50_by_hand(dets, truth, 3), abs=1e-9)
+
+
+def test_nms_keeps_the_best_of_overlapping_boxes_per_class() -> None:
+    boxes = np.array([[0, 0, 10, 10], [1, 1, 11, 11], [20, 20, 30, 30], [0, 0, 10, 10]], float)
+    scores = np.array([0.9, 0.8, 0.7, 0.6])
+    assert nms(boxes, scores, 0.5).tolist() == [0, 2]  # IoU(0, 1) = 81/119 = 0.68 > 0.5; box 3 = box 0
+    assert nms(boxes, scores, 0.7).tolist() == [0, 1, 2]
+    assert nms(boxes, scores, 0.5, max_keep=1).tolist() == [0]
+    assert batched_nms(boxes, scores, np.array([0, 0, 0, 1]), 0.5).tolist() == [0, 2, 3]  # another class survives
+
+
+def test_letterbox_moves_boxes_with_the_pixels() -> None:
+    from PIL import Image
+
+    from edgekd.data.detection import letterbox, transform_boxes
+
+    img = np.zeros((50, 100), np.uint8)
+    img[10:30, 20:60] = 255  # box x 20..60, y 10..30
+    out, s, px, py = letterbox(Image.fromarray(img), (96, 96))
+    assert s == pytest.approx(0.96) and px == 0 and py == 24
+    arr = np.asarray(out)
+    ys, xs = np.nonzero(arr > 128)
+    got = transform_boxes(np.array([[20, 10, 60, 30]]), s, px, py)[0]
+    assert got == pytest.approx([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1], abs=1.0)
+    assert arr[0, 0] == 114 and arr[95, 95] == 114  # grey padding above and below
+
+
+def test_detection_loss_terms_golden_values() -> None:
+    from edgekd.kd.detection_losses import FCOSLoss, giou, quality_focal_bce
+
+    a, b = torch.tensor([0.0, 0, 2, 2]), torch.tensor([1.0, 1, 3, 3])
+    assert float(giou(a, b)) == pytest.approx(1 / 7 - 2 / 9, abs=1e-6)  # IoU 1/7; hull 9, union 7
+    assert float(giou(a, a)) == pytest.approx(1.0, abs=1e-6)
+    assert float(quality_focal_bce(torch.tensor(0.5), torch.tensor(1.0))) == pytest.approx(0.25 * math.log(2), abs=1e-5)
+    assert float(quality_focal_bce(torch.tensor(0.3), torch.tensor(0.3))) == pytest.approx(0.0, abs=1e-9)
+    # FCOS assignment: a 20-px object centred at (28, 28) on a 96×96 input lands on stride-8 locations within
+    # 1.5 strides of its centre: x, y ∈ {20, 28, 36} → 9 positives; a 60-px object goes to stride 16
+    loss = FCOSLoss([8, 16], (96, 96), {"channels_first": True})
+    y = torch.full((1, 2, 5), -1.0)
+    y[0, 0] = torch.tensor([2.0, 18, 18, 38, 38])
+    idx, pos = loss.assign(y)
+    assert int(pos.sum()) == 9 and bool(pos[0, :144].sum() == 9)
+    y[0, 1] = torch.tensor([1.0, 20, 20, 80, 80])
+    idx, pos = loss.assign(y)
+    assert int(pos[0, 144:].sum()) > 0 and set(idx[0, 144:][pos[0, 144:]].tolist()) == {1}
+
+
+def _write_yolo(root: Path) -> None:
+    from PIL import Image
+
+    (root / "images").mkdir(parents=True)
+    (root / "labels").mkdir()
+    for i in range(6):
+        img = np.zeros((40, 80), np.uint8)
+        img[5:25, 10 + i : 30 + i] = 200
+        Image.fromarray(img).save(root / "images" / f"{i}.png")
+        cx, cy, w, h = (20 + i) / 80, 15 / 40, 20 / 80, 20 / 40
+        (root / "labels" / f"{i}.txt").write_text(f"{i % 2} {cx} {cy} {w} {h}\n")
+    (root / "classes.txt").write_text("a\nb\n")
+
+
+def test_yolo_and_coco_layouts_load_to_the_same_targets(tmp_path: Path) -> None:
+    from edgekd.data.detection import load_detection
+
+    _write_yolo(tmp_path / "yolo")
+    ds = load_detection(tmp_path / "yolo", channels=1, size=(64, 64), seed=0)
+    assert ds.meta["classes"] == ["a", "b"] and ds.meta["format"] == "detection-yolo"
+    # 80×40 → scale 0.8, pad_y 16: image i's box x 10+i..30+i → 8+0.8i..24+0.8i, y 5..25 → 20..36
+    every = np.concatenate([ds.train.y, ds.val.y, ds.test.y])
+    xs = sorted(float(r[1]) for r in every[:, 0])
+    assert xs == pytest.approx([8 + 0.8 * i for i in range(6)], abs=1e-4)
+    assert every[:, 0, 2].tolist() == pytest.approx([20.0] * 6) and every[:, 0, 4].tolist() == pytest.approx([36.0] * 6)
+    coco = tmp_path / "coco"
+    (coco / "images").mkdir(parents=True)
+    doc = {"images": [], "annotations": [], "categories": [{"id": 7, "name": "a"}, {"id": 9, "name": "b"}]}
+    for i in range(6):
+        (tmp_path / "yolo" / "images" / f"{i}.png").rename(coco / "images" / f"{i}.png")
+        doc["images"].append({"id": i, "file_name": f"{i}.png"})
+        doc["annotations"].append({"id": i + 1, "image_id": i, "category_id": [7, 9][i % 2], "bbox": [10 + i, 5, 20, 20]})
+    (coco / "annotations.json").write_text(json.dumps(doc))
+    dc = load_detection(coco, channels=1, size=(64, 64), seed=0)
+    assert dc.meta["category_ids"] == [7, 9]
+    assert np.allclose(np.concatenate([dc.train.y, dc.val.y, dc.test.y]), every, atol=1e-4)
+
+
+def test_auto_task_picks_detect_for_dense_outputs_and_box_data(tmp_path: Path) -> None:
+    from edgekd.tasks.auto import choose_task
+
+    _write_yolo(tmp_path / "yolo")
+    assert choose_task(torch.zeros(2, 6, 84), str(tmp_path / "yolo"))[0] == "detect"
+    assert choose_task(torch.zeros(2, 6, 84), None)[0] == "outputs"
+
+
+def test_float_tail_keeps_the_decoder_out_of_int8(tmp_path: Path) -> None:
+    """The box decoding and the concatenation of boxes (pixels) with scores (0–1) stay float; a classifier loses
+    no node to it."""
+    import onnx
+
+    from edgekd.exporters.onnx_export import export_onnx
+    from edgekd.models.detector import build_detector
+    from edgekd.models.zoo import build_model
+    from edgekd.quant.ptq import float_tail
+
+    export_onnx(build_detector("det-xs", 1, 3).eval(), (1, 1, 64, 64), tmp_path / "d.onnx", 17, "legacy")
+    g = onnx.load(str(tmp_path / "d.onnx")).graph
+    tail = set(float_tail(onnx.load(str(tmp_path / "d.onnx"))))
+    ops = {n.op_type for n in g.node if n.name in tail}
+    assert {"Concat", "Sigmoid", "Softplus"} <= ops and not ops & {"Conv", "MatMul", "Gemm"}
+    last = next(n for n in g.node if g.output[0].name in n.output)
+    assert last.name in tail
+    export_onnx(build_model("resnet-xs", 1, 10).eval(), (1, 1, 28, 28), tmp_path / "c.onnx", 17, "legacy")
+    assert float_tail(onnx.load(str(tmp_path / "c.onnx"))) == []
+
+
+@pytest.fixture(scope="module")
+def det_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("det") / "fmnist-det"
+    subprocess.run([sys.executable, str(ROOT / "examples" / "make_fmnist_detection.py"), "--out", str(out), "--train",
+                    "240", "--test", "80"], check=True, capture_output=True)
+    return out
+
+
+def test_detector_run_reports_map_recomputed_from_the_artifacts(det_data: Path, tmp_path: Path) -> None:
+    """A real run on the committed detector; the teacher's and the INT8 student's test mAP in the report equal
+    mAP recomputed here from plain ONNX Runtime sessions on the run's artifacts and the test split."""
+    from edgekd.runtimes import open_session
+    from edgekd.tasks.detection_metrics import score_dense
+
+    run = tmp_path / "run"
+    r = subprocess.run([sys.executable, "-m", "edgekd.cli", "compress", str(TEACHER), "--data", str(det_data),
+                        "--target", "x86-cpu-vnni", "--student", "det-xs", "--epochs", "2", "--batch-size", "32",
+                        "--run-dir", str(run), "--quiet"], capture_output=True, text=True, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    report = json.loads((run / "report.json").read_text())
+    rows = {(row["model"], row["precision"]): row for row in report["rows"]}
+    assert all(row["metric_name"] == "map" and row["top1"] is None for row in report["rows"])
+    z = np.load(run / "05-bench" / "eval.npz")
+    info = json.loads(str(z["task_info"]))
+    assert info["decode"]["box_format"] == "cxcywh" and info["strides"] == [8, 16]
+    for (model, prec), path in {("teacher", "fp32"): run / "02-export" / "teacher.onnx",
+                                ("student", "int8"): run / "04-lower" / "x86-cpu-vnni" / "model.onnx"}.items():
+        out = open_session("onnxruntime", path, {}).infer(z["x"])
+        want = score_dense(out, z["y"], info)["map"]
+        assert rows[(model, prec)]["metric"] == pytest.approx(want, abs=1e-6), model
+    assert rows[("teacher", "fp32")]["metric"] > 0.25
+    # the student trained (its val mAP moved) and the INT8 gate passed on mAP agreement with the fp32 export
+    hist = json.loads((run / "01-distill" / "history.json").read_text())
+    assert hist[-1]["val_map"] > hist[0]["val_map"] or hist[-1]["loss_total"] < hist[0]["loss_total"]
+    cal = json.loads((run / "03-quantize" / "x86-cpu-vnni" / "calibration.json").read_text())
+    assert cal["float_tail_nodes"] > 10 and cal["parity_int8_vs_fp32_val"]["agreement"] >= 0.85
