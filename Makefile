@@ -1,4 +1,5 @@
 # README command 1: make demo   — set up, then compress the example teacher and print the report
+#                  make demo-detect — the same for the example detector (mAP on both runtimes)
 # README command 2: make test   — set up, then run the test suite (fast tier, what CI runs)
 #                  make test-slow — the slow tier: adversarial games, torchrun, kill-and-resume (pytest -m slow)
 SHELL := /bin/bash
@@ -7,7 +8,7 @@ PY := $(VENV)/bin/python
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 FMNIST := /usr/share/datasets/fashion-mnist
 
-.PHONY: setup demo test test-slow bench clean
+.PHONY: setup demo demo-detect test test-slow bench clean
 
 setup: $(VENV)/.setup-stamp $(FMNIST)
 
@@ -23,6 +24,12 @@ $(VENV)/.setup-stamp: pyproject.toml constraints-cpu.txt
 
 demo: setup
 	$(VENV)/bin/edgekd compress --config examples/demo.yaml
+
+data/fmnist-det/README.txt: examples/make_fmnist_detection.py | $(VENV)/.setup-stamp $(FMNIST)
+	$(PY) examples/make_fmnist_detection.py --out data/fmnist-det
+
+demo-detect: setup data/fmnist-det/README.txt
+	$(VENV)/bin/edgekd compress --config examples/demo-detect.yaml
 
 test: setup
 	$(PY) -m pytest -q -m "not slow"

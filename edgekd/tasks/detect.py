@@ -8,8 +8,8 @@
                   and class-aware NMS (:mod:`edgekd.tasks.detection_metrics`): the torch-free worker scores too
     agreement     mAP@.5 of one implementation's detections against the other's confident ones (score ≥ 0.25):
                   1 when the INT8 artifact finds what the FP32 export finds
-    distill       dense KD on the teacher's per-location scores and decoded boxes, plus the ground-truth loss
-                  when the batch is not augmented (:mod:`edgekd.kd.detection_losses`); the student is an edgekd
+    distill       dense KD on the teacher's per-location scores and decoded boxes, plus the FCOS ground-truth loss
+                  weighted by ``distill.ce_weight`` (default 0) (:mod:`edgekd.kd.detection_losses`); the student is an edgekd
                   detector with the teacher's strides (so locations line up) and output conventions
     calibration   random images of the recipe's split
 
@@ -148,7 +148,9 @@ class Detect(Task):
             update["lr"] = DETECT_LR
         if "optimizer" not in cfg.model_fields_set:
             update["optimizer"] = "adamw"
-        gt_weight = 1.0 if cfg.ce_weight is None else float(cfg.ce_weight)
+        # default KD only: on the val split (det-s from the example teacher, 4 epochs, seed 0) KD alone reached mAP
+        # 0.067, KD + ground truth 0.054, ground truth alone 0.050
+        gt_weight = 0.0 if cfg.ce_weight is None else float(cfg.ce_weight)
         cfg = cfg.model_copy(update=update)
         gt = None
         if gt_weight and info.get("strides"):
