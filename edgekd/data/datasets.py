@@ -210,6 +210,43 @@ def _to_unit_float(x: np.ndarray) -> np.ndarray:
     return x.astype(np.float32)
 
 
+# ---------------------------------------------------------------------------------------------------- splits
+
+
+def split_indices(n: int, seed: int, val_fraction: float, test_fraction: float, carve_test: bool,
+                  limit: int | None, where: Any) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
+    """(test, val, train) indices from one seeded permutation: ``test`` (when the source has none) first, then
+    ``val``, the rest train (cut to ``limit``)."""
+    order = np.random.default_rng(seed).permutation(n)
+    test_idx = None
+    if carve_test:
+        n_test = max(1, int(round(n * test_fraction)))
+        test_idx, order = order[:n_test], order[n_test:]
+    n_val = max(1, int(round(len(order) * val_fraction)))
+    if len(order) - n_val < 1:
+        raise DataError(f"dataset {where} has too few samples ({n}) to split", "add samples")
+    val_idx, train_idx = order[:n_val], order[n_val:]
+    return test_idx, val_idx, (train_idx[:limit] if limit is not None else train_idx)
+
+
+def normalization(x_train: np.ndarray, mean: Sequence[float] | None, std: Sequence[float] | None):  # noqa: ANN201
+    """(mean, std, where they came from, ``norm(a)``) for NCHW data in [0, 1]: the given statistics, else the
+    train split's own; ``norm`` maps uint8 or [0, 1] arrays to the model's input, (x − mean) / std."""
+    if mean is None or std is None:
+        mean = x_train.mean(axis=(0, 2, 3)).tolist()
+        std = (x_train.std(axis=(0, 2, 3)) + 1e-8).tolist()
+        source = "measured on the train split: no mean/std given or recorded in the model file"
+    else:
+        source = "given or recorded in the model file"
+    m = np.asarray(mean, np.float32).reshape(1, -1, 1, 1)
+    s = np.asarray(std, np.float32).reshape(1, -1, 1, 1)
+
+    def norm(a: np.ndarray) -> np.ndarray:
+        return np.ascontiguousarray((_to_unit_float(a) - m) / s, dtype=np.float32)
+
+    return mean, std, source, norm
+
+
 # ---------------------------------------------------------------------------------------------------- entry point
 
 
@@ -311,32 +348,13 @@ def load_dataset(
     if x_test is not None:
         x_test = _to_nchw(x_test, channels)
 
-    rng = np.random.default_rng(seed)
-    order = rng.permutation(len(y))
-    if x_test is None:
-        n_test = max(1, int(round(len(y) * test_fraction)))
-        x_test, y_test = x[order[:n_test]], y[order[:n_test]]
-        order = order[n_test:]
-    n_val = max(1, int(round(len(order) * val_fraction)))
-    if len(order) - n_val < 1:
-        raise DataError(f"dataset {root} has too few samples ({len(y)}) to split", "add samples")
-    val_idx, train_idx = order[:n_val], order[n_val:]
-    if limit is not None:
-        train_idx = train_idx[:limit]
-
+    test_idx, val_idx, train_idx = split_indices(len(y), seed, val_fraction, test_fraction, x_test is None, limit, root)
+    if test_idx is not None:
+        x_test, y_test = x[test_idx], y[test_idx]
     xtr = _to_unit_float(x[train_idx])
-    if mean is None or std is None:
-        mean = xtr.mean(axis=(0, 2, 3)).tolist()
-        std = (xtr.std(axis=(0, 2, 3)) + 1e-8).tolist()
-        norm_source = "measured on the train split: no mean/std given or recorded in the model file"
-    else:
-        norm_source = "given or recorded in the model file"
+    mean, std, norm_source, norm = normalization(xtr, mean, std)
     m = np.asarray(mean, np.float32).reshape(1, -1, 1, 1)
     s = np.asarray(std, np.float32).reshape(1, -1, 1, 1)
-
-    def norm(a: np.ndarray) -> np.ndarray:
-        return np.ascontiguousarray((_to_unit_float(a) - m) / s, dtype=np.float32)
-
     num_classes = 0 if targets else int(max(y.max(), y_test.max() if len(y_test) else 0) + 1)  # type: ignore[union-attr]
     ds = Dataset(
         train=ArraySplit(np.ascontiguousarray((xtr - m) / s, dtype=np.float32), y[train_idx]),

@@ -26,7 +26,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from edgekd import progress
-from edgekd.data.datasets import IMAGE_SUFFIXES, ArraySplit, Dataset, resolve_data_path
+from edgekd.data.datasets import IMAGE_SUFFIXES, ArraySplit, Dataset, normalization, resolve_data_path, split_indices
 from edgekd.errors import DataError
 
 PAD_VALUE = 114
@@ -232,30 +232,10 @@ def load_detection(spec: str | Path, *, channels: int, size: tuple[int, int], va
     if not n_obj:
         raise DataError(f"{root} has images but no boxes", "add annotations")
     from_source = x_test is not None
-    rng = np.random.default_rng(seed)
-    order = rng.permutation(len(x))
-    if x_test is None:
-        n_test = max(1, int(round(len(x) * test_fraction)))
-        x_test, t_test = x[order[:n_test]], [t[i] for i in order[:n_test]]
-        order = order[n_test:]
-    n_val = max(1, int(round(len(order) * val_fraction)))
-    if len(order) - n_val < 1:
-        raise DataError(f"detection set {root} has too few images ({len(x)}) to split", "add images")
-    val_idx, train_idx = order[:n_val], order[n_val:]
-    if limit is not None:
-        train_idx = train_idx[:limit]
-    xtr = x[train_idx].astype(np.float32) / 255.0
-    if mean is None or std is None:
-        mean = xtr.mean(axis=(0, 2, 3)).tolist()
-        std = (xtr.std(axis=(0, 2, 3)) + 1e-8).tolist()
-        norm_source = "measured on the train split: no mean/std given or recorded in the model file"
-    else:
-        norm_source = "given or recorded in the model file"
-    m = np.asarray(mean, np.float32).reshape(1, -1, 1, 1)
-    s = np.asarray(std, np.float32).reshape(1, -1, 1, 1)
-
-    def norm(a: np.ndarray) -> np.ndarray:
-        return np.ascontiguousarray((a.astype(np.float32) / 255.0 - m) / s, dtype=np.float32)
+    test_idx, val_idx, train_idx = split_indices(len(x), seed, val_fraction, test_fraction, not from_source, limit, root)
+    if test_idx is not None:
+        x_test, t_test = x[test_idx], [t[i] for i in test_idx]
+    mean, std, norm_source, norm = normalization(x[train_idx].astype(np.float32) / 255.0, mean, std)
 
     width = max(len(a) for a in t + list(t_test or []))
     ds = Dataset(train=ArraySplit(norm(x[train_idx]), pad_targets([t[i] for i in train_idx], width)),

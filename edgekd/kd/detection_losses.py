@@ -70,7 +70,6 @@ class DetectionKD(LogitLoss):
         super().__init__()
         self.layout, self.box_format, self.scores = layout, decode.get("box_format", "cxcywh"), decode.get("scores", "probabilities")
         self.box_weight, self.gt, self.gt_weight = box_weight, gt, gt_weight
-        self.last: dict[str, float] = {}
 
     def forward(self, zs: torch.Tensor, zt: torch.Tensor, y: torch.Tensor, progress: float = 1.0) -> torch.Tensor:
         bs, ps = dense_parts(zs, self.layout, self.box_format, self.scores)
@@ -80,11 +79,8 @@ class DetectionKD(LogitLoss):
         cls = quality_focal_bce(ps, pt.clamp(0, 1)).sum() / norm
         box = (w * (1 - giou(bs, bt))).sum() / norm
         total = cls + self.box_weight * box
-        self.last = {"kd_cls": float(cls.detach()), "kd_box": float(box.detach())}
         if self.gt is not None and self.gt_weight:
-            g = self.gt(zs, y)
-            total = total + self.gt_weight * g
-            self.last["gt"] = float(g.detach())
+            total = total + self.gt_weight * self.gt(zs, y)
         return total
 
 

@@ -50,6 +50,12 @@ def load_recipe(name_or_path: str) -> Recipe:
         raise UsageError(f"calibration recipe {p.name}: {'.'.join(map(str, first['loc']))}: {first['msg']}", "fix the recipe") from None
 
 
+def select_unstratified(data: Dataset, recipe: Recipe, count: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`select` for data without classes to balance: a ``stratified`` recipe takes random samples instead."""
+    return select(data, recipe.model_copy(update={"selection": "random"}) if recipe.selection == "stratified" else recipe,
+                  count)
+
+
 def select(data: Dataset, recipe: Recipe, count: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """The calibration samples (x, y) for ``recipe``."""
     split = data.train if recipe.source == "train" else data.val

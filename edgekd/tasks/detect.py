@@ -195,10 +195,9 @@ class Detect(Task):
         return float(quantize_cfg.min_map_agreement)
 
     def calibration(self, data: Any, recipe: Any, count: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-        from edgekd.quant.calibration import select
+        from edgekd.quant.calibration import select_unstratified
 
-        return select(data, recipe.model_copy(update={"selection": "random"}) if recipe.selection == "stratified"
-                      else recipe, count)
+        return select_unstratified(data, recipe, count)
 
     def describe_calibration(self, targets: np.ndarray, info: dict[str, Any]) -> dict[str, Any]:
         n = int((np.asarray(targets)[..., 0] >= 0).sum()) if np.asarray(targets).ndim == 3 else 0

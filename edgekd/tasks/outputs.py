@@ -207,10 +207,9 @@ class Outputs(Task):
         return float(quantize_cfg.min_fidelity_r2)
 
     def calibration(self, data: Any, recipe: Any, count: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-        from edgekd.quant.calibration import select
+        from edgekd.quant.calibration import select_unstratified
 
-        return select(data, recipe.model_copy(update={"selection": "random"}) if recipe.selection == "stratified"
-                      else recipe, count)
+        return select_unstratified(data, recipe, count)
 
     def describe_calibration(self, targets: np.ndarray, info: dict[str, Any]) -> dict[str, Any]:
         return {"selection_note": "random samples (no classes to balance)"}
