@@ -100,7 +100,7 @@ def config_from_run(run_dir: str | Path, **overrides: Any) -> PipelineConfig:
         raise UsageError(f"{run_dir} records no config", "re-run edgekd compress")
     given = _nest(overrides)
     raw["allow_pickle"] = bool(given.pop("allow_pickle", False))
-    for flag, section, key in (("--arch", None, "arch"), ("--student", "distill", "student")):
+    for flag, section, key in (("--arch", None, "arch"), ("--student", "distill", "student"), ("--metric", None, "metric")):
         recorded = (raw.get(section) or {}).get(key) if section else raw.get(key)
         named = (given.get(section) or {}).get(key) if section else given.get(key)
         if recorded and named is None and not _is_zoo_name(str(recorded)):
@@ -165,11 +165,11 @@ def bench(run_dir: str | Path, **kw: Any) -> dict[str, Any]:
 
 
 def bench_file(artifact: str | Path, profile: str, data: str | Path | None = None, threads: int | None = None,
-               out_dir: str | Path | None = None) -> dict[str, Any]:
+               out_dir: str | Path | None = None, metric: str | None = None) -> dict[str, Any]:
     """Measure one artifact on this machine (no torch needed): :func:`edgekd.benchmark.device.bench_artifact`."""
     from edgekd.benchmark.device import bench_artifact
 
-    return bench_artifact(artifact, profile, data, threads, out_dir)
+    return bench_artifact(artifact, profile, data, threads, out_dir, metric)
 
 
 def report(run_dir: str | Path) -> dict[str, Any]:

@@ -74,11 +74,14 @@ def _print_summary(report: dict[str, Any]) -> None:
 
 MODEL = typer.Argument(None, help="model file: TorchScript, .pt2, state_dict (+ --arch), or pickled module (+ --allow-pickle)")
 TARGET = typer.Option(None, "--target", "-t", help="device profile(s), e.g. x86-cpu,intel-cpu (list: edgekd targets)")
-DATA = typer.Option(None, "--data", "-d", help="IDX folder, image folder (one subfolder per class), .npz, or fashion-mnist")
+DATA = typer.Option(None, "--data", "-d", help="IDX folder, image folder (one subfolder per class), .npz, a detection set (COCO or "
+                    "YOLO layout), or fashion-mnist")
+METRIC = typer.Option(None, "--metric", help="your metric, file.py:fn or module:fn: fn(outputs: dict of numpy arrays, "
+                      "targets) -> dict of floats; its primary key headlines the report (runs your code)")
 CONFIG = typer.Option(None, "--config", "-c", help="pipeline.yaml; command-line options override it")
 RUN = typer.Option(None, "--run-dir", "-o", help="run directory (default runs/<model name>)")
-TASK = typer.Option(None, "--task", help="auto (default) | classify | outputs: how the model's outputs are distilled and "
-                    "scored (outputs: embeddings, regression, multi-label, several heads)")
+TASK = typer.Option(None, "--task", help="auto (default) | classify | detect | outputs: how the model's outputs are distilled "
+                    "and scored (detect: dense detectors, mAP; outputs: embeddings, regression, multi-label, several heads)")
 
 
 def _common(model: Optional[str], config: Optional[Path], target: Optional[List[str]], data: Optional[str], run_dir: Optional[Path],
@@ -99,6 +102,7 @@ def compress(
     config: Optional[Path] = CONFIG,
     run_dir: Optional[Path] = RUN,
     task: Optional[str] = TASK,
+    metric: Optional[str] = METRIC,
     arch: Optional[str] = typer.Option(None, help="module.path:factory or file.py:factory for a state_dict (or a zoo name)"),
     input_shape: Optional[str] = typer.Option(None, help="NxCxHxW when the file does not record it, e.g. 1x1x28x28"),
     allow_pickle: bool = typer.Option(False, "--allow-pickle", help="allow loading a pickled module (runs code from the file)"),
@@ -136,7 +140,7 @@ def compress(
     """Run every stage: distill → export → quantize → lower → bench, then print the report."""
     from edgekd import api
 
-    kw = _common(model, config, target, data, run_dir, arch, input_shape, allow_pickle, task=task,
+    kw = _common(model, config, target, data, run_dir, arch, input_shape, allow_pickle, task=task, metric=metric,
                  distill__student=student, distill__loss=loss, distill__epochs=epochs, distill__batch_size=batch_size,
                  distill__lr=lr, distill__features=_features(feature), distill__augment=augment, distill__mixup=mixup,
                  distill__enabled=False if no_distill else None, quantize__precision=precision,
@@ -188,13 +192,14 @@ def _stage_cmd(stage: str):  # noqa: ANN202
         config: Optional[Path] = CONFIG,
         run_dir: Optional[Path] = RUN,
         task: Optional[str] = TASK,
+        metric: Optional[str] = METRIC,
         arch: Optional[str] = typer.Option(None),
         input_shape: Optional[str] = typer.Option(None),
         allow_pickle: bool = typer.Option(False, "--allow-pickle"),
     ) -> None:
         from edgekd import api
 
-        kw = _common(model, config, target, data, run_dir, arch, input_shape, allow_pickle, task=task)
+        kw = _common(model, config, target, data, run_dir, arch, input_shape, allow_pickle, task=task, metric=metric)
         m, c, rd = kw.pop("model"), kw.pop("config"), kw.pop("run_dir")
         if m is None and c is None and rd is None:
             raise typer.BadParameter("pass a model file, --config, or --run-dir of an existing run")
@@ -221,6 +226,8 @@ def bench(path: Path = typer.Argument(..., help="a run directory, or one artifac
           arch: Optional[str] = typer.Option(None, help="for a run: the --arch factory it was made with (not a zoo name), "
                                              "named again: edgekd never imports code that a file names"),
           student: Optional[str] = typer.Option(None, help="for a run: its --student factory (not a zoo name), named again"),
+          metric: Optional[str] = typer.Option(None, "--metric", help="your metric (file.py:fn or module:fn); for a run: "
+                                               "its --metric, named again (edgekd never runs code that a file names)"),
           allow_pickle: bool = typer.Option(False, "--allow-pickle", help="for a run of a pickled model: allow loading it "
                                             "(the run's own record of this opt-in is not used)")) -> None:
     """Re-measure a run (rewrites its report), or measure one artifact on this device — no torch needed for that."""
@@ -229,12 +236,12 @@ def bench(path: Path = typer.Argument(..., help="a run directory, or one artifac
     if path.is_file():
         if not profile:
             raise UsageError(f"benchmarking the artifact {path.name} needs a device profile", "add --profile NAME (list: edgekd targets)")
-        typer.echo(api.bench_file(path, profile, data, threads, out)["markdown"])
+        typer.echo(api.bench_file(path, profile, data, threads, out, metric)["markdown"])
         return
 
     if not path.is_dir():
         raise UsageError(f"{path} does not exist", "pass a run directory made by edgekd compress, or an artifact file")
-    _print_summary(api.bench(path, bench__threads=threads, arch=arch, distill__student=student,
+    _print_summary(api.bench(path, bench__threads=threads, arch=arch, distill__student=student, metric=metric,
                              allow_pickle=allow_pickle or None))
 
 

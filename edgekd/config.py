@@ -187,6 +187,9 @@ class PipelineConfig(Strict):
     model: str
     task: str = Field("auto", description="auto | " + " | ".join(TASK_NAMES) + ": what the model's outputs mean and how "
                       "they are scored (auto: decided from the model's outputs and the data's labels)")
+    metric: str | None = Field(None, description="a user metric, path/to/file.py:fn or package.module:fn, "
+                               "fn(outputs: dict[str, ndarray], targets) -> dict[str, float]; its primary key (fn.primary, "
+                               "else the first key) headlines the report (edgekd.tasks.user_metric). Runs your code.")
     arch: str | None = None
     input_shape: str | None = None
     allow_pickle: bool = False
@@ -250,8 +253,8 @@ def load_config_file(path: str | Path, overrides: dict[str, Any] | None = None) 
         raise ConfigError(f"{path.name} is not valid YAML: {str(e).splitlines()[0]}", "fix the syntax") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path.name} must hold a mapping at the top level", "see the example in README")
-    for k, v in (overrides or {}).items():
-        raw[k] = v
+    for k, v in (overrides or {}).items():  # an override of one key in a section keeps the file's other keys
+        raw[k] = {**raw[k], **v} if isinstance(v, dict) and isinstance(raw.get(k), dict) else v
     # Paths in a config file are relative to the file, like every build tool does it.
     for key in ("model", "run_dir"):
         if isinstance(raw.get(key), str) and not Path(raw[key]).is_absolute() and raw[key] not in ("",):

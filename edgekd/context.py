@@ -17,7 +17,7 @@ import numpy as np
 
 from edgekd import progress
 from edgekd.config import PipelineConfig
-from edgekd.errors import UsageError
+from edgekd.errors import ConfigError, UsageError
 from edgekd.fileio import sha256_file
 from edgekd.rundir import RunDir, RunDirError
 from edgekd.targets import Profile, isa_advice, resolve
@@ -158,7 +158,8 @@ class RunContext:
             path.parent.mkdir(parents=True, exist_ok=True)
             with atomic_path(path) as tmp:
                 with open(tmp, "wb") as f:  # task_info: what the torch-free worker needs to score the outputs
-                    np.savez(f, x=self.data.test.x, y=self.data.test.y, task_info=np.array(json.dumps(self.info)))
+                    np.savez(f, x=self.data.test.x, y=self.data.test.y, task_info=np.array(json.dumps(self.info)),
+                             task=np.array(self.task.name))
             marker.write_text(want)
         return path
 
@@ -225,6 +226,8 @@ def open_run(cfg: PipelineConfig) -> RunContext:
         task.prepare(lm.module, real, info)
     elif task.name != "classify":
         task.synth_classes(info)  # raises: data-free synthesis inverts a classifier
+    if cfg.metric:
+        task = user_metric_task(task, cfg.metric, lm, real, info)
     if real is not None:
         norm = real.meta.get("normalize", {})
         classes = real.meta.get("classes")
@@ -243,11 +246,37 @@ def open_run(cfg: PipelineConfig) -> RunContext:
     run.manifest["environment"] = describe_environment()
     run.manifest["inputs"] = {"model": {"path": lm.path, "sha256": lm.sha256, "format": lm.format,
                                         "input_shape": list(shape), **info, "task": task.name}}
+    if cfg.metric:
+        run.manifest["inputs"]["model"].update(metric=cfg.metric, metric_primary=task.primary,
+                                               metric_higher_is_better=task.metric.higher_is_better,
+                                               metric_sha256=metric_hash(cfg.metric))
     run.save()
     ctx = RunContext(cfg=cfg, run=run, teacher=lm, input_shape=shape, info=info, profiles=profiles, task=task,
                      real_data=real)
     Runner(ctx)
     return ctx
+
+
+def user_metric_task(task: Task, spec: str, lm: LoadedModel, real: Dataset | None, info: dict[str, Any]) -> Task:
+    """``task`` with the user metric (:mod:`edgekd.tasks.user_metric`), called once on the teacher's outputs for up to
+    64 test samples so that a broken metric fails here, in one line, before any training."""
+    from edgekd.tasks.user_metric import with_metric
+
+    if real is None:
+        raise ConfigError("--metric scores outputs against the data's targets; a data-free run has none",
+                          "pass real data with --data, or drop --metric")
+    wrapped = with_metric(task, spec)
+    n = min(64, len(real.test))
+    res = wrapped.score(task.predict(lm.module, real.test.x[:n], info), real.test.y[:n], info)
+    progress.log(f"metric: {spec} (primary {wrapped.primary} = {res[wrapped.primary]:.4f} for the teacher on {n} test "
+                 "samples)")
+    return wrapped
+
+
+def metric_hash(spec: str) -> str:
+    """What identifies a user metric in cache keys: its name, and its file's content when it names a file."""
+    path = Path(spec.rpartition(":")[0])
+    return sha256_file(path) if path.suffix == ".py" and path.is_file() else spec
 
 
 def _short(values: Any) -> str:

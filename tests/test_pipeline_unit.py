@@ -118,3 +118,14 @@ def test_a_run_directory_from_an_earlier_format_is_refused(tmp_path: Path) -> No
     write_json(tmp_path / "run" / "manifest.json", {"edgekd_run": 1, "stages": {"distill": {"status": "done"}}})
     with pytest.raises(RunDirError, match="earlier edgekd"):
         _ctx(tmp_path)
+
+
+def test_a_section_override_keeps_the_config_files_other_keys(tmp_path: Path) -> None:
+    """``compress(config=..., distill__seed=3)`` (and ``--epochs`` with ``--config``) change one key of a section; the
+    file's other keys in that section (the student, the batch size) stay."""
+    from edgekd.config import load_config_file
+
+    f = tmp_path / "c.yaml"
+    f.write_text("model: m.pt2\ntargets: [x86-cpu]\ndistill:\n  student: mobilenet-s\n  batch_size: 32\n  epochs: 4\n")
+    cfg = load_config_file(f, {"distill": {"seed": 3, "epochs": 2}})
+    assert (cfg.distill.student, cfg.distill.batch_size, cfg.distill.seed, cfg.distill.epochs) == ("mobilenet-s", 32, 3, 2)

@@ -86,10 +86,22 @@ def _input_shape(artifact: Path, data: Path | None, backend: str) -> list[int]:
     raise UsageError(f"cannot tell the input shape of {artifact.name}", "pass --data samples.npz (arrays x and y)")
 
 
+def task_of(data: Path | None) -> str:
+    """How the eval file's outputs are scored: the task a run recorded in it (``edgekd compress`` writes ``task``),
+    else ``classify`` — a hand-made ``.npz`` of x and integer labels y."""
+    import numpy as np
+
+    if data is None:
+        return "classify"
+    with np.load(data, allow_pickle=False) as z:
+        return str(z["task"]) if "task" in z.files else "classify"
+
+
 def bench_artifact(artifact: str | Path, profile: str, data: str | Path | None = None, threads: int | None = None,
-                   out_dir: str | Path | None = None) -> dict[str, Any]:
+                   out_dir: str | Path | None = None, metric: str | None = None) -> dict[str, Any]:
     """Measure one artifact on this machine with the profile's settings; write result.json/result.md (+ latency.png)
-    to ``out_dir`` when given. Returns the result."""
+    to ``out_dir`` when given; score it with the eval file's task and, when given, the user's metric. Returns the
+    result."""
     from edgekd.benchmark.subprocess_worker import run_worker
     from edgekd.benchmark.envinfo import capture
     from edgekd.benchmark.report import latency_png
@@ -107,13 +119,19 @@ def bench_artifact(artifact: str | Path, profile: str, data: str | Path | None =
         check_npz(dpath)
     settings = settings_for(backend, prof, threads)
     settings["input_shape"] = _input_shape(art, dpath, backend)
-    res = run_worker(backend, art, dpath, settings, prof.measure.warmup, prof.measure.iterations, prof.measure.batch_sizes, None)
+    task = task_of(dpath)
+    res = run_worker(backend, art, dpath, settings, prof.measure.warmup, prof.measure.iterations, prof.measure.batch_sizes,
+                     None, task, metric)
     res.update(profile=prof.name, artifact=str(art), environment=capture())
     l1 = res["latency"].get("1", {})
     acc = res.get("accuracy", {})
-    md = (f"# {art.name} on {prof.name} ({backend})\n\n| top-1 | p50 ms | p90 ms | p95 ms | p99 ms | mean ms | CoV | outliers | "
+    from edgekd.benchmark.report import METRIC_LABELS
+    from edgekd.tasks import get_task
+    primary = acc.get("metric_primary") or get_task(task).primary  # the user metric's, when it scored
+    label = METRIC_LABELS.get(primary, primary)
+    md = (f"# {art.name} on {prof.name} ({backend})\n\n| {label} | p50 ms | p90 ms | p95 ms | p99 ms | mean ms | CoV | outliers | "
           "throughput/s | size KB | peak RSS MB |\n|---|---|---|---|---|---|---|---|---|---|---|\n"
-          f"| {acc.get('top1', float('nan')):.4f} | {l1.get('p50_ms', 0):.3f} | {l1.get('p90_ms', 0):.3f} | {l1.get('p95_ms', 0):.3f} | "
+          f"| {acc.get(primary, float('nan')):.4f} | {l1.get('p50_ms', 0):.3f} | {l1.get('p90_ms', 0):.3f} | {l1.get('p95_ms', 0):.3f} | "
           f"{l1.get('p99_ms', 0):.3f} | {l1.get('mean_ms', 0):.3f} | {l1.get('cov', 0):.3f} | {l1.get('outliers', 0)} | "
           f"{l1.get('throughput_per_s', 0):.0f} | {res['size_bytes'] / 1024:.0f} | {res['peak_rss_mb']:.0f} |\n")
     for b, st in res["latency"].items():

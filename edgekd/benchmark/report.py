@@ -14,7 +14,14 @@ METRIC_LABELS = {"top1": "top-1", "fidelity_r2": "fidelity R²", "map": "mAP@[.5
 
 
 def primary_metric(run: RunDir) -> str:
-    """The run's primary metric: its task's (recorded in the manifest), never assumed."""
+    """The run's primary metric: the user metric's primary key (``--metric``) or its task's, both recorded in the
+    manifest, never assumed."""
+    model = run.manifest.get("inputs", {}).get("model", {})
+    return model.get("metric_primary") or task_metric(run)
+
+
+def task_metric(run: RunDir) -> str:
+    """The primary metric of the run's task itself (what distillation selects and reports on the val split)."""
     from edgekd.tasks import get_task
 
     return get_task(run.manifest.get("inputs", {}).get("model", {}).get("task", "classify")).primary
@@ -105,9 +112,15 @@ def markdown(run: RunDir, rows: list[dict[str, Any]]) -> str:
     d = m.get("stages", {}).get("distill", {}).get("metrics", {})
     primary = primary_metric(run)
     label = METRIC_LABELS.get(primary, primary)
+    own = task_metric(run)
     if d.get("student"):
         lines.append(f"Student `{d['student']}`: {d.get('student_params', 0):,} params vs teacher {d.get('teacher_params', 0):,}; "
-                     f"val {label} {d.get(f'student_val_{primary}', 0):.4f} (teacher {d.get(f'teacher_val_{primary}', 0):.4f}).")
+                     f"val {METRIC_LABELS.get(own, own)} {d.get(f'student_val_{own}', 0):.4f} "
+                     f"(teacher {d.get(f'teacher_val_{own}', 0):.4f}).")
+    if model.get("metric"):
+        lines.append(f"Primary metric: `{primary}` from the user metric `{model['metric']}`"
+                     f"{' (lower is better)' if model.get('metric_higher_is_better') is False else ''}; the task's own "
+                     "metrics are in the JSON beside it.")
     if data.get("data_free"):
         syn = data.get("synthetic", {})
         lines.append(f"**Data-free run**: no real data was given; {syn.get('n')} images were synthesized with "
@@ -140,6 +153,8 @@ def markdown(run: RunDir, rows: list[dict[str, Any]]) -> str:
               "Fidelity R²: every output of the artifact against the teacher's PyTorch outputs on the held-out test "
               "split, 1 − Σ(s − t)² / Σ(t − t̄)², the minimum over outputs (1 = the teacher exactly); agreement is the "
               "same against the teacher's ONNX export." if primary == "fidelity_r2" else f"{label} on the held-out test split.")
+    if model.get("metric"):
+        scored = f"{label}: the user metric on every artifact's outputs on the held-out test split."
     lines += ["", f"Latency: batch 1, a fresh process per artifact and round, after warm-up; {n_rounds} alternating "
               "round(s) in one run (A B C, C B A, …); speed-up = teacher p50 / model p50 on the same runtime and thread "
               f"count, the median of the per-round ratios (their range in brackets). {scored}", ""]

@@ -17,7 +17,8 @@ from edgekd.errors import StageError
 
 
 def run_worker(backend: str, model: Path, data: Path | None, settings: dict[str, Any], warmup: int, iterations: int,
-               batch_sizes: list[int], logits_out: Path | None, task: str = "classify") -> dict[str, Any]:
+               batch_sizes: list[int], logits_out: Path | None, task: str = "classify",
+               metric: str | None = None) -> dict[str, Any]:
     cmd = [sys.executable, "-m", "edgekd.benchmark.worker", "--backend", backend, "--model", str(model), "--settings",
            json.dumps(settings), "--warmup", str(warmup), "--iterations", str(iterations),
            "--batch-sizes", ",".join(map(str, batch_sizes)), "--task", task]
@@ -25,6 +26,8 @@ def run_worker(backend: str, model: Path, data: Path | None, settings: dict[str,
         cmd += ["--data", str(data)]
     if logits_out is not None:
         cmd += ["--logits-out", str(logits_out)]
+    if metric:  # the user's metric, named by the person running edgekd (never by a file)
+        cmd += ["--metric", metric]
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).resolve().parents[2]), env.get("PYTHONPATH", "")])
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)

@@ -66,8 +66,9 @@ def _timed_loop(call, warmup: int, iterations: int, warmup_seconds: float = 1.0,
 
 
 def bench(backend: str, model: Path, data: Path | None, settings: dict, warmup: int, iterations: int,
-          batch_sizes: list[int], preds_out: Path | None, task: str = "classify") -> dict:
-    """Time the artifact and, with data, score its raw outputs with the task's own metric (numpy only)."""
+          batch_sizes: list[int], preds_out: Path | None, task: str = "classify", metric: str | None = None) -> dict:
+    """Time the artifact and, with data, score its raw outputs with the task's own metrics (numpy only) and, when
+    given, the user's metric (``module:fn`` / ``file.py:fn``, named by the person who runs this)."""
     from edgekd.benchmark.stats import latency_stats
     from edgekd.benchmark.tegrastats import TegrastatsSampler, summarize
     from edgekd.runtimes import open_session
@@ -109,9 +110,10 @@ def bench(backend: str, model: Path, data: Path | None, settings: dict, warmup: 
                     "latency": latency, "threads": threads, "warmup": warmup, "iterations": iterations}
     if x_eval is not None:
         from edgekd.tasks import get_task
+        from edgekd.tasks.user_metric import with_metric
 
         outputs = np.concatenate([infer(np.ascontiguousarray(x_eval[i : i + 256])) for i in range(0, len(x_eval), 256)])
-        result["accuracy"] = get_task(task).score(outputs, y_eval, task_info)
+        result["accuracy"] = with_metric(get_task(task), metric).score(outputs, y_eval, task_info)
         result["task"] = task
         if preds_out is not None:
             np.save(preds_out, outputs.astype(np.float32))
@@ -132,12 +134,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch-sizes", default="1")
     ap.add_argument("--logits-out", type=Path)
     ap.add_argument("--task", default="classify", help="how outputs are scored (edgekd.tasks)")
+    ap.add_argument("--metric", help="a user metric, file.py:fn or module:fn (edgekd.tasks.user_metric); runs that code")
     a = ap.parse_args(argv)
     if not a.model.exists():
         print(json.dumps({"error": f"model {a.model} does not exist"}))
         return 2
     res = bench(a.backend, a.model, a.data, json.loads(a.settings), a.warmup, a.iterations,
-                [int(b) for b in a.batch_sizes.split(",")], a.logits_out, a.task)
+                [int(b) for b in a.batch_sizes.split(",")], a.logits_out, a.task, a.metric)
     print(json.dumps(res))
     return 0
 

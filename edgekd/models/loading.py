@@ -9,11 +9,8 @@ recorded (``.pt2`` example inputs, or edgekd's own metadata), else from ``input_
 from __future__ import annotations
 
 import contextlib
-import importlib
-import importlib.util
 import json
 import pickle
-import sys
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +19,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from edgekd.code_import import import_callable
 from edgekd.errors import ModelLoadError
 from edgekd.fileio import sha256_file
 from edgekd.models.batching import PerSample, accepts_batch
@@ -66,19 +64,8 @@ def resolve_factory(arch: str) -> Callable[..., nn.Module]:
         return MODELS.get(arch.removeprefix("zoo:"))
     if ":" not in arch:
         raise ModelLoadError(f"bad --arch {arch!r}", "use module.path:factory, file.py:factory, or a zoo name")
-    mod_name, _, fn_name = arch.rpartition(":")
     try:
-        if mod_name.endswith(".py"):
-            spec = importlib.util.spec_from_file_location(Path(mod_name).stem, mod_name)
-            if spec is None or spec.loader is None:
-                raise ImportError(mod_name)
-            module = importlib.util.module_from_spec(spec)
-            spec.loader.exec_module(module)
-        else:
-            if "" not in sys.path and "." not in sys.path:
-                sys.path.insert(0, "")
-            module = importlib.import_module(mod_name)
-        return getattr(module, fn_name)
+        return import_callable(arch)
     except (ImportError, AttributeError, FileNotFoundError) as e:
         raise ModelLoadError(f"cannot import --arch {arch!r}: {e}", "check the module path and the factory name") from None
 

@@ -27,7 +27,8 @@ class Bench(Stage):
         return [("lower", profile), ("export", None)]
 
     def config(self, ctx, profile) -> dict[str, Any]:  # noqa: ANN001
-        return {"bench": ctx.cfg.bench.model_dump()}
+        return {"bench": ctx.cfg.bench.model_dump(),
+                "metric": ctx.run.manifest["inputs"]["model"].get("metric_sha256") if ctx.cfg.metric else None}
 
     @staticmethod
     def artifacts(ctx, p, roles: tuple[str, ...], deployed: Path) -> list[tuple[str, str, Path]]:  # noqa: ANN001
@@ -100,7 +101,7 @@ class Bench(Stage):
                 source = "teacher" if role == "teacher" and prec == "fp32" else "student"
                 batches = [1] if source in fixed else p.measure.batch_sizes
                 rounds[i].append(run_worker(p.backend, path, eval_npz if first else None, settings, warmup, iterations,
-                                            batches, logits_path if first else None, ctx.task.name))
+                                            batches, logits_path if first else None, ctx.task.name, ctx.cfg.metric))
                 if first:
                     outputs[i] = np.load(logits_path)
                     logits_path.unlink()

@@ -40,7 +40,7 @@ class Distill(Stage):
         out = ctx.run.fresh_dir("distill", keep=keep)
         ckpt_dir.mkdir(exist_ok=True)
         key_file.write_text(key)
-        data, task = ctx.data, ctx.task
+        data, task = ctx.data, ctx.task.base  # training selects and reports with the task's own metric
         teacher = ctx.teacher.module
         t_val = task.evaluate(teacher, data.val.x, data.val.y, ctx.info)[task.primary]
         check_teacher_score(ctx, t_val)
@@ -74,7 +74,7 @@ class Distill(Stage):
 def check_teacher_score(ctx, score: float) -> None:  # noqa: ANN001
     """Say so, loudly, when the teacher scores near chance on the user's data or far below the accuracy its file
     records: a wrong normalisation or class order makes every later number wrong while everything runs."""
-    task = ctx.task
+    task = ctx.task.base
     recorded = ctx.teacher.meta.get(f"test_{task.primary}", ctx.teacher.meta.get(task.primary))
     causes = ("check the normalisation (--mean/--std, or the model file's metadata) and the class order (folder "
               "names sort alphabetically) match what the teacher was trained with")

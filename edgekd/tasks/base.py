@@ -21,6 +21,11 @@ class Task:
     #: what :meth:`agreement` measures, for reports and gate messages
     agreement_name: str = "agreement"
 
+    @property
+    def base(self) -> "Task":
+        """The task itself, without a user metric (:mod:`edgekd.tasks.user_metric`)."""
+        return self
+
     # ------------------------------------------------------------------ the model and its data
     def probe(self, outputs: Any) -> dict[str, Any]:
         """Check a model's outputs on a dummy batch (torch tensors, a tuple or a dict of them) and return what the
@@ -67,6 +72,12 @@ class Task:
     def score(self, outputs: np.ndarray, targets: np.ndarray, info: dict[str, Any] | None = None) -> dict[str, Any]:
         """Metrics of ``outputs`` against ``targets``, the primary one under :attr:`primary`."""
         raise NotImplementedError
+
+    def named_outputs(self, outputs: np.ndarray, targets: np.ndarray,
+                      info: dict[str, Any] | None = None) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        """What a user metric (:mod:`edgekd.tasks.user_metric`) gets: the outputs by exported name, and the data's
+        own targets. Default: one output."""
+        return {self.output_names(info or {})[0]: outputs}, targets
 
     def agreement(self, reference: np.ndarray, outputs: np.ndarray, info: dict[str, Any] | None = None) -> float:
         """How closely ``outputs`` reproduce ``reference`` (a student's outputs vs its teacher's); 1 is exact."""

@@ -184,6 +184,11 @@ class Outputs(Task):
             res.update({f"target_{k}": v for k, v in target_metrics(mine, targets[:, d:]).items()})
         return res
 
+    def named_outputs(self, outputs: np.ndarray, targets: np.ndarray,
+                      info: dict[str, Any] | None = None) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        assert info
+        return split_packed(outputs, info["outputs"]), targets[:, int(info["packed_dim"]):]
+
     def _fidelity(self, reference: np.ndarray, outputs: np.ndarray, info: dict[str, Any]) -> dict[str, Any]:
         ref = split_packed(reference, info["outputs"])
         out = split_packed(outputs, info["outputs"])
