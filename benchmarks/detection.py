@@ -1,0 +1,228 @@
+"""Detection: edgekd's INT8 detector vs the FP32 teacher and the peers' INT8 defaults, in one run (issue #17 §3).
+
+    python examples/make_fmnist_detection.py --out data/fmnist-det      # the seeded set (make demo-detect builds it)
+    python benchmarks/detection.py [--data data/fmnist-det] [--seeds 0 1 2] [--rounds 5] [--threads 1 2]
+
+One detector, one data set, the same calibration images for every INT8 artifact (the 300 random training canvases the
+pipeline's ``default`` recipe takes):
+- the committed teacher (``examples/fmnist_detector.pt2``) in FP32;
+- peers on the teacher, with their documented defaults: ONNX Runtime ``quantize_static(model, out, reader)`` (QDQ,
+  per-tensor, S8S8, MinMax) and ``nncf.quantize(ov_model, dataset)`` (OpenVINO);
+- edgekd on the teacher itself (*same network*): the x86-cpu profile's ONNX Runtime settings and the intel-cpu
+  profile's NNCF settings, both with the model's output tail (box decoding, concatenation) kept in float;
+- what ``edgekd compress`` ships (*pipeline*): ``examples/demo-detect.yaml`` run once per training seed — the distilled
+  student in FP32 (its ONNX export) and the INT8 artifacts of both targets.
+
+mAP@[.5:.95] and mAP@.5 (pycocotools) on the 500 test canvases, computed in this process from each artifact's outputs
+with the task's own decoding (score ≥ 0.001, class-aware NMS at IoU 0.65, 100 per image). Latency: batch-1 p50 in a
+fresh worker process per artifact, artifacts in alternating order over ``--rounds`` rounds in one run; the median of
+the rounds and their min–max are reported, at each thread count. The CPU is recorded with the results.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from _common import REPO, RESULTS, md_table, save
+
+from edgekd.benchmark.subprocess_worker import run_worker
+from edgekd.exporters.parity import run_batched
+from edgekd.quant.calibration import load_recipe
+from edgekd.quant.ptq import nncf_quantize_openvino, ort_quantize
+from edgekd.runtimes import make_runner
+from edgekd.targets import resolve
+from edgekd.tasks import get_task
+
+TEACHER = REPO / "examples" / "fmnist_detector.pt2"
+CONFIG = REPO / "examples" / "demo-detect.yaml"
+
+
+def ort_default(fp32: Path, out: Path, cx: np.ndarray) -> None:
+    """ONNX Runtime's quantize_static with every default (its documented quick start)."""
+    from onnxruntime.quantization import CalibrationDataReader, quantize_static
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.it = iter([{"input": cx[i : i + 1]} for i in range(len(cx))])
+
+        def get_next(self):  # noqa: ANN201
+            return next(self.it, None)
+
+    quantize_static(str(fp32), str(out), Reader())
+
+
+def nncf_default(fp32: Path, out_xml: Path, cx: np.ndarray) -> None:
+    """``nncf.quantize`` with every default on the OpenVINO model read from the same ONNX."""
+    import nncf
+    import openvino as ov
+
+    q = nncf.quantize(ov.Core().read_model(str(fp32)), nncf.Dataset([cx[i : i + 1] for i in range(len(cx))]))
+    ov.save_model(q, str(out_xml), compress_to_fp16=False)
+
+
+def outputs_of(backend: str, path: Path, x: np.ndarray) -> np.ndarray:
+    """The artifact's raw dense outputs on x, in-process (the same runtime settings as the timed worker)."""
+    settings = {"graph_optimization": "all", "threads": 2} if backend == "onnxruntime" else {"threads": 2}
+    return run_batched(make_runner(backend, path, settings), x)
+
+
+def pipeline_run(seed: int, run_dir: Path, data: Path) -> dict[str, Path]:
+    """``edgekd compress`` of the demo config with ``distill.seed`` = seed; returns its artifacts."""
+    if not (run_dir / "04-lower" / "intel-cpu" / "model.xml").exists():
+        code = ("import sys; from edgekd import api, progress; progress.set_quiet(True); "
+                "api.compress(config=sys.argv[1], data={'path': sys.argv[2]}, run_dir=sys.argv[3], "
+                "distill__seed=int(sys.argv[4]))")
+        subprocess.run([sys.executable, "-c", code, str(CONFIG), str(data), str(run_dir), str(seed)], check=True, cwd=REPO)
+    return {"student fp32": run_dir / "02-export" / "student.onnx", "x86-cpu": run_dir / "04-lower" / "x86-cpu" / "model.onnx",
+            "intel-cpu": run_dir / "04-lower" / "intel-cpu" / "model.xml", "teacher fp32": run_dir / "02-export" / "teacher.onnx"}
+
+
+def spread(values: list[float]) -> str:
+    return f"{statistics.median(values):.3f} ({min(values):.3f}–{max(values):.3f})"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--data", default=str(REPO / "data" / "fmnist-det"))
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    ap.add_argument("--iterations", type=int, default=300)
+    ap.add_argument("--runs", default=str(REPO / "runs" / "bench-detect"), help="where the pipeline runs go (reused)")
+    a = ap.parse_args()
+    data = Path(a.data)
+    if not (data / "train").exists():
+        subprocess.run([sys.executable, str(REPO / "examples" / "make_fmnist_detection.py"), "--out", str(data)], check=True)
+
+    runs = {s: pipeline_run(s, Path(a.runs) / f"seed{s}", data) for s in a.seeds}
+    # the data, normalisation and calibration images exactly as the pipeline takes them (its own loaders)
+    import torch
+
+    from edgekd.config import load_config_file
+    from edgekd.context import load_real_data
+    from edgekd.models.loading import load_model
+
+    cfg = load_config_file(CONFIG, {"data": {"path": str(data)}})
+    task = get_task("detect")
+    lm = load_model(str(TEACHER))
+    info = task.probe(lm.module(torch.zeros(2, *lm.input_shape[1:])))
+    ds = load_real_data(cfg, lm, lm.input_shape, task, info)
+    task.prepare(lm.module, ds, info)
+    cx, _ = task.calibration(ds, load_recipe(cfg.quantize.calibration), cfg.quantize.calibration_size)
+    x, y = ds.test.x, ds.test.y
+
+    work = Path(tempfile.mkdtemp(prefix="det-bench-"))
+    fp32 = runs[a.seeds[0]]["teacher fp32"]
+    ort_default(fp32, work / "ort_default.onnx", cx)
+    nncf_default(fp32, work / "nncf_default.xml", cx)
+    ort_quantize(fp32, work / "edgekd_ort.onnx", cx, resolve("x86-cpu").onnxruntime)
+    nncf_quantize_openvino(fp32, work / "edgekd_ov.xml", cx, resolve("intel-cpu").openvino)
+
+    items: list[dict[str, Any]] = []
+    for rt in ("onnxruntime", "openvino"):
+        items.append({"runtime": rt, "artifact": "teacher FP32 (reference)", "group": "teacher", "path": fp32})
+        peer = ("peer: ORT quantize_static defaults", work / "ort_default.onnx") if rt == "onnxruntime" else \
+            ("peer: nncf.quantize defaults", work / "nncf_default.xml")
+        items.append({"runtime": rt, "artifact": peer[0], "group": "peer", "path": peer[1]})
+        items.append({"runtime": rt, "artifact": "edgekd INT8, same network", "group": "edgekd-teacher",
+                      "path": work / ("edgekd_ort.onnx" if rt == "onnxruntime" else "edgekd_ov.xml")})
+        for s in a.seeds:
+            items.append({"runtime": rt, "artifact": f"edgekd student FP32 (seed {s})", "group": "student-fp32", "seed": s,
+                          "path": runs[s]["student fp32"]})
+            items.append({"runtime": rt, "artifact": f"edgekd student INT8 (seed {s})", "group": "student-int8", "seed": s,
+                          "path": runs[s]["x86-cpu" if rt == "onnxruntime" else "intel-cpu"]})
+    for it in items:
+        it["metrics"] = task.score(outputs_of(it["runtime"], it["path"], x), y, info)
+        print(f"{it['runtime']:12s} {it['artifact']:40s} mAP {it['metrics']['map']:.4f}", flush=True)
+
+    for threads in a.threads:
+        p50: dict[int, list[float]] = {i: [] for i in range(len(items))}
+        for r in range(a.rounds):
+            order = list(range(len(items))) if r % 2 == 0 else list(reversed(range(len(items))))
+            for i in order:
+                it = items[i]
+                settings = {"threads": threads, "input_shape": list(lm.input_shape), "warmup_seconds": 1.0, "max_seconds": 20,
+                            "graph_optimization": "all", "device": "CPU", "performance_hint": "LATENCY",
+                            "inference_precision": "f32"}
+                res = run_worker(it["runtime"], it["path"], None, settings, 100, a.iterations, [1], None, task="detect")
+                p50[i].append(res["latency"]["1"]["p50_ms"])
+        for i, it in enumerate(items):
+            it.setdefault("p50_ms", {})[str(threads)] = statistics.median(p50[i])
+            it.setdefault("p50_rounds_ms", {})[str(threads)] = p50[i]
+
+    results = [{k: (str(v.relative_to(REPO)) if isinstance(v, Path) and v.is_relative_to(REPO) else
+                    (v.name if isinstance(v, Path) else v)) for k, v in it.items()} for it in items]
+    rows, goals = [], []
+    for rt in ("onnxruntime", "openvino"):
+        sel = [it for it in items if it["runtime"] == rt]
+        ref = sel[0]
+        for it in sel:
+            rows.append([rt, it["artifact"], f"{it['metrics']['map']:.4f}", f"{it['metrics']['map50']:.4f}"]
+                        + [f"{it['p50_ms'][str(t)]:.3f} ({min(it['p50_rounds_ms'][str(t)]):.3f}–"
+                           f"{max(it['p50_rounds_ms'][str(t)]):.3f})" for t in a.threads]
+                        + [" / ".join(f"{ref['p50_ms'][str(t)] / it['p50_ms'][str(t)]:.2f}×" for t in a.threads)])
+        s32 = [it for it in sel if it["group"] == "student-fp32"]
+        s8 = [it for it in sel if it["group"] == "student-int8"]
+        drops = [100 * (f["metrics"]["map"] - q["metrics"]["map"]) for f, q in zip(s32, s8)]
+        for t in a.threads:
+            speed = [ref["p50_ms"][str(t)] / q["p50_ms"][str(t)] for q in s8]
+            goals.append([rt, t, "INT8 student within 1.0 mAP point of its FP32",
+                          ", ".join(f"{d:+.2f}" for d in drops) + " pt", "yes" if max(drops) <= 1.0 else "no"])
+            goals.append([rt, t, "INT8 student ≥ 3× faster than the FP32 teacher", ", ".join(f"{v:.2f}×" for v in speed),
+                          "yes" if min(speed) >= 3.0 else "no"])
+            peer = next(it for it in sel if it["group"] == "peer")
+            ours = next(it for it in sel if it["group"] == "edgekd-teacher")
+            goals.append([rt, t, "edgekd INT8 of the teacher ≥ the peer default's mAP and not slower",
+                          f"mAP {ours['metrics']['map']:.4f} vs {peer['metrics']['map']:.4f}; p50 "
+                          f"{ours['p50_ms'][str(t)]:.3f} vs {peer['p50_ms'][str(t)]:.3f} ms",
+                          "yes" if ours["metrics"]["map"] >= peer["metrics"]["map"] and
+                          ours["p50_ms"][str(t)] <= peer["p50_ms"][str(t)] else "no"])
+    cols = [f"p50 ms, {t} thread{'s' if t > 1 else ''} (min–max)" for t in a.threads]
+    md = (f"# Detection: INT8 detectors on ONNX Runtime and OpenVINO (Fashion-MNIST detection set, {len(x)} test canvases)\n\n"
+          f"Teacher `examples/fmnist_detector.pt2`; students from `examples/demo-detect.yaml` with seeds "
+          f"{', '.join(map(str, a.seeds))}; {len(cx)} calibration canvases shared by every INT8 artifact. Batch-1 p50: "
+          f"median of {a.rounds} alternating rounds (min–max of the rounds).\n\n"
+          + md_table(["runtime", "artifact", "mAP@[.5:.95]", "mAP@.5", *cols, "speed-up vs teacher FP32"], rows)
+          + "\n\n## Goals (issue #17)\n\n" + md_table(["runtime", "threads", "goal", "measured", "met"], goals)
+          + "\n\nAnchors (their numbers, not measured here): NNCF's YOLOv8n on COCO128 0.452 → 0.460 mAP at 2.6× "
+            "(OpenVINO notebook); Ultralytics' Jetson table, YOLO11n TensorRT INT8 mAP 0.61 → 0.32.\n")
+    save("detection", {"rounds": a.rounds, "iterations": a.iterations, "threads": a.threads, "seeds": a.seeds,
+                       "calibration_samples": int(len(cx)), "test_images": int(len(x)), "config": str(CONFIG.relative_to(REPO)),
+                       "results": results}, md)
+    plot(items, a.threads[-1])
+
+
+def plot(items: list[dict[str, Any]], threads: int) -> None:
+    """mAP vs batch-1 p50 per artifact, one marker per runtime (PNG next to the JSON)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    colors = {"teacher": "black", "peer": "tab:red", "edgekd-teacher": "tab:orange", "student-fp32": "tab:blue",
+              "student-int8": "tab:green"}
+    seen = set()
+    for it in items:
+        label = it["group"] if it["group"] not in seen else None
+        seen.add(it["group"])
+        ax.scatter(it["p50_ms"][str(threads)], it["metrics"]["map"], c=colors[it["group"]],
+                   marker="o" if it["runtime"] == "onnxruntime" else "s", label=label)
+    ax.set_xlabel(f"batch-1 p50 latency, ms ({threads} threads; o ONNX Runtime, ■ OpenVINO)")
+    ax.set_ylabel("mAP@[.5:.95] (test)")
+    ax.set_title("Detection: accuracy vs latency")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(RESULTS / "detection.png", dpi=120)
+
+
+if __name__ == "__main__":
+    main()
