@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from _common import REPO, RESULTS, md_table, save
+from peers import nncf_default, ort_default  # the peers' documented defaults, one definition
 
 from edgekd.benchmark.subprocess_worker import run_worker
 from edgekd.exporters.parity import run_batched
@@ -43,29 +44,6 @@ from edgekd.tasks import get_task
 
 TEACHER = REPO / "examples" / "fmnist_detector.pt2"
 CONFIG = REPO / "examples" / "demo-detect.yaml"
-
-
-def ort_default(fp32: Path, out: Path, cx: np.ndarray) -> None:
-    """ONNX Runtime's quantize_static with every default (its documented quick start)."""
-    from onnxruntime.quantization import CalibrationDataReader, quantize_static
-
-    class Reader(CalibrationDataReader):
-        def __init__(self) -> None:
-            self.it = iter([{"input": cx[i : i + 1]} for i in range(len(cx))])
-
-        def get_next(self):  # noqa: ANN201
-            return next(self.it, None)
-
-    quantize_static(str(fp32), str(out), Reader())
-
-
-def nncf_default(fp32: Path, out_xml: Path, cx: np.ndarray) -> None:
-    """``nncf.quantize`` with every default on the OpenVINO model read from the same ONNX."""
-    import nncf
-    import openvino as ov
-
-    q = nncf.quantize(ov.Core().read_model(str(fp32)), nncf.Dataset([cx[i : i + 1] for i in range(len(cx))]))
-    ov.save_model(q, str(out_xml), compress_to_fp16=False)
 
 
 def outputs_of(backend: str, path: Path, x: np.ndarray) -> np.ndarray:
