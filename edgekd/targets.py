@@ -59,7 +59,10 @@ class OrtSettings(_Strict):
     weight_type: Literal["int8", "uint8"] = "int8"
     reduce_range: bool = True
     per_channel: bool = True
-    calibration_method: Literal["minmax", "entropy", "percentile"] = "minmax"
+    calibration_method: Literal["minmax", "mean-minmax", "entropy", "percentile"] = Field(
+        "mean-minmax", description="activation ranges: minmax = the min and max over all calibration samples (one "
+        "outlier widens the range); mean-minmax = the mean over samples of each sample's min and max (NNCF's default "
+        "for per-tensor activations); entropy / percentile = ORT's histogram methods")
     activation_symmetric: bool = False
     quantize_bias: bool = Field(True, description="int32 bias Q/DQ (ORT fuses it); TensorRT wants float biases")
     graph_optimization: Literal["disable", "basic", "extended", "all"] = "all"

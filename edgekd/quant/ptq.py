@@ -42,6 +42,10 @@ def ort_quantize(fp32_onnx: Path, out_path: Path, calib_x: np.ndarray, s: OrtSet
     dims = first.type.tensor_type.shape.dim
     if dims and dims[0].HasField("dim_value"):  # a graph with a fixed batch (of 1) takes its samples one at a time
         batch = int(dims[0].dim_value)
+    elif s.calibration_method != "minmax":
+        # per-sample statistics: "mean-minmax" averages each sample's min and max (NNCF's MEAN_MINMAX needs one
+        # sample per batch), and ORT's histogram calibrators stack per-batch arrays, which fails on a ragged last batch
+        batch = 1
 
     class Reader(CalibrationDataReader):
         def __init__(self) -> None:
@@ -51,9 +55,13 @@ def ort_quantize(fp32_onnx: Path, out_path: Path, calib_x: np.ndarray, s: OrtSet
             return next(self.batches, None)
 
     qtype = {"uint8": QuantType.QUInt8, "int8": QuantType.QInt8}
-    method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
-              "percentile": CalibrationMethod.Percentile}[s.calibration_method]
+    method = {"minmax": CalibrationMethod.MinMax, "mean-minmax": CalibrationMethod.MinMax,
+              "entropy": CalibrationMethod.Entropy, "percentile": CalibrationMethod.Percentile}[s.calibration_method]
     extra = {"ActivationSymmetric": s.activation_symmetric, "WeightSymmetric": True, "QuantizeBias": s.quantize_bias}
+    if s.calibration_method == "mean-minmax":
+        # ORT's "moving average" MinMax takes the mean over batches of each batch's min and max (calibrate.py,
+        # compute_data); with one sample per batch that is NNCF's default range for per-tensor activations
+        extra["CalibMovingAverage"] = True
     with tempfile.TemporaryDirectory() as td:
         pre = Path(td) / "pre.onnx"
         logging.getLogger("root").setLevel(logging.ERROR)
