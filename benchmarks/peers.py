@@ -45,11 +45,14 @@ MEAN, STD = [0.286], [0.353]
 
 def ort_default(fp32: Path, out: Path, cx: np.ndarray) -> None:
     """ONNX Runtime's quantize_static with every default (the documented quick start)."""
+    import onnx
     from onnxruntime.quantization import CalibrationDataReader, quantize_static
+
+    name = onnx.load(str(fp32), load_external_data=False).graph.input[0].name
 
     class Reader(CalibrationDataReader):
         def __init__(self) -> None:
-            self.it = iter([{"input": cx[i : i + 1]} for i in range(len(cx))])
+            self.it = iter([{name: cx[i : i + 1]} for i in range(len(cx))])
 
         def get_next(self):  # noqa: ANN201
             return next(self.it, None)

@@ -27,6 +27,7 @@ SOURCES = {
     "datafree.py": ["datafree.", "datafree_samples"],
     "datafree_arch.py": ["datafree_mobilenet-se-s"],
     "peers.py": ["peers"],
+    "calibration_range.py": ["calibration_range"],
 }
 NUMBER = re.compile(r"(?<![\w.])[-−]?\d+\.\d+(?![\w.])")
 

@@ -61,6 +61,8 @@ class DistillConfig(Strict):
     weight_decay: float = Field(5e-4, ge=0)
     warmup_epochs: float = Field(0.5, ge=0)
     augment: bool = False
+    ema: float = Field(0.0, ge=0.0, lt=1.0, description="decay of an exponential moving average of the student's "
+                       "weights and BN statistics (0 = off); the average is what the stage returns and scores")
     mixup: float = Field(0.0, ge=0, description="Beta(α, α) mixup of the transfer inputs, teacher queried on the mixed "
                          "images (function matching); 0 = off. Helps small and synthetic transfer sets")
     teacher_cache: Literal["auto", "on", "off"] = "auto"

@@ -158,3 +158,47 @@ def test_a_teacher_far_below_its_recorded_accuracy_is_called_out(tmp_path: Path,
                    distill={"student": "resnet-xs", "epochs": 1})
     err = capsys.readouterr().err
     assert "warning: the teacher scores" in err and "normalisation" in err and "class order" in err
+
+
+def test_weight_ema_follows_the_ramped_formula_and_averages_bn_statistics() -> None:
+    from torch import nn
+
+    from edgekd.kd.trainer import WeightEMA
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 2), nn.BatchNorm1d(2))
+    ema = WeightEMA(model, decay=0.9)
+    expected = {k: v.clone() for k, v in model.state_dict().items()}
+    for t in range(1, 6):
+        with torch.no_grad():
+            model[0].weight.add_(1.0)
+        model.train()
+        model(torch.randn(8, 3))  # moves the BN running statistics
+        ema.update(model)
+        d = min(0.9, (1 + t) / (10 + t))
+        for k, v in model.state_dict().items():
+            expected[k] = d * expected[k] + (1 - d) * v if v.dtype.is_floating_point else v.clone()
+    for k, v in ema.module.state_dict().items():
+        assert torch.allclose(v.float(), expected[k].float(), atol=1e-6), k
+    assert not torch.allclose(ema.module[0].weight, model[0].weight)  # the average lags the raw weights
+    assert ema.module[1].num_batches_tracked.item() == 5
+
+
+def test_ema_student_is_the_average_and_resumes(idx_dir: Path, tmp_path: Path) -> None:
+    data = load_dataset(idx_dir, val_fraction=0.25)
+    teacher = TinyNet().eval()
+    torch.manual_seed(1)
+    plain = train_student(teacher, TinyNet(), data, DistillConfig(epochs=2, batch_size=16, seed=4)).student
+    torch.manual_seed(1)
+    avg = train_student(teacher, TinyNet(), data, DistillConfig(epochs=2, batch_size=16, seed=4, ema=0.99),
+                        ckpt_dir=tmp_path).student
+    # same seed, same steps: only the averaging differs, so the returned weights must differ
+    diff = max((a - b).abs().max().item() for a, b in zip(plain.state_dict().values(), avg.state_dict().values())
+               if a.dtype.is_floating_point)
+    assert diff > 1e-4
+    assert "ema" in torch.load(tmp_path / "last.pt", weights_only=True)
+    again = train_student(teacher, TinyNet(), data, DistillConfig(epochs=2, batch_size=16, seed=4, ema=0.99),
+                          ckpt_dir=tmp_path)  # finished: resumes at epoch 2 and hands back the stored average
+    assert again.resumed_from_epoch == 2
+    for a, b in zip(avg.state_dict().values(), again.student.state_dict().values()):
+        assert torch.equal(a, b)

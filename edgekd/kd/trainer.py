@@ -125,6 +125,42 @@ def _top1(model: nn.Module, x: np.ndarray, y: np.ndarray) -> float:
     return accuracy(predict_logits(model, x), y)
 
 
+class WeightEMA:
+    """Exponential moving average of a model's weights and buffers (BN running statistics), as Ultralytics' ModelEMA
+    and timm's ModelEmaV2 keep for detectors: θ̄ ← d_t·θ̄ + (1 − d_t)·θ after every optimizer step, with the warm-up
+    ramp d_t = min(d, (1 + t) / (10 + t)) of TensorFlow's ExponentialMovingAverage, so a short run is not dominated
+    by its random initialisation. Integer buffers (BN's step counter) are copied.
+
+    Written here rather than with ``torch.optim.swa_utils.AveragedModel``: that averages buffers only when told to,
+    and its ramp-free EMA lets the initial weights weigh e^(−steps·(1−d)) at the end of a short run."""
+
+    def __init__(self, model: nn.Module, decay: float) -> None:
+        import copy
+
+        self.module = copy.deepcopy(model).eval()
+        for p in self.module.parameters():
+            p.requires_grad_(False)
+        self.decay, self.updates = decay, 0
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        self.updates += 1
+        d = min(self.decay, (1 + self.updates) / (10 + self.updates))
+        src = model.state_dict()
+        for k, v in self.module.state_dict().items():
+            if v.dtype.is_floating_point:
+                v.mul_(d).add_(src[k].detach(), alpha=1 - d)
+            else:
+                v.copy_(src[k])
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"module": self.module.state_dict(), "updates": self.updates}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.module.load_state_dict(state["module"])
+        self.updates = int(state["updates"])
+
+
 def train_student(teacher: nn.Module, student: nn.Module, data: Dataset, cfg: DistillConfig,
                   ckpt_dir: Path | None = None, teacher_logits: np.ndarray | None = None,
                   loss_fn: LogitLoss | None = None, val_metric: ValMetric | None = None) -> DistResult:
@@ -179,6 +215,7 @@ def _train_student(teacher: nn.Module, student: nn.Module, data: Dataset, cfg: D
 
     history: list[dict[str, Any]] = []
     start_epoch = 0
+    ema = WeightEMA(student, cfg.ema) if cfg.ema > 0 else None
     if ckpt_dir is not None:
         last = ckpt_dir / "last.pt"
         if last.exists():
@@ -188,6 +225,8 @@ def _train_student(teacher: nn.Module, student: nn.Module, data: Dataset, cfg: D
             opt.load_state_dict(state["optimizer"])
             history = list(state["history"])
             start_epoch = int(state["epoch"])
+            if ema is not None and "ema" in state:
+                ema.load_state_dict(state["ema"])
             progress.log(f"distill: resuming from epoch {start_epoch}/{cfg.epochs}")
 
     if world > 1:
@@ -251,6 +290,8 @@ def _train_student(teacher: nn.Module, student: nn.Module, data: Dataset, cfg: D
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
+                if ema is not None:
+                    ema.update(_unwrap(student_ddp))
                 step += 1
                 seen += len(idx)
                 for k, v in parts.items():
@@ -262,7 +303,7 @@ def _train_student(teacher: nn.Module, student: nn.Module, data: Dataset, cfg: D
                "lr_end": opt.param_groups[0]["lr"]}
         # scoring the val split can cost more than an epoch on a small transfer set: every `eval_interval` epochs
         if (epoch + 1) % cfg.eval_interval() == 0 or epoch + 1 == cfg.epochs:
-            rec[f"val_{val_metric[0]}"] = val_metric[1](student, data.val.x, data.val.y)
+            rec[f"val_{val_metric[0]}"] = val_metric[1](ema.module if ema is not None else student, data.val.x, data.val.y)
         rec["seconds"] = round(time.time() - t0, 2)
         history.append(rec)
         if rank == 0:
@@ -273,12 +314,16 @@ def _train_student(teacher: nn.Module, student: nn.Module, data: Dataset, cfg: D
             if ckpt_dir is not None:
                 with atomic_path(ckpt_dir / "last.pt") as tmp:
                     torch.save({"student": _unwrap(student_ddp).state_dict(), "objective": objective.state_dict(),
-                                "optimizer": opt.state_dict(), "history": history, "epoch": epoch + 1}, tmp)
+                                "optimizer": opt.state_dict(), "history": history, "epoch": epoch + 1,
+                                **({"ema": ema.state_dict()} if ema is not None else {})}, tmp)
         if world > 1:
             dist.barrier()
     if s_rec:
         s_rec.close()
     if t_rec:
         t_rec.close()
-    return DistResult(student=_unwrap(student_ddp).eval(), history=history, resumed_from_epoch=start_epoch)
+    final = _unwrap(student_ddp)
+    if ema is not None:  # the average is the result: copy it into the student the caller built
+        final.load_state_dict(ema.module.state_dict())
+    return DistResult(student=final.eval(), history=history, resumed_from_epoch=start_epoch)
 

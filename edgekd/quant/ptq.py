@@ -7,6 +7,10 @@ ONNX Runtime targets — ``onnxruntime.quantization.quantize_static`` → QDQ ON
     is U8 activations × S8 weights with reduce_range (7-bit weights): the u8·s8 pair-sum of the AVX2 kernels
     saturates with full 8-bit weights (−4.5 pt measured), and S8S8 gives no speed-up on x86 (env-feasibility §6).
     ARM profiles use S8S8 without reduce_range.
+  * activation ranges by the profile's ``calibration_method``, default ``mean-minmax``: the mean over calibration
+    samples of each sample's min and max (NNCF's default for per-tensor activations). ORT's own default, the global
+    min and max, lets one outlier sample set a range: the example detector's INT8 fell from 42.8 to 20.6
+    mAP@[.5:.95] with it (``benchmarks/results/calibration_range.md``);
   * ``quant_pre_process`` first (shape inference + graph optimisation), as the ORT docs recommend.
 
 OpenVINO targets — NNCF ``nncf.quantize`` on the OpenVINO model (``ov.convert_model`` of the fp32 ONNX), preset
