@@ -272,3 +272,13 @@ def test_detector_run_reports_map_recomputed_from_the_artifacts(det_data: Path, 
     assert hist[-1]["val_map"] > hist[0]["val_map"] or hist[-1]["loss_total"] < hist[0]["loss_total"]
     cal = json.loads((run / "03-quantize" / "x86-cpu-vnni" / "calibration.json").read_text())
     assert cal["float_tail_nodes"] > 10 and cal["parity_int8_vs_fp32_val"]["agreement"] >= 0.85
+
+
+def test_detect_refuses_augmenting_images_whose_boxes_it_trains_on() -> None:
+    from edgekd.config import DistillConfig
+    from edgekd.errors import ConfigError
+    from edgekd.tasks import get_task
+
+    task = get_task("detect")
+    with pytest.raises(ConfigError, match="without their boxes"):
+        task.distill(None, None, None, DistillConfig(augment=True, ce_weight=1.0), None, {})
