@@ -58,3 +58,19 @@ def test_histogram_methods_take_a_ragged_last_batch(tmp_path: Path, method: str)
     info = ort_quantize(fp32, tmp_path / "q.onnx", calib, s, batch=32)
     assert info["calibration_method"] == method
     assert _rel_error(fp32, tmp_path / "q.onnx", calib) < 0.1
+
+
+def test_layers_writing_the_outputs_stay_float_under_per_sample_ranges(tmp_path: Path) -> None:
+    """A regression head writes one value per sample: its per-sample min equals its max, so mean-minmax would
+    shrink its range to a point and saturate every output (R² −0.11 on tests/test_outputs_task.py before)."""
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 14 * 14, 1)).eval()
+    fp32 = tmp_path / "reg.onnx"
+    export_onnx(m, (1, 1, 16, 16), fp32, 17, "legacy")
+    x = np.random.default_rng(2).normal(size=(200, 1, 16, 16)).astype(np.float32)
+    info = ort_quantize(fp32, tmp_path / "q.onnx", x[:100], resolve("x86-cpu").onnxruntime)
+    assert len(info["float_output_layers"]) == 1  # the Linear, and only it
+    ref = run_batched(make_runner("onnxruntime", fp32, {"threads": 1}), x[100:])
+    got = run_batched(make_runner("onnxruntime", tmp_path / "q.onnx", {"threads": 1}), x[100:])
+    r2 = 1 - ((got - ref) ** 2).sum() / ((ref - ref.mean()) ** 2).sum()
+    assert r2 > 0.98, r2

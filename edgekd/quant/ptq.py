@@ -70,16 +70,22 @@ def ort_quantize(fp32_onnx: Path, out_path: Path, calib_x: np.ndarray, s: OrtSet
         pre = Path(td) / "pre.onnx"
         logging.getLogger("root").setLevel(logging.ERROR)
         quant_pre_process(str(fp32_onnx), str(pre), skip_symbolic_shape=True)
-        tail = float_tail(onnx.load(str(pre), load_external_data=False))
+        graph = onnx.load(str(pre), load_external_data=False)
+        tail = float_tail(graph)
+        # per-sample ranges of a layer that writes the model's outputs would clip them: a regression head's one
+        # value per sample has min = max, so the mean range shrinks to a point. Those layers stay in float, as
+        # NNCF leaves the outputs of a model's last layers unquantized (it quantizes inputs of weighted ops only).
+        heads = output_layers(graph) if s.calibration_method == "mean-minmax" else []
         with atomic_path(out_path) as tmp:
             quantize_static(str(pre), str(tmp), Reader(), quant_format=QuantFormat.QDQ, per_channel=s.per_channel,
                             reduce_range=s.reduce_range, activation_type=qtype[s.activation_type],
                             weight_type=qtype[s.weight_type], calibrate_method=method, extra_options=extra,
-                            nodes_to_exclude=tail)
+                            nodes_to_exclude=tail + heads)
     return {"tool": "onnxruntime.quantization.quantize_static", "format": "QDQ", "activation_type": s.activation_type,
             "weight_type": s.weight_type, "reduce_range": s.reduce_range, "per_channel": s.per_channel,
             "calibration_method": s.calibration_method, "activation_symmetric": s.activation_symmetric,
-            "quantize_bias": s.quantize_bias, "float_tail_nodes": len(tail)}
+            "quantize_bias": s.quantize_bias, "float_tail_nodes": len(tail), "float_output_layers": heads,
+            "recipe": ORT_RECIPE}
 
 
 def nncf_quantize_openvino(fp32_onnx: Path, out_xml: Path, calib_x: np.ndarray, s: OpenvinoSettings,
@@ -121,6 +127,25 @@ def nncf_quantize_openvino(fp32_onnx: Path, out_xml: Path, calib_x: np.ndarray, 
 #: the layers whose inputs PTQ quantizes for speed; everything after the last of them on every path to an output is
 #: the model's output tail (box decoding, sigmoid, concatenation of boxes with scores)
 WEIGHTED_OPS = {"Conv", "ConvTranspose", "Gemm", "MatMul", "ConvInteger", "MatMulInteger"}
+
+
+#: bumped whenever edgekd's use of quantize_static changes what it produces (part of the quantize stage's cache key)
+ORT_RECIPE = "qdq-float-tail/2: mean-minmax ranges keep the output layers in float"
+
+
+def output_layers(model) -> list[str]:  # noqa: ANN001
+    """Names of the weighted layers (:data:`WEIGHTED_OPS`) with no weighted layer downstream: the ones that write
+    the model's outputs (a classifier's last Gemm, a detector's class and box convolutions)."""
+    nodes = list(model.graph.node)
+    consumers: dict[str, list[int]] = {}
+    for i, n in enumerate(nodes):
+        for t in n.input:
+            consumers.setdefault(t, []).append(i)
+    feeds_weighted = [False] * len(nodes)
+    for i in range(len(nodes) - 1, -1, -1):
+        feeds_weighted[i] = any(nodes[j].op_type in WEIGHTED_OPS or feeds_weighted[j]
+                                for t in nodes[i].output for j in consumers.get(t, []))
+    return [n.name for i, n in enumerate(nodes) if n.op_type in WEIGHTED_OPS and not feeds_weighted[i] and n.name]
 
 
 def float_tail(model) -> list[str]:  # noqa: ANN001

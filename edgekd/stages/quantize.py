@@ -27,9 +27,10 @@ class Quantize(Stage):
 
     def config(self, ctx, profile) -> dict[str, Any]:  # noqa: ANN001
         from edgekd.quant.calibration import load_recipe
+        from edgekd.quant.ptq import ORT_RECIPE
 
         return {"quantize": ctx.cfg.quantize.model_dump(), "precision": ctx.precision(profile),
-                "recipe": load_recipe(ctx.cfg.quantize.calibration).model_dump()}
+                "recipe": load_recipe(ctx.cfg.quantize.calibration).model_dump(), "ort_recipe": ORT_RECIPE}
 
     def run(self, ctx, profile, key: str) -> StageResult:  # noqa: ANN001
         from edgekd.backends import get_backend
