@@ -124,7 +124,7 @@ def main() -> None:
           "outside the calibration set; detector: mAP@[.5:.95] on the pipeline's val split of the detection set.\n\n"
           + md_table(["model", "metric", "profile", "FP32", *METHODS], table)
           + "\n\n`minmax` = the min and max over all calibration samples; `mean-minmax` = the mean over samples of "
-            "each sample's min and max (NNCF's default for per-tensor activations); `percentile` = ORT's 99.999th "
+            "each sample's min and max (NNCF's default for per-tensor activations), with the layers that write the model's outputs kept in float; `percentile` = ORT's 99.999th "
             "percentile of a histogram (needs every activation of every sample in memory).\n")
     save("calibration_range", {"profiles": list(PROFILES), "methods": list(METHODS), "calibration_samples": 300,
                                "results": rows}, md)
