@@ -8,7 +8,8 @@ pipeline's ``default`` recipe takes):
 - the committed teacher (``examples/fmnist_detector.pt2``) in FP32;
 - peers on the teacher, with their documented defaults: ONNX Runtime ``quantize_static(model, out, reader)`` (QDQ,
   per-tensor, S8S8, MinMax) and ``nncf.quantize(ov_model, dataset)`` (OpenVINO);
-- edgekd on the teacher itself (*same network*): the x86-cpu profile's ONNX Runtime settings and the intel-cpu
+- edgekd on the teacher itself (*same network*): the ONNX Runtime settings of this CPU's profile (``--target auto``:
+  x86-cpu-vnni with VNNI, x86-cpu without) and the intel-cpu
   profile's NNCF settings, both with the model's output tail (box decoding, concatenation) kept in float;
 - what ``edgekd compress`` ships (*pipeline*): ``examples/demo-detect.yaml`` run once per training seed — the distilled
   student in FP32 (its ONNX export) and the INT8 artifacts of both targets.
@@ -59,7 +60,8 @@ def pipeline_run(seed: int, run_dir: Path, data: Path) -> dict[str, Path]:
                 "api.compress(config=sys.argv[1], data={'path': sys.argv[2]}, run_dir=sys.argv[3], "
                 "distill__seed=int(sys.argv[4]))")
         subprocess.run([sys.executable, "-c", code, str(CONFIG), str(data), str(run_dir), str(seed)], check=True, cwd=REPO)
-    return {"student fp32": run_dir / "02-export" / "student.onnx", "x86-cpu": run_dir / "04-lower" / "x86-cpu" / "model.onnx",
+    ort = next(p for p in sorted((run_dir / "04-lower").glob("*/model.onnx")))  # the demo's `auto` CPU target
+    return {"student fp32": run_dir / "02-export" / "student.onnx", "ort": ort,
             "intel-cpu": run_dir / "04-lower" / "intel-cpu" / "model.xml", "teacher fp32": run_dir / "02-export" / "teacher.onnx"}
 
 
@@ -101,7 +103,8 @@ def main() -> None:
     fp32 = runs[a.seeds[0]]["teacher fp32"]
     ort_default(fp32, work / "ort_default.onnx", cx)
     nncf_default(fp32, work / "nncf_default.xml", cx)
-    ort_quantize(fp32, work / "edgekd_ort.onnx", cx, resolve("x86-cpu").onnxruntime)
+    ort_profile = resolve("auto")  # what the demo's `auto` target takes on this CPU
+    ort_quantize(fp32, work / "edgekd_ort.onnx", cx, ort_profile.onnxruntime)
     nncf_quantize_openvino(fp32, work / "edgekd_ov.xml", cx, resolve("intel-cpu").openvino)
 
     items: list[dict[str, Any]] = []
@@ -116,7 +119,7 @@ def main() -> None:
             items.append({"runtime": rt, "artifact": f"edgekd student FP32 (seed {s})", "group": "student-fp32", "seed": s,
                           "path": runs[s]["student fp32"]})
             items.append({"runtime": rt, "artifact": f"edgekd student INT8 (seed {s})", "group": "student-int8", "seed": s,
-                          "path": runs[s]["x86-cpu" if rt == "onnxruntime" else "intel-cpu"]})
+                          "path": runs[s]["ort" if rt == "onnxruntime" else "intel-cpu"]})
     for it in items:
         it["metrics"] = task.score(outputs_of(it["runtime"], it["path"], x), y, info)
         print(f"{it['runtime']:12s} {it['artifact']:40s} mAP {it['metrics']['map']:.4f}", flush=True)
@@ -166,13 +169,14 @@ def main() -> None:
     cols = [f"p50 ms, {t} thread{'s' if t > 1 else ''} (min–max)" for t in a.threads]
     md = (f"# Detection: INT8 detectors on ONNX Runtime and OpenVINO (Fashion-MNIST detection set, {len(x)} test canvases)\n\n"
           f"Teacher `examples/fmnist_detector.pt2`; students from `examples/demo-detect.yaml` with seeds "
-          f"{', '.join(map(str, a.seeds))}; {len(cx)} calibration canvases shared by every INT8 artifact. Batch-1 p50: "
+          f"{', '.join(map(str, a.seeds))}; ONNX Runtime target `{ort_profile.name}` (`auto` on this CPU); {len(cx)} "
+          f"calibration canvases shared by every INT8 artifact. Batch-1 p50: "
           f"median of {a.rounds} alternating rounds (min–max of the rounds).\n\n"
           + md_table(["runtime", "artifact", "mAP@[.5:.95]", "mAP@.5", *cols, "speed-up vs teacher FP32"], rows)
           + "\n\n## Goals (issue #17)\n\n" + md_table(["runtime", "threads", "goal", "measured", "met"], goals)
           + "\n\nAnchors (their numbers, not measured here): NNCF's YOLOv8n on COCO128 0.452 → 0.460 mAP at 2.6× "
             "(OpenVINO notebook); Ultralytics' Jetson table, YOLO11n TensorRT INT8 mAP 0.61 → 0.32.\n")
-    save("detection", {"rounds": a.rounds, "iterations": a.iterations, "threads": a.threads, "seeds": a.seeds,
+    save("detection", {"ort_profile": ort_profile.name, "rounds": a.rounds, "iterations": a.iterations, "threads": a.threads, "seeds": a.seeds,
                        "calibration_samples": int(len(cx)), "test_images": int(len(x)), "config": str(CONFIG.relative_to(REPO)),
                        "results": results}, md)
     plot(items, a.threads[-1])

@@ -95,8 +95,8 @@ class QuantizeConfig(Strict):
     min_top1_agreement: float = Field(0.95, ge=0, le=1, description="int8 vs fp32 student on the val split; lower fails the stage")
     min_fidelity_r2: float = Field(0.95, le=1, description="the outputs task's INT8 gate: R² of the int8 model's outputs "
                                    "against the fp32 export's on the val split (the minimum over outputs)")
-    min_map_agreement: float = Field(0.85, ge=0, le=1, description="the detect task's INT8 gate: mAP@.5 of the int8 "
-                                     "model's detections scored against the fp32 export's confident ones (≥ 0.25), val split")
+    max_map_drop: float = Field(1.0, ge=0, le=100, description="the detect task's INT8 gate: the most mAP@[.5:.95] "
+                                "points the int8 model may lose against the fp32 export on the val split")
     qat: Literal["none", "kd", "ti"] = Field("none", description="quantization-aware training instead of PTQ")
     bits: str = Field("w8a8", description="QAT bit widths: w8a8, w4a8, w2a8, ternary, w4a4")
     ti_mode: Literal["auto", "g", "o", "c", "m", "rg", "ro", "rm", "br", "b"] = Field(

@@ -72,7 +72,7 @@ class Quantize(Stage):
             # int8 vs fp32 on the val split (real data the student never trained on)
             ref = parity.run_batched(make_runner("onnxruntime", fp32, {"graph_optimization": "all"}), data.val.x)
             got = parity.run_batched(make_runner(q.check_backend, q.files["model"], q.check_settings), data.val.x)
-            info["parity_int8_vs_fp32_val"] = ctx.task.parity(ref, got, ctx.info)
+            info["parity_int8_vs_fp32_val"] = ctx.task.parity(ref, got, ctx.info, targets=data.val.y)
         write_json(out / "calibration.json", info)  # before the gate, so a failed stage keeps its evidence
         if "parity_int8_vs_fp32_val" in info:
             parity.check(info["parity_int8_vs_fp32_val"], what=f"int8 model for {p.name} vs fp32", atol=None,

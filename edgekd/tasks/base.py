@@ -83,9 +83,11 @@ class Task:
         """How closely ``outputs`` reproduce ``reference`` (a student's outputs vs its teacher's); 1 is exact."""
         raise NotImplementedError
 
-    def parity(self, reference: np.ndarray, outputs: np.ndarray, info: dict[str, Any] | None = None) -> dict[str, Any]:
+    def parity(self, reference: np.ndarray, outputs: np.ndarray, info: dict[str, Any] | None = None,
+               targets: np.ndarray | None = None) -> dict[str, Any]:
         """Two implementations of one model compared, for the parity gates: ``max_abs_diff``, ``mean_abs_diff`` and
-        ``agreement`` (the task's, named by ``agreement_metric``)."""
+        ``agreement`` (the task's, named by ``agreement_metric``). ``targets`` (the data's, when the caller has them)
+        let a task gate on its own metric."""
         raise NotImplementedError
 
     def int8_gate(self, quantize_cfg: Any) -> float:

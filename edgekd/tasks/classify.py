@@ -90,7 +90,8 @@ class Classification(Task):
     def agreement(self, reference: np.ndarray, outputs: np.ndarray, info: dict[str, Any] | None = None) -> float:
         return float((reference.argmax(1) == outputs.argmax(1)).mean()) if len(reference) else 1.0
 
-    def parity(self, reference: np.ndarray, outputs: np.ndarray, info: dict[str, Any] | None = None) -> dict[str, Any]:
+    def parity(self, reference: np.ndarray, outputs: np.ndarray, info: dict[str, Any] | None = None,
+               targets: np.ndarray | None = None) -> dict[str, Any]:
         from edgekd.exporters.parity import compare
 
         stats = compare(reference, outputs)

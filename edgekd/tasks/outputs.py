@@ -199,7 +199,8 @@ class Outputs(Task):
         assert info
         return self._fidelity(reference, outputs, info)[self.primary] if len(reference) else 1.0
 
-    def parity(self, reference: np.ndarray, outputs: np.ndarray, info: dict[str, Any] | None = None) -> dict[str, Any]:
+    def parity(self, reference: np.ndarray, outputs: np.ndarray, info: dict[str, Any] | None = None,
+               targets: np.ndarray | None = None) -> dict[str, Any]:
         from edgekd.exporters.parity import compare
 
         assert info

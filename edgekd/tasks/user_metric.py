@@ -142,8 +142,9 @@ class WithUserMetric(Task):
     def agreement(self, reference: np.ndarray, outputs: np.ndarray, info: dict[str, Any] | None = None) -> float:
         return self.task.agreement(reference, outputs, info)
 
-    def parity(self, reference: np.ndarray, outputs: np.ndarray, info: dict[str, Any] | None = None) -> dict[str, Any]:
-        return self.task.parity(reference, outputs, info)
+    def parity(self, reference: np.ndarray, outputs: np.ndarray, info: dict[str, Any] | None = None,
+               targets: np.ndarray | None = None) -> dict[str, Any]:
+        return self.task.parity(reference, outputs, info, targets)
 
     def int8_gate(self, quantize_cfg: Any) -> float:
         return self.task.int8_gate(quantize_cfg)
