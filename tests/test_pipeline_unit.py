@@ -129,3 +129,18 @@ def test_a_section_override_keeps_the_config_files_other_keys(tmp_path: Path) ->
     f.write_text("model: m.pt2\ntargets: [x86-cpu]\ndistill:\n  student: mobilenet-s\n  batch_size: 32\n  epochs: 4\n")
     cfg = load_config_file(f, {"distill": {"seed": 3, "epochs": 2}})
     assert (cfg.distill.student, cfg.distill.batch_size, cfg.distill.seed, cfg.distill.epochs) == ("mobilenet-s", 32, 3, 2)
+
+
+def test_report_lists_only_failures_of_the_targets_the_config_asks_for_now(tmp_path: Path) -> None:
+    """A run re-made with other targets keeps the old target's failed record, but it is not this run's outcome."""
+    from edgekd.benchmark.report import failures
+
+    run = RunDir(tmp_path)
+    run.manifest["config"] = {"targets": ["intel-cpu", "auto"]}
+    run.manifest["environment"] = {"cpu": {"machine": "x86_64", "isa": ["avx2", "avx512_vnni"]}}
+    run.manifest["stages"] = {"quantize/x86-cpu": {"status": "failed", "error": "old gate"},
+                              "quantize/x86-cpu-vnni": {"status": "failed", "error": "new gate"},
+                              "quantize/intel-cpu": {"status": "done"}, "distill": {"status": "interrupted"}}
+    assert failures(run) == {"quantize/x86-cpu-vnni": "new gate", "distill": "interrupted"}
+    run.manifest["environment"]["cpu"]["isa"] = ["avx2"]  # auto on a CPU without VNNI is x86-cpu
+    assert set(failures(run)) == {"quantize/x86-cpu", "distill"}

@@ -229,10 +229,28 @@ def small_data_lines(run: RunDir) -> list[str]:
     return ["", *out] if out else []
 
 
+def current_targets(run: RunDir) -> set[str] | None:
+    """Profile names the run's config asks for now (``auto`` as the recorded CPU resolves it); None if unknown."""
+    from edgekd.errors import EdgekdError
+    from edgekd.targets import auto_profile_name, resolve
+
+    cpu = run.manifest.get("environment", {}).get("cpu", {})
+    names = set()
+    try:
+        for t in run.manifest.get("config", {}).get("targets") or []:
+            names.add(auto_profile_name(cpu.get("machine", ""), cpu.get("isa", []))[0] if t == "auto" else resolve(t).name)
+    except EdgekdError:
+        return None
+    return names or None
+
+
 def failures(run: RunDir) -> dict[str, str]:
-    """Stages that failed or were interrupted, with their one-line error."""
+    """Stages that failed or were interrupted, with their one-line error — except those of targets the config no
+    longer asks for (a re-run with other targets keeps their records, but they are not this run's outcome)."""
+    targets = current_targets(run)
     return {sid: rec.get("error") or rec.get("status", "") for sid, rec in run.manifest.get("stages", {}).items()
-            if rec.get("status") in ("failed", "interrupted")}
+            if rec.get("status") in ("failed", "interrupted")
+            and (targets is None or "/" not in sid or sid.split("/", 1)[1] in targets or sid == "quantize/qat")}
 
 
 def parity_lines(run: RunDir) -> list[str]:
@@ -262,8 +280,14 @@ def parity_lines(run: RunDir) -> list[str]:
            "|---|---|---|---|"]
     for name, r in rows:
         agree = r.get("agreement", r.get("top1_agreement"))
-        if agree is not None:
-            out.append(f"| {name} | {agree:.4f} | {_fmt(r.get('max_abs_diff'), '.2e')} | {r.get('samples', '–')} |")
+        cell = f"{agree:.4f}" if agree is not None else None
+        if "map_drop_points" in r:  # the detect INT8 gate: the val mAP drop, with the mAP@.5 agreement beside it
+            cell = (f"{r['map50_agreement']:.4f}; val mAP@[.5:.95] {r['map_fp32']:.4f} → {r['map_int8']:.4f} "
+                    f"({-r['map_drop_points']:+.2f} pt, the gate)")
+        elif agree is not None and r.get("agreement_metric", what) != what:
+            cell += f" ({r['agreement_metric']})"
+        if cell is not None:
+            out.append(f"| {name} | {cell} | {_fmt(r.get('max_abs_diff'), '.2e')} | {r.get('samples', '–')} |")
     return out
 
 
