@@ -28,6 +28,7 @@ SOURCES = {
     "datafree_arch.py": ["datafree_mobilenet-se-s"],
     "peers.py": ["peers"],
     "calibration_range.py": ["calibration_range"],
+    "detection.py": ["detection"],
 }
 NUMBER = re.compile(r"(?<![\w.])[-−]?\d+\.\d+(?![\w.])")
 
