@@ -137,15 +137,20 @@ def output_layers(model) -> list[str]:  # noqa: ANN001
     """Names of the weighted layers (:data:`WEIGHTED_OPS`) with no weighted layer downstream: the ones that write
     the model's outputs (a classifier's last Gemm, a detector's class and box convolutions)."""
     nodes = list(model.graph.node)
+    feeds_weighted = _feeds_weighted(nodes)
+    return [n.name for i, n in enumerate(nodes) if n.op_type in WEIGHTED_OPS and not feeds_weighted[i] and n.name]
+
+
+def _feeds_weighted(nodes: list) -> list[bool]:
+    """Per node: whether a weighted layer lies downstream of it (reverse topological order: ONNX graphs are sorted)."""
     consumers: dict[str, list[int]] = {}
     for i, n in enumerate(nodes):
         for t in n.input:
             consumers.setdefault(t, []).append(i)
-    feeds_weighted = [False] * len(nodes)
+    feeds = [False] * len(nodes)
     for i in range(len(nodes) - 1, -1, -1):
-        feeds_weighted[i] = any(nodes[j].op_type in WEIGHTED_OPS or feeds_weighted[j]
-                                for t in nodes[i].output for j in consumers.get(t, []))
-    return [n.name for i, n in enumerate(nodes) if n.op_type in WEIGHTED_OPS and not feeds_weighted[i] and n.name]
+        feeds[i] = any(nodes[j].op_type in WEIGHTED_OPS or feeds[j] for t in nodes[i].output for j in consumers.get(t, []))
+    return feeds
 
 
 def float_tail(model) -> list[str]:  # noqa: ANN001
@@ -158,16 +163,8 @@ def float_tail(model) -> list[str]:  # noqa: ANN001
     NNCF's own YOLOv8 example ignores the same subgraph. The tail holds no weights, so keeping it in float costs
     little time. A classifier's tail (nothing after its last Gemm, or a Softmax) is unaffected."""
     nodes = list(model.graph.node)
-    consumers: dict[str, list[int]] = {}
-    for i, n in enumerate(nodes):
-        for t in n.input:
-            consumers.setdefault(t, []).append(i)
     producer = {t: i for i, n in enumerate(nodes) for t in n.output}
-    # weighted layers reachable downstream of each node (reverse topological order: ONNX graphs are sorted)
-    feeds_weighted = [False] * len(nodes)
-    for i in range(len(nodes) - 1, -1, -1):
-        feeds_weighted[i] = any(nodes[j].op_type in WEIGHTED_OPS or feeds_weighted[j]
-                                for t in nodes[i].output for j in consumers.get(t, []))
+    feeds_weighted = _feeds_weighted(nodes)
     after_weighted = [False] * len(nodes)
     for i, n in enumerate(nodes):
         after_weighted[i] = any(p is not None and (nodes[p].op_type in WEIGHTED_OPS or after_weighted[p])
