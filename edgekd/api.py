@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from edgekd import progress
-from edgekd.config import PipelineConfig, build_config, load_config_file
+from edgekd.config import PipelineConfig, build_config, deep_merge, load_config_file
 from edgekd.context import RunContext, open_run
 from edgekd.errors import GateError, UsageError
 from edgekd.rundir import RunDir
@@ -82,11 +82,11 @@ def _nest(kw: dict[str, Any]) -> dict[str, Any]:
     for k, v in kw.items():
         if v is None:
             continue
-        if "__" in k:
-            section, _, key = k.partition("__")
-            out.setdefault(section, {})[key] = v
-        else:
-            out[k] = v
+        *sections, key = k.split("__")  # quantize__plan__max_drop → {"quantize": {"plan": {"max_drop": …}}}
+        node = out
+        for section in sections:
+            node = node.setdefault(section, {})
+        node[key] = v
     return out
 
 
@@ -106,11 +106,7 @@ def config_from_run(run_dir: str | Path, **overrides: Any) -> PipelineConfig:
         if recorded and named is None and not _is_zoo_name(str(recorded)):
             raise UsageError(f"this run was made with the factory {str(recorded)[:80]!r}; edgekd imports code only when "
                              "you name it", f"if you trust it, add {flag} {str(recorded)[:80]}")
-    for k, v in given.items():
-        if isinstance(v, dict):
-            raw.setdefault(k, {}).update(v)
-        else:
-            raw[k] = v
+    raw = deep_merge(raw, given)
     raw["run_dir"] = str(run_dir)
     return build_config(**raw)
 
@@ -157,6 +153,29 @@ def quantize(model: str | Path | None = None, *, config: Any = None, run_dir: st
 
 def lower(model: str | Path | None = None, *, config: Any = None, run_dir: str | Path | None = None, **kw: Any) -> dict[str, Any]:
     return _until("lower", model, config, run_dir, kw)
+
+
+def sensitivity(run_dir: str | Path, target: str | None = None, **kw: Any) -> dict[str, Any]:
+    """Per-layer INT8 sensitivity of a run's student on one of its targets (the run's first when not named), measured
+    on that target's runtime; returns ``sensitivity.json``'s content and where the chart is."""
+    import json
+
+    from edgekd.targets import resolve
+
+    ctx = open_run(config_from_run(run_dir, **kw))
+    assert ctx.runner is not None
+    p = ctx.profiles[0]
+    if target is not None:
+        want = resolve(target).name
+        match = [q for q in ctx.profiles if q.name == want]
+        if not match:
+            raise UsageError(f"target {want} is not one of this run's targets ({', '.join(q.name for q in ctx.profiles)})",
+                             f"pass one of them, or add it first: edgekd compress ... -t {want} --run-dir {run_dir}")
+        p = match[0]
+    rec = ctx.runner.ensure("sensitivity", p)
+    res = json.loads((ctx.run.root / rec["outputs"]["sensitivity"]).read_text())
+    res["chart"] = str(ctx.run.root / rec["outputs"]["chart"])
+    return res
 
 
 def bench(run_dir: str | Path, **kw: Any) -> dict[str, Any]:

@@ -123,6 +123,11 @@ def compress(
     ti_mode: Optional[str] = typer.Option(None, help="Teacher Intervention: auto | g | o | c | m (attention) | rg | ro | rm (residual branches of CNNs) | br (block reconstruction)"),
     qat_steps: Optional[int] = typer.Option(None, min=1),
     keep_fp: Optional[List[str]] = typer.Option(None, help="module path kept in floating point (repeatable)"),
+    max_drop: Optional[float] = typer.Option(None, "--max-drop", min=0.0, help="precision planner: the most points of "
+                                             "the primary metric INT8 may lose vs FP32 on val; layers are kept in float "
+                                             "until it holds, and FP32 ships when no INT8 plan is faster"),
+    latency_budget_ms: Optional[float] = typer.Option(None, "--latency-budget-ms", help="precision planner: batch-1 "
+                                                      "p50 budget on the target (needs --max-drop)"),
     synth: Optional[str] = typer.Option(None, "--synth", help="data-free synthesis: auto | genie | deepinversion | adi | zeroq | dfad | dfad-bn | dfad-balanced "
                                         "(default with no --data: auto; with --data: mix synthetic images into the real ones)"),
     synth_n: Optional[int] = typer.Option(None, "--synth-n", help="number of synthetic images (default 2048)"),
@@ -145,7 +150,8 @@ def compress(
                  distill__lr=lr, distill__features=_features(feature), distill__augment=augment, distill__mixup=mixup,
                  distill__enabled=False if no_distill else None, quantize__precision=precision,
                  quantize__calibration=calibration, quantize__qat=qat, quantize__bits=bits, quantize__ti_mode=ti_mode,
-                 quantize__qat_steps=qat_steps, quantize__keep_fp=keep_fp or None, bench__threads=threads, data__limit=data_limit,
+                 quantize__qat_steps=qat_steps, quantize__keep_fp=keep_fp or None, quantize__plan__max_drop=max_drop,
+                 quantize__plan__latency_budget_ms=latency_budget_ms, bench__threads=threads, data__limit=data_limit,
                  data__eval_limit=eval_limit, data__mean=_floats(mean, "--mean"), data__std=_floats(std, "--std"),
                  data__resize=resize, tracking__mlflow=True if (mlflow or mlflow_uri) else None,
                  tracking__mlflow_uri=mlflow_uri, synth__method=synth,
@@ -215,6 +221,28 @@ def _stage_cmd(stage: str):  # noqa: ANN202
 
 for _s in ("distill", "export", "quantize", "lower"):
     app.command(name=_s)(_stage_cmd(_s))
+
+
+@app.command()
+def sensitivity(run_dir: Path = typer.Argument(..., help="a run directory made by edgekd compress"),
+                target: Optional[str] = typer.Option(None, "--target", "-t", help="one of the run's targets (default: its first)"),
+                top: int = typer.Option(15, "--top", min=1, help="how many layers to list"),
+                arch: Optional[str] = typer.Option(None, help="the run's --arch factory (not a zoo name), named again"),
+                student: Optional[str] = typer.Option(None, help="the run's --student factory (not a zoo name), named again"),
+                metric: Optional[str] = typer.Option(None, "--metric", help="the run's --metric, named again"),
+                allow_pickle: bool = typer.Option(False, "--allow-pickle", help="for a run of a pickled model")) -> None:
+    """Per-layer INT8 sensitivity on the target's runtime: each layer kept in float alone, scored on val."""
+    from edgekd import api
+
+    if not run_dir.is_dir():
+        raise UsageError(f"run directory {run_dir} does not exist", "pass a folder made by edgekd compress")
+    res = api.sensitivity(run_dir, target, arch=arch, distill__student=student, metric=metric, allow_pickle=allow_pickle or None)
+    typer.echo(f"{res['target']} ({res['backend']}): {res['metric']} fp32 {res['fp32']:.4f}, all-int8 {res['int8']:.4f} "
+               f"({-res['int8_drop']:+.2f} pt) on {res['samples']} val samples, {len(res['layers'])} layers, {res['seconds']:.0f} s")
+    typer.echo("| layer | op | points recovered in float |\n|---|---|---|")
+    for r in res["layers"][:top]:
+        typer.echo(f"| {r['name']} | {r['op']} | {r['gain']:+.2f} |")
+    typer.echo(f"chart: {res['chart']}")
 
 
 @app.command()

@@ -86,6 +86,22 @@ class ExportConfig(Strict):
     min_top1_agreement: float = Field(0.995, ge=0, le=1)
 
 
+class PlanConfig(Strict):
+    """The precision planner (``edgekd/quant/planner.py``): per-layer sensitivity measured on the target runtime's own
+    INT8 artifact, then the fewest layers kept in float such that the task's primary metric loses at most
+    ``max_drop`` points against the FP32 export on the val split, and the fastest plan (FP32 included) within both
+    budgets. The plan replaces the quantize stage's agreement gate with ``max_drop``."""
+
+    max_drop: float = Field(..., ge=0, description="points of the primary metric (×100 for top-1, mAP, R²; a user "
+                            "metric's own units) INT8 may lose against the FP32 export on val")
+    latency_budget_ms: float | None = Field(None, gt=0, description="batch-1 p50 on the target; none: the fastest plan")
+    samples: int | None = Field(None, ge=1, description="val samples scored per candidate (default: the whole val split)")
+    extra: int = Field(2, ge=0, description="greedy steps past the first plan within budget (a float layer can be faster)")
+    max_kept: int | None = Field(None, ge=1, description="most layers kept in float (default: any number)")
+    rounds: int = Field(3, ge=1, le=20, description="alternating timing rounds, each a fresh process")
+    iterations: int = Field(300, ge=10, description="timed batch-1 calls per candidate and round")
+
+
 class QuantizeConfig(Strict):
     """Stage 3: post-training quantization with the target runtime's own tools."""
 
@@ -115,6 +131,7 @@ class QuantizeConfig(Strict):
     act_quantizer: Literal["lsq", "pact"] = "lsq"
     first_last: Literal["8bit", "fp", "same"] = "8bit"
     keep_fp: list[str] = Field(default_factory=list, description="module paths kept in floating point")
+    plan: PlanConfig | None = Field(None, description="mixed precision by the planner (--max-drop); PTQ only")
     qat_parity_min_agreement: float = Field(0.995, ge=0, le=1)
 
     @field_validator("bits")
@@ -255,8 +272,7 @@ def load_config_file(path: str | Path, overrides: dict[str, Any] | None = None) 
         raise ConfigError(f"{path.name} is not valid YAML: {str(e).splitlines()[0]}", "fix the syntax") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path.name} must hold a mapping at the top level", "see the example in README")
-    for k, v in (overrides or {}).items():  # an override of one key in a section keeps the file's other keys
-        raw[k] = {**raw[k], **v} if isinstance(v, dict) and isinstance(raw.get(k), dict) else v
+    raw = deep_merge(raw, overrides or {})  # an override of one key in a section keeps the file's other keys
     # Paths in a config file are relative to the file, like every build tool does it.
     for key in ("model", "run_dir"):
         if isinstance(raw.get(key), str) and not Path(raw[key]).is_absolute() and raw[key] not in ("",):
@@ -272,6 +288,15 @@ def load_config_file(path: str | Path, overrides: dict[str, Any] | None = None) 
         return PipelineConfig.model_validate(raw)
     except ValidationError as e:
         raise format_validation_error(e, path.name) from None
+
+
+def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """``base`` with ``over``'s keys; nested sections are merged key by key, so ``quantize.plan.max_drop`` from the
+    command line keeps the file's ``quantize.plan.latency_budget_ms``."""
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
 
 
 def build_config(**kwargs: Any) -> PipelineConfig:

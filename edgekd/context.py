@@ -141,10 +141,25 @@ class RunContext:
     def distilled(self) -> bool:
         return "student" in (self.run.record("distill") or {}).get("outputs", {})
 
-    def precision(self, p: Profile) -> str:
+    def requested_precision(self, p: Profile) -> str:
+        """The precision the config asks for (else the profile's default), before any plan."""
         prec = self.cfg.quantize.precision or p.default_precision
         if prec not in p.precisions:
             raise UsageError(f"target {p.name} does not support precision {prec}", f"choose one of {p.precisions}")
+        return prec
+
+    def planned(self, p: Profile) -> bool:
+        """Whether the precision planner decides this target's INT8 (``quantize.plan``, PTQ to INT8 only)."""
+        return self.cfg.quantize.plan is not None and self.cfg.quantize.qat == "none" and self.requested_precision(p) == "int8"
+
+    def precision(self, p: Profile) -> str:
+        """The precision shipped: the requested one, or the plan's (its reference precision when no INT8 plan is
+        within both budgets or faster). Read after the plan stage has run (stages that need it come after it)."""
+        prec = self.requested_precision(p)
+        if self.planned(p):
+            rec = self.run.record(f"plan/{p.name}") or {}
+            if rec.get("status") == "done":
+                return str(rec["metrics"]["precision"])
         return prec
 
     def eval_file(self) -> Path:
@@ -314,6 +329,11 @@ def validate_config(cfg: PipelineConfig) -> None:
 
     if cfg.data.path is not None:
         resolve_data_path(cfg.data.path)  # raises DataError naming the path
+    if cfg.quantize.plan is not None and cfg.quantize.qat != "none":
+        from edgekd.errors import ConfigError
+
+        raise ConfigError("the precision planner (--max-drop, quantize.plan) plans post-training quantization; it "
+                          "cannot be combined with --qat", "drop --qat, or drop --max-drop / quantize.plan")
     if cfg.distill.enabled:
         from edgekd.kd.losses import build_loss
         from edgekd.models.detector import DETECTORS

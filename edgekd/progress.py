@@ -19,6 +19,17 @@ def is_quiet() -> bool:
     return _QUIET or os.environ.get("EDGEKD_QUIET") == "1"
 
 
+@contextlib.contextmanager
+def muted() -> Iterator[None]:
+    """Quiet inside the block (a tool's own progress bars, repeated many times by the planner)."""
+    global _QUIET
+    before, _QUIET = _QUIET, True
+    try:
+        yield
+    finally:
+        _QUIET = before
+
+
 def log(msg: str) -> None:
     """A one-line status message on stderr (stdout is kept for results)."""
     if not is_quiet():

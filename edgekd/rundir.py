@@ -3,6 +3,7 @@
     runs/<name>/
       manifest.json       config, versions, input hashes, per-stage status/timings/metrics/output hashes
       00-synth/ (data-free runs)  01-distill/ 02-export/ 03-quantize/<target>/ 04-lower/<target>/ 05-bench/<target>/
+      03-sensitivity/<target>/ 03-plan/<target>/ (with quantize.plan: the precision planner)
       report.md report.json pareto.png
 
 Stage order differs from DESIGN.md's sketch in one place: post-training quantization runs on the exported ONNX
@@ -36,7 +37,7 @@ MANIFEST = "manifest.json"
 LOCK, LOCK_PID = ".edgekd.lock", ".edgekd.pid"
 FILESYSTEM_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EACCES, errno.EPERM, errno.EROFS)
 _HELD: dict[str, Any] = {}  # run directories this process has locked (held until it exits)
-STAGE_DIRS = {"synth": "00-synth", "distill": "01-distill", "export": "02-export", "quantize": "03-quantize", "lower": "04-lower", "bench": "05-bench"}
+STAGE_DIRS = {"synth": "00-synth", "distill": "01-distill", "export": "02-export", "quantize": "03-quantize", "sensitivity": "03-sensitivity", "plan": "03-plan", "lower": "04-lower", "bench": "05-bench"}
 
 
 def now() -> str:

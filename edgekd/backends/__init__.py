@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
@@ -52,11 +52,28 @@ class Backend:
     #: the tasks whose outputs this backend's lowering and gates can score (None: every task, through the task)
     tasks: tuple[str, ...] | None = None
 
+    #: what ships when INT8 is not worth it (the INT8 gate's and the planner's reference)
+    reference_precision: str = "fp32"
+
     def settings(self, profile: Profile) -> dict[str, Any]:
         raise NotImplementedError
 
-    def quantize(self, fp32_onnx: Path, out_dir: Path, calib_x: np.ndarray, profile: Profile) -> Quantized:
+    def can_time(self, profile: Profile) -> bool:
+        """Whether this machine can time the profile's artifacts (the planner's speed half)."""
+        return True
+
+    def quantize(self, fp32_onnx: Path, out_dir: Path, calib_x: np.ndarray, profile: Profile,
+                 keep_float: Sequence[str] = ()) -> Quantized:
+        """INT8 PTQ; ``keep_float`` names layers (as :meth:`plan_layers` lists them) left in floating point."""
         raise NotImplementedError
+
+    def plan_layers(self, fp32_onnx: Path, profile: Profile) -> list[dict[str, str]]:
+        """The layers this backend's quantizer makes INT8 and ``keep_float`` can name: ``[{"name", "op"}]`` in graph
+        order (the precision planner's search space). A backend without a planner raises a one-line error."""
+        from edgekd.errors import UsageError
+
+        raise UsageError(f"the precision planner does not support the {self.name} backend yet",
+                         "plan on an onnxruntime or openvino target, or drop quantize.plan / --max-drop")
 
     def lower(self, model: Path, profile: Profile, out_dir: Path, inputs: LowerInputs) -> dict[str, Any]:
         raise NotImplementedError

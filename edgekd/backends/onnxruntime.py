@@ -11,7 +11,7 @@ import collections
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import onnx
 
@@ -66,12 +66,18 @@ class OnnxruntimeBackend(Backend):
     def settings(self, profile: Profile) -> dict[str, Any]:
         return session_settings(profile)
 
-    def quantize(self, fp32_onnx: Path, out_dir: Path, calib_x: Any, profile: Profile) -> Quantized:
+    def quantize(self, fp32_onnx: Path, out_dir: Path, calib_x: Any, profile: Profile,
+                 keep_float: Sequence[str] = ()) -> Quantized:
         from edgekd.quant.ptq import ort_quantize
 
         art = out_dir / "model.onnx"
-        info = ort_quantize(fp32_onnx, art, calib_x, profile.onnxruntime)
+        info = ort_quantize(fp32_onnx, art, calib_x, profile.onnxruntime, keep_float=keep_float)
         return Quantized(info, {"model": art}, "onnxruntime", {"graph_optimization": "all", "threads": profile.threads})
+
+    def plan_layers(self, fp32_onnx: Path, profile: Profile) -> list[dict[str, str]]:
+        from edgekd.quant.ptq import ort_plan_layers
+
+        return ort_plan_layers(fp32_onnx, profile.onnxruntime)
 
     def lower(self, model: Path, profile: Profile, out_dir: Path, inputs: LowerInputs | None = None) -> dict[str, Any]:
         return lower_onnxruntime(model, profile, out_dir)

@@ -6,7 +6,7 @@ import collections
 import os
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from edgekd.backends import Backend, LowerInputs, Quantized, register
 from edgekd.runtimes import ov_compile
@@ -124,12 +124,24 @@ class OpenvinoBackend(Backend):
     def settings(self, profile: Profile) -> dict[str, Any]:
         return compile_settings(profile)
 
-    def quantize(self, fp32_onnx: Path, out_dir: Path, calib_x: Any, profile: Profile) -> Quantized:
+    def can_time(self, profile: Profile) -> bool:
+        import openvino as ov
+
+        want = profile.openvino.device.split(".")[0]
+        return want in {d.split(".")[0] for d in ov.Core().available_devices}
+
+    def quantize(self, fp32_onnx: Path, out_dir: Path, calib_x: Any, profile: Profile,
+                 keep_float: Sequence[str] = ()) -> Quantized:
         from edgekd.quant.ptq import nncf_quantize_openvino
 
         art = out_dir / "model.xml"
-        info = nncf_quantize_openvino(fp32_onnx, art, calib_x, profile.openvino)
+        info = nncf_quantize_openvino(fp32_onnx, art, calib_x, profile.openvino, keep_float=keep_float)
         return Quantized(info, {"model": art, "weights": art.with_suffix(".bin")}, "openvino", {"threads": profile.threads})
+
+    def plan_layers(self, fp32_onnx: Path, profile: Profile) -> list[dict[str, str]]:
+        from edgekd.quant.ptq import nncf_plan_layers
+
+        return nncf_plan_layers(fp32_onnx)
 
     def lower(self, model: Path, profile: Profile, out_dir: Path, inputs: LowerInputs | None = None) -> dict[str, Any]:
         return lower_openvino(model, profile, out_dir)

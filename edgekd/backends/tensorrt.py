@@ -27,7 +27,7 @@ import shlex
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -498,17 +498,30 @@ class TensorrtBackend(Backend):
     tasks = ("classify",)
     suffixes = (".engine", ".plan", ".trt")
 
+    reference_precision = "fp16"
+
     def settings(self, profile: Profile) -> dict[str, Any]:
         return {"threads": None}
 
-    def quantize(self, fp32_onnx: Path, out_dir: Path, calib_x: Any, profile: Profile) -> Quantized:
+    def can_time(self, profile: Profile) -> bool:
+        # the planner's candidates are not built into engines here; the bundle's on-device gate times INT8 vs FP16
+        return False
+
+    def quantize(self, fp32_onnx: Path, out_dir: Path, calib_x: Any, profile: Profile,
+                 keep_float: Sequence[str] = ()) -> Quantized:
         from edgekd.quant.ptq import ort_quantize
 
         art = out_dir / "model.onnx"
-        info = ort_quantize(fp32_onnx, art, calib_x, profile.onnxruntime)
+        # a layer kept in float has no Q/DQ around it, so TensorRT builds it in FP16 (the plan travels in the graph)
+        info = ort_quantize(fp32_onnx, art, calib_x, profile.onnxruntime, keep_float=keep_float)
         info["parity_runtime"] = "onnxruntime-reference (TensorRT's Q/DQ semantics)"
         # no engine here: ORT's reference kernels (graph optimisations off) run the same Q/DQ math
         return Quantized(info, {"model": art}, "onnxruntime", {"graph_optimization": "disable"})
+
+    def plan_layers(self, fp32_onnx: Path, profile: Profile) -> list[dict[str, str]]:
+        from edgekd.quant.ptq import ort_plan_layers
+
+        return ort_plan_layers(fp32_onnx, profile.onnxruntime)
 
     def lower(self, model: Path, profile: Profile, out_dir: Path, inputs: LowerInputs) -> dict[str, Any]:
         """The accuracy half of the INT8 gate is decided here, on ONNX Runtime's reference kernels (FP16 accuracy

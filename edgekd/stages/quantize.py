@@ -1,8 +1,10 @@
 """Stage ``quantize/<target>``: INT8 with the target runtime's own tool on real calibration samples, or the QAT
 model when ``quantize.qat`` is set; FP32/FP16 targets copy the FP32 export (the runtime converts at build time).
 
-Gate: the INT8 student's top-1 agreement with its FP32 export on the val split (real data the student never trained
-on) must reach ``quantize.min_top1_agreement``; below it the stage fails with exit 3, keeping ``calibration.json``.
+Gate: the INT8 student's agreement with its FP32 export on the val split (real data the student never trained on)
+must reach the task's threshold (``quantize.min_top1_agreement`` for a classifier); below it the stage fails with exit
+3, keeping ``calibration.json``. With a precision plan (``quantize.plan``) the layers it keeps in float stay float,
+and the gate is the plan's own budget: the primary metric may lose at most ``max_drop`` points on the val samples.
 """
 
 from __future__ import annotations
@@ -23,7 +25,8 @@ class Quantize(Stage):
     reads_data = True
 
     def needs(self, ctx, profile):  # noqa: ANN001, ANN201
-        return [("export", None)] + ([("quantize/qat", None)] if ctx.cfg.quantize.qat != "none" else [])
+        return ([("export", None)] + ([("quantize/qat", None)] if ctx.cfg.quantize.qat != "none" else [])
+                + ([("plan", profile)] if ctx.planned(profile) else []))
 
     def config(self, ctx, profile) -> dict[str, Any]:  # noqa: ANN001
         from edgekd.quant.calibration import load_recipe
@@ -62,8 +65,11 @@ class Quantize(Stage):
             if len(cx) < wanted:
                 progress.warn(f"quantize/{p.name}: calibration asked for {wanted} samples ({recipe.name}) but the "
                               f"{recipe.source} split has {len(cx)}; ranges come from those {len(cx)}")
-            progress.log(f"quantize/{p.name}: int8 PTQ with {len(cx)} calibration samples ({recipe.name})")
-            q = get_backend(p.backend).quantize(fp32, out, cx, p)
+            plan = self.plan(ctx, p)
+            keep = plan["chosen"]["keep_float"] if plan else []
+            progress.log(f"quantize/{p.name}: int8 PTQ with {len(cx)} calibration samples ({recipe.name})"
+                         + (f", {len(keep)} layer(s) kept in float by the plan" if plan else ""))
+            q = get_backend(p.backend).quantize(fp32, out, cx, p, keep_float=keep)
             info = q.info
             outputs.update({k: ctx.run.rel(v) for k, v in q.files.items()})
             info.update(precision="int8", calibration={"recipe": recipe.model_dump(), "samples": int(len(cx)),
@@ -73,8 +79,18 @@ class Quantize(Stage):
             ref = parity.run_batched(make_runner("onnxruntime", fp32, {"graph_optimization": "all"}), data.val.x)
             got = parity.run_batched(make_runner(q.check_backend, q.files["model"], q.check_settings), data.val.x)
             info["parity_int8_vs_fp32_val"] = ctx.task.parity(ref, got, ctx.info, targets=data.val.y)
+            if plan:
+                info["plan"] = plan_gate(ctx, plan, ref, got)
         write_json(out / "calibration.json", info)  # before the gate, so a failed stage keeps its evidence
-        if "parity_int8_vs_fp32_val" in info:
+        if "plan" in info:
+            g = info["plan"]
+            if g["drop"] > g["max_drop"]:
+                from edgekd.errors import GateError
+
+                raise GateError(f"int8 model for {p.name} loses {g['drop']:.2f} pt of {g['metric']} on val with the "
+                                f"plan (budget {g['max_drop']:g})", "raise --max-drop, or plan on more val samples "
+                                "(quantize.plan.samples)")
+        elif "parity_int8_vs_fp32_val" in info:
             parity.check(info["parity_int8_vs_fp32_val"], what=f"int8 model for {p.name} vs fp32", atol=None,
                          min_agreement=ctx.task.int8_gate(ctx.cfg.quantize))
         outputs["calibration"] = ctx.run.rel(out / "calibration.json")
@@ -84,3 +100,24 @@ class Quantize(Stage):
             if "top1_agreement" in info["parity_int8_vs_fp32_val"]:
                 metrics["top1_agreement_vs_fp32"] = info["parity_int8_vs_fp32_val"]["top1_agreement"]
         return StageResult(outputs, metrics)
+
+    @staticmethod
+    def plan(ctx, p) -> dict[str, Any] | None:  # noqa: ANN001
+        import json
+
+        return json.loads(ctx.run.output(f"plan/{p.name}", "plan").read_text()) if ctx.planned(p) else None
+
+
+def plan_gate(ctx, plan: dict[str, Any], ref, got) -> dict[str, Any]:  # noqa: ANN001
+    """The plan's budget checked on the INT8 model the stage built: the drop of the primary metric against the FP32
+    export on the plan's val samples."""
+    from edgekd.quant.planner import Metric
+
+    n = plan["samples"]
+    y = ctx.data.val.y[:n]
+    m = Metric(plan["metric"], plan["higher_is_better"], plan["points_scale"])
+    task = ctx.task
+    fp32 = float(task.score(ref[:n], y, ctx.info)[task.primary])
+    int8 = float(task.score(got[:n], y, ctx.info)[task.primary])
+    return {"metric": m.name, "fp32": fp32, "int8": int8, "drop": m.drop(fp32, int8), "max_drop": plan["budget"]["max_drop"],
+            "samples": int(len(y)), "kept_float": plan["chosen"]["keep_float"], "reason": plan["reason"]}

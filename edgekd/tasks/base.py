@@ -20,6 +20,9 @@ class Task:
     primary: str = ""
     #: what :meth:`agreement` measures, for reports and gate messages
     agreement_name: str = "agreement"
+    #: the primary metric's direction, and points per unit (budgets such as ``--max-drop`` are in points)
+    higher_is_better: bool = True
+    points_scale: float = 100.0
 
     @property
     def base(self) -> "Task":

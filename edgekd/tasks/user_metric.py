@@ -94,6 +94,13 @@ class WithUserMetric(Task):
     def base(self) -> Task:
         return self.task
 
+    @property
+    def higher_is_better(self) -> bool:  # type: ignore[override]
+        return self.metric.higher_is_better
+
+    #: a user metric's budget is in its own units
+    points_scale = 1.0
+
     def __getattr__(self, item: str) -> Any:
         return getattr(self.task, item)
 

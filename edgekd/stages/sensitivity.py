@@ -1,0 +1,153 @@
+"""Stage ``sensitivity/<target>``: how much of the task's primary metric each layer costs in INT8, measured on the
+target runtime's own artifact (:func:`edgekd.quant.planner.measure_sensitivity`): each quantizable layer kept in
+float alone, the rest INT8, scored on the val split against all-INT8 and FP32. Writes ``sensitivity.json`` and a bar
+chart (``sensitivity.png``); ``edgekd sensitivity RUN --target T`` runs it alone, the plan stage builds on it."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from edgekd import progress
+from edgekd.fileio import write_json
+from edgekd.rundir import StageResult
+from edgekd.runner import Stage, register
+
+
+class PlanTools:
+    """The planner's quantizer, scorer and metric for one run and target: the backend's own PTQ on the quantize
+    stage's calibration samples, scored with the task's primary metric on the first ``samples`` val samples."""
+
+    def __init__(self, ctx, profile) -> None:  # noqa: ANN001
+        from edgekd.backends import get_backend
+        from edgekd.quant.calibration import load_recipe
+        from edgekd.quant.planner import Metric
+
+        self.ctx, self.profile = ctx, profile
+        self.backend = get_backend(profile.backend)
+        self.fp32 = ctx.run.output("export", "student")
+        recipe = load_recipe(ctx.cfg.quantize.calibration)
+        self.calib_x, _ = ctx.task.calibration(ctx.data, recipe, ctx.cfg.quantize.calibration_size)
+        n = plan_samples(ctx) or len(ctx.data.val)
+        self.x, self.y = ctx.data.val.x[:n], ctx.data.val.y[:n]
+        task = ctx.task
+        self.metric = Metric(task.primary, bool(task.higher_is_better), float(task.points_scale))
+        self.check: tuple[str, dict[str, Any]] | None = None
+
+    def quantize(self, keep_float: Sequence[str], out_dir: Path) -> Path:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        with progress.muted():
+            q = self.backend.quantize(self.fp32, out_dir, self.calib_x, self.profile, keep_float=list(keep_float))
+        self.check = (q.check_backend, q.check_settings)
+        return q.files["model"]
+
+    def outputs(self, artifact: Path, backend: str | None = None, settings: dict[str, Any] | None = None) -> np.ndarray:
+        from edgekd.exporters.parity import run_batched
+        from edgekd.runtimes import make_runner
+
+        if backend is None:
+            assert self.check is not None, "quantize before scoring an INT8 artifact"
+            backend, settings = self.check
+        return run_batched(make_runner(backend, artifact, settings or {}), self.x)
+
+    def score(self, artifact: Path) -> float:
+        return self.value(self.outputs(artifact))
+
+    def value(self, outputs: np.ndarray) -> float:
+        return float(self.ctx.task.score(outputs, self.y, self.ctx.info)[self.ctx.task.primary])
+
+    def fp32_metric(self) -> float:
+        return self.value(self.outputs(self.fp32, "onnxruntime", {"graph_optimization": "all"}))
+
+
+def plan_samples(ctx) -> int | None:  # noqa: ANN001
+    plan = ctx.cfg.quantize.plan
+    return plan.samples if plan is not None else None
+
+
+def plan_config(ctx, profile) -> dict[str, Any]:  # noqa: ANN001
+    """What the planner's measurements depend on: the calibration (as the quantize stage reads it), the val samples,
+    the task's metric."""
+    from edgekd.quant.calibration import load_recipe
+    from edgekd.quant.ptq import ORT_RECIPE
+
+    q = ctx.cfg.quantize
+    return {"calibration": q.calibration, "calibration_size": q.calibration_size,
+            "recipe": load_recipe(q.calibration).model_dump(), "ort_recipe": ORT_RECIPE, "samples": plan_samples(ctx),
+            "metric": ctx.run.manifest["inputs"]["model"].get("metric_sha256") if ctx.cfg.metric else ctx.task.primary}
+
+
+@register
+class Sensitivity(Stage):
+    name = "sensitivity"
+    per_target = True
+    reads_data = True
+
+    def needs(self, ctx, profile):  # noqa: ANN001, ANN201
+        return [("export", None)]
+
+    def config(self, ctx, profile) -> dict[str, Any]:  # noqa: ANN001
+        return plan_config(ctx, profile)
+
+    def run(self, ctx, profile, key: str) -> StageResult:  # noqa: ANN001
+        from edgekd.quant.planner import measure_sensitivity
+
+        p = profile
+        out = ctx.run.fresh_dir("sensitivity", p.name)
+        t0 = time.time()
+        tools = PlanTools(ctx, p)
+        layers = tools.backend.plan_layers(tools.fp32, p)
+        fp32 = tools.fp32_metric()
+        int8_path = tools.quantize([], out / "int8")
+        int8 = tools.score(int8_path)
+        m = tools.metric
+        progress.log(f"sensitivity/{p.name}: {len(layers)} layers; {m.name} fp32 {fp32:.4f}, all-int8 {int8:.4f} "
+                     f"({m.drop(fp32, int8):+.2f} pt) on {len(tools.y)} val samples")
+        work = out / "work"
+        with progress.bar(f"sensitivity/{p.name}: each layer kept in float alone", len(layers)) as bar:
+            rows = measure_sensitivity(layers, tools.quantize, tools.score, work, m, int8,
+                                       progress=lambda i, name: bar.update(1 if i else 0, info=name[-40:]))
+            bar.update(1)
+        shutil.rmtree(work, ignore_errors=True)
+        res = {"target": p.name, "backend": p.backend, "metric": m.name, "higher_is_better": m.higher_is_better,
+               "points_scale": m.scale, "samples": int(len(tools.y)), "fp32": fp32, "int8": int8,
+               "int8_drop": m.drop(fp32, int8), "layers": rows, "seconds": round(time.time() - t0, 1),
+               "check": {"backend": tools.check[0], "settings": tools.check[1]} if tools.check else None}
+        write_json(out / "sensitivity.json", res)
+        chart = out / "sensitivity.png"
+        sensitivity_chart(res, chart)
+        outputs = {"sensitivity": ctx.run.rel(out / "sensitivity.json"), "chart": ctx.run.rel(chart),
+                   "int8_model": ctx.run.rel(int8_path)}
+        top = rows[0] if rows else None
+        return StageResult(outputs, {"layers": len(rows), "fp32": fp32, "int8": int8, "int8_drop": res["int8_drop"],
+                                     "most_sensitive": top["name"] if top else None,
+                                     "most_sensitive_gain": top["gain"] if top else None})
+
+
+def sensitivity_chart(res: dict[str, Any], path: Path, top: int = 25) -> None:
+    """Horizontal bars: the points each layer recovers when it alone is kept in float (most sensitive on top)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = res["layers"][:top]
+    fig, ax = plt.subplots(figsize=(8, 0.3 * max(len(rows), 3) + 1.2))
+    names = [_short(r["name"]) for r in rows][::-1]
+    gains = [r["gain"] for r in rows][::-1]
+    ax.barh(names, gains, color=["tab:red" if g > 0 else "tab:gray" for g in gains])
+    ax.axvline(0, color="black", lw=0.8)
+    ax.set_xlabel(f"{res['metric']} recovered by keeping the layer in float (points)")
+    ax.set_title(f"{res['target']}: all-INT8 {res['int8_drop']:+.2f} pt vs FP32 ({res['samples']} val samples)", fontsize=9)
+    ax.tick_params(axis="y", labelsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _short(name: str, width: int = 48) -> str:
+    return name if len(name) <= width else "…" + name[-(width - 1):]
