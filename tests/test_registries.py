@@ -23,17 +23,21 @@ def test_every_stage_is_registered_and_ordered() -> None:
     from edgekd.config import build_config
     from edgekd.targets import resolve
 
-    assert set(STAGES.names()) == {"synth", "distill", "export", "quantize/qat", "quantize", "lower", "bench"}
-    # a stage only ever needs stages that come before it in the data flow (with every optional stage switched on)
-    order = ["synth", "distill", "export", "quantize/qat", "quantize", "lower", "bench"]
-    cfg = build_config(model="m.pt2", targets=["x86-cpu"], quantize={"qat": "kd"}, synth={"mix": True})
-    ctx = SimpleNamespace(cfg=cfg, data_free=True)
+    assert set(STAGES.names()) == {"synth", "distill", "export", "quantize/qat", "sensitivity", "plan", "quantize", "lower",
+                                   "bench"}
+    # a stage only ever needs stages that come before it in the data flow (with every optional stage switched on;
+    # QAT and the planner exclude each other, so each is switched on in its own config)
+    order = ["synth", "distill", "export", "quantize/qat", "sensitivity", "plan", "quantize", "lower", "bench"]
     needed = set()
-    for name in order:
-        for dep, _ in STAGES.get(name).needs(ctx, resolve("x86-cpu")):
-            assert order.index(dep) < order.index(name), (name, dep)
-            needed.add(dep)
+    for quantize, planned in (({"qat": "kd"}, False), ({"plan": {"max_drop": 1.0}}, True)):
+        cfg = build_config(model="m.pt2", targets=["x86-cpu"], quantize=quantize, synth={"mix": True})
+        ctx = SimpleNamespace(cfg=cfg, data_free=True, planned=lambda p, planned=planned: planned)
+        for name in order:
+            for dep, _ in STAGES.get(name).needs(ctx, resolve("x86-cpu")):
+                assert order.index(dep) < order.index(name), (name, dep)
+                needed.add(dep)
     assert needed == set(order) - {"bench"}  # every stage but the last feeds another
+    # sensitivity and plan run end to end in tests/test_planner.py
 
 
 def _tiny_onnx(path: Path) -> Path:

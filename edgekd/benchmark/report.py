@@ -175,6 +175,7 @@ def markdown(run: RunDir, rows: list[dict[str, Any]]) -> str:
                         f"; INT8-vs-FP16 gate: {(b.get('expected_accuracy') or {}).get('gate_reason')}")
             lines.append(line)
     lines += parity_lines(run)
+    lines += plan_lines(run)
     lines += small_data_lines(run)
     failed = failures(run)
     if failed:
@@ -207,6 +208,34 @@ def output_lines(rows: list[dict[str, Any]]) -> list[str]:
         out += [f"| {r['target']} | {r['model']} | {r['precision']} | " + " | ".join(_fmt(t.get(k), '.4f') for k in keys) + " |"
                 for r, t in tgt]
     return [*out, ""] if out else []
+
+
+def plan_lines(run: RunDir) -> list[str]:
+    """The precision plans (``quantize.plan``): what was kept in float and why, the plans tried, the charts."""
+    lines: list[str] = []
+    for sid, rec in sorted(run.manifest.get("stages", {}).items()):
+        if not sid.startswith("plan/") or not (rec.get("outputs") or {}).get("plan"):
+            continue
+        path = run.root / rec["outputs"]["plan"]
+        if not path.exists():
+            continue
+        plan = read_json(path)
+        target, chosen = sid.split("/", 1)[1], plan.get("chosen")
+        if not lines:
+            lines += ["", "**Precision plans** (layers kept in float measured on the target runtime's own INT8 artifact, "
+                          "val split; `edgekd sensitivity RUN -t TARGET` lists every layer):", ""]
+        head = (f"- `{target}`: {chosen['name']}" + (f" ({', '.join(f'`{n}`' for n in chosen['keep_float'])})"
+                                                      if chosen["keep_float"] else "") if chosen else f"- `{target}`: no plan")
+        lines.append(f"{head} — {plan['reason']}; planner {plan['seconds'] + plan.get('sensitivity_seconds', 0):.0f} s, "
+                     f"charts `{run.rel(path.parent / 'pareto.png')}`, "
+                     f"`{run.rel(path.parents[2] / '03-sensitivity' / target / 'sensitivity.png')}`")
+        lines += ["", f"  | plan | {plan['metric']} (val) | drop (pt) | p50 ms |", "  |---|---|---|---|"]
+        for c in plan["candidates"]:
+            p50 = f"{c['p50_ms']:.3f}" if c.get("p50_ms") is not None else "–"
+            lines.append(f"  | {c['name']} | {c['metric']:.4f} | {c['drop']:+.2f} | {p50} |")
+        if plan.get("timing_note"):
+            lines.append(f"\n  {plan['timing_note']}")
+    return lines
 
 
 def small_data_lines(run: RunDir) -> list[str]:

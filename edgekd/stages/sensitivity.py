@@ -142,7 +142,7 @@ def sensitivity_chart(res: dict[str, Any], path: Path, top: int = 25) -> None:
     ax.barh(names, gains, color=["tab:red" if g > 0 else "tab:gray" for g in gains])
     ax.axvline(0, color="black", lw=0.8)
     ax.set_xlabel(f"{res['metric']} recovered by keeping the layer in float (points)")
-    ax.set_title(f"{res['target']}: all-INT8 {res['int8_drop']:+.2f} pt vs FP32 ({res['samples']} val samples)", fontsize=9)
+    ax.set_title(f"{res['target']}: all-INT8 loses {res['int8_drop']:.2f} pt against FP32 ({res['samples']} val samples)", fontsize=9)
     ax.tick_params(axis="y", labelsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)

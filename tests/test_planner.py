@@ -1,0 +1,150 @@
+"""The precision planner (issue #18) on a real model with one deliberately fragile layer: the demo teacher's ONNX
+with one channel of a convolution's input made 3000× wider (same function in FP32, helpers.make_fragile_onnx), so a
+per-tensor INT8 range for that input rounds every other channel to zero. Real ONNX Runtime and OpenVINO PTQ, real
+Fashion-MNIST images."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+import edgekd
+from edgekd.data.datasets import load_dataset
+from edgekd.errors import GateError
+from edgekd.exporters.onnx_export import export_onnx
+from edgekd.exporters.parity import run_batched
+from edgekd.models.loading import load_model
+from edgekd.quant.planner import Metric, measure_sensitivity
+from edgekd.quant.ptq import nncf_plan_layers, nncf_quantize_openvino, ort_plan_layers, ort_quantize
+from edgekd.runtimes import make_runner
+from edgekd.targets import resolve
+from helpers import make_fragile_onnx
+
+REPO = Path(__file__).resolve().parents[1]
+SMALL = {"data": {"path": "fashion-mnist", "limit": 2000}, "distill": {"enabled": False},
+         "bench": {"iterations": 20, "warmup": 2, "warmup_seconds": 0.05, "rounds": 1}}
+
+
+@pytest.fixture(scope="module")
+def fragile(tmp_path_factory: pytest.TempPathFactory, demo_teacher: Path) -> tuple[Path, str, str]:
+    d = tmp_path_factory.mktemp("fragile")
+    lm = load_model(demo_teacher)
+    export_onnx(lm.module, (1, 1, 28, 28), d / "teacher.onnx", program=lm.program)
+    first, weak = make_fragile_onnx(d / "teacher.onnx", d / "fragile.onnx")
+    m = onnx.load(str(d / "fragile.onnx"))  # the preprocessing travels in the file's metadata
+    m.metadata_props.add(key="edgekd", value='{"normalize": {"mean": [0.286], "std": [0.353]}}')
+    onnx.save(m, str(d / "fragile.onnx"))
+    return d / "fragile.onnx", first, weak
+
+
+@pytest.fixture(scope="module")
+def fm(fmnist: Path):  # noqa: ANN201
+    data = load_dataset("fashion-mnist", mean=[0.286], std=[0.353])
+    return data.train.x[:300], data.test.x[:600], data.test.y[:600]
+
+
+def _top1(path: Path, x: np.ndarray, y: np.ndarray, backend: str = "onnxruntime") -> float:
+    return float((run_batched(make_runner(backend, path, {}), x).argmax(1) == y).mean())
+
+
+def test_ort_layers_kept_in_float_read_float_inputs(fragile, fm, tmp_path: Path) -> None:  # noqa: ANN001
+    """Keeping the fragile layer (alone, or with its producer, or with the next layer) in float restores the metric:
+    before float_inputs, ORT's Q/DQ pair on the producer's output (with the ReLU folded into it) still fed it INT8."""
+    path, first, weak = fragile
+    cx, x, y = fm
+    s = resolve("x86-cpu-vnni").onnxruntime
+    fp32 = _top1(path, x, y)
+    ort_quantize(path, tmp_path / "all.onnx", cx, s)
+    assert _top1(tmp_path / "all.onnx", x, y) < fp32 - 0.3  # the fragile layer breaks plain INT8
+    names = [r["name"] for r in ort_plan_layers(path, s)]
+    after = names[names.index(weak) + 1]
+    for keep in ([weak], [weak, first], [weak, after]):
+        info = ort_quantize(path, tmp_path / "k.onnx", cx, s, keep_float=keep)
+        assert info["kept_float"] == keep
+        assert _top1(tmp_path / "k.onnx", x, y) > fp32 - 0.01, keep
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
+def test_sensitivity_ranks_the_fragile_layer_first(backend: str, fragile, fm, tmp_path: Path) -> None:  # noqa: ANN001
+    path, _, weak = fragile
+    cx, x, y = fm
+    if backend == "onnxruntime":
+        s = resolve("x86-cpu-vnni").onnxruntime
+        layers = ort_plan_layers(path, s)
+
+        def quantize(keep, out: Path) -> Path:  # noqa: ANN001
+            out.mkdir(parents=True, exist_ok=True)
+            ort_quantize(path, out / "m.onnx", cx, s, keep_float=keep)
+            return out / "m.onnx"
+    else:
+        s = resolve("intel-cpu").openvino
+        layers = nncf_plan_layers(path)
+        # the fragile layer and its neighbours (each NNCF run is seconds; the ranking among them is the point)
+        i = next(i for i, r in enumerate(layers) if r["name"].startswith(weak + "/") or r["name"] == weak)
+        layers = layers[max(0, i - 2): i + 2]
+
+        def quantize(keep, out: Path) -> Path:  # noqa: ANN001
+            nncf_quantize_openvino(path, out / "m.xml", cx, s, keep_float=keep)
+            return out / "m.xml"
+    score = lambda p: _top1(p, x, y, backend)  # noqa: E731
+    int8 = score(quantize([], tmp_path / "int8"))
+    rows = measure_sensitivity(layers, quantize, score, tmp_path / "work", Metric("top1"), int8)
+    assert rows[0]["name"].split("/WithoutBiases")[0] == weak, [(r["name"], r["gain"]) for r in rows]
+    assert rows[0]["gain"] > 30 and all(r["gain"] < 20 for r in rows[1:])
+    assert rows[0]["metric"] > _top1(path, x, y) - 0.01
+
+
+def test_plan_in_the_pipeline_round_trips_and_gates(fragile, fmnist: Path, tmp_path: Path) -> None:  # noqa: ANN001
+    path, _, weak = fragile
+    run = tmp_path / "run"
+    kw = dict(targets=["x86-cpu-vnni"], run_dir=str(run), **SMALL)
+    edgekd.compress(path, quantize={"plan": {"max_drop": 1.0, "samples": 600, "rounds": 1, "iterations": 30}}, **kw)
+    plan = json.loads((run / "03-plan" / "x86-cpu-vnni" / "plan.json").read_text())
+    assert plan["chosen"]["precision"] in ("int8", "fp32")
+    if plan["chosen"]["precision"] == "int8":  # FP32 only if no INT8 plan is faster on this machine (then it says so)
+        assert weak in plan["chosen"]["keep_float"] and plan["chosen"]["drop"] <= 1.0
+    else:
+        assert "faster than FP32" in plan["reason"]
+    assert (run / "03-sensitivity" / "x86-cpu-vnni" / "sensitivity.png").stat().st_size > 1000
+    assert (run / "03-plan" / "x86-cpu-vnni" / "pareto.png").stat().st_size > 1000
+    all_int8 = next(c for c in plan["candidates"] if c["name"] == "all int8")
+    assert all_int8["drop"] > 30 and not all_int8["meets_accuracy"]
+    man = json.loads((run / "manifest.json").read_text())
+    cal = json.loads((run / man["stages"]["quantize/x86-cpu-vnni"]["outputs"]["calibration"]).read_text())
+    if plan["chosen"]["precision"] == "int8":
+        assert cal["plan"]["drop"] == pytest.approx(plan["chosen"]["drop"]) and cal["kept_float"] == plan["chosen"]["keep_float"]
+    first_keys = {k: v["key"] for k, v in man["stages"].items()}
+    # the same command again: the plan is read back from the run directory, nothing is re-measured
+    edgekd.compress(path, quantize={"plan": {"max_drop": 1.0, "samples": 600, "rounds": 1, "iterations": 30}}, **kw)
+    man2 = json.loads((run / "manifest.json").read_text())
+    for sid in ("sensitivity/x86-cpu-vnni", "plan/x86-cpu-vnni", "quantize/x86-cpu-vnni"):
+        assert man2["stages"][sid]["key"] == first_keys[sid] and man2["stages"][sid]["finished"] == man["stages"][sid]["finished"]
+    # a budget no plan can meet: one line naming the best plan found, exit 3, the sensitivity kept
+    with pytest.raises(GateError, match="best found is"):
+        edgekd.compress(path, quantize={"plan": {"max_drop": 1.0, "samples": 600, "rounds": 1, "iterations": 30,
+                                                 "latency_budget_ms": 1e-6}}, **kw)
+    man3 = json.loads((run / "manifest.json").read_text())
+    assert man3["stages"]["sensitivity/x86-cpu-vnni"]["finished"] == man["stages"]["sensitivity/x86-cpu-vnni"]["finished"]
+    assert json.loads((run / "03-plan" / "x86-cpu-vnni" / "plan.json").read_text())["chosen"] is None
+    from typer.testing import CliRunner
+
+    from edgekd.cli import app
+
+    # in this process: it holds the run directory's lock until it exits (a second process would be refused)
+    res = CliRunner().invoke(app, ["sensitivity", str(run), "-t", "x86-cpu-vnni", "--top", "3"])
+    assert res.exit_code == 0, res.output
+    table = [ln for ln in res.stdout.splitlines() if ln.startswith("| ") and "layer" not in ln]
+    assert table[0].split("|")[1].strip() == weak and len(table) == 3
+
+
+def test_plan_refuses_qat_in_one_line(tmp_path: Path) -> None:
+    res = subprocess.run([sys.executable, "-m", "edgekd.cli", "compress", str(REPO / "examples" / "fmnist_teacher.pt2"),
+                          "-t", "x86-cpu-vnni", "-d", "fashion-mnist", "--qat", "kd", "--max-drop", "1", "--run-dir", str(tmp_path / "r")],
+                         capture_output=True, text=True, cwd=REPO)
+    assert res.returncode == 2 and res.stderr.strip().count("\n") == 0 and "--qat" in res.stderr, res.stderr
