@@ -145,6 +145,10 @@ def compress(
     """Run every stage: distill → export → quantize → lower → bench, then print the report."""
     from edgekd import api
 
+    if latency_budget_ms is not None and max_drop is None and config is None:
+        raise UsageError("--latency-budget-ms is a budget of the precision planner, which needs an accuracy budget too",
+                         "add --max-drop POINTS (e.g. --max-drop 1.0)")
+
     kw = _common(model, config, target, data, run_dir, arch, input_shape, allow_pickle, task=task, metric=metric,
                  distill__student=student, distill__loss=loss, distill__epochs=epochs, distill__batch_size=batch_size,
                  distill__lr=lr, distill__features=_features(feature), distill__augment=augment, distill__mixup=mixup,

@@ -1,0 +1,188 @@
+"""The precision planner (issue #18) against NNCF's accuracy control, on models where plain INT8 loses more than the
+budget, real Fashion-MNIST, one run.
+
+    python benchmarks/planner.py [--models fragile-cnn vit-tiny mobilenet-se-s] [--budgets 0.5 1.0] [--samples 2000]
+
+Per model and budget (points of top-1 on the val split, against the FP32 export):
+- edgekd: ``edgekd.compress(model, distill off, quantize.plan.max_drop=B)`` on ONNX Runtime (``x86-cpu-vnni``) and
+  OpenVINO (``intel-cpu``); its plan (layers kept in float, or FP32) and the planner's wall time (sensitivity + plan;
+  the sensitivity is measured once per model and reused by the second budget, as in a real re-run);
+- NNCF: ``nncf.quantize_with_accuracy_control`` on the same FP32 model, the same calibration samples (the quantize
+  stage's) and the same val samples, ``max_drop=B/100`` absolute, its defaults otherwise;
+- all-INT8 (the runtime's PTQ, nothing kept) and FP32 for reference.
+Then every artifact of a runtime is timed at batch 1, 1 thread, in alternating rounds (A B C D, D C B A, …; each a
+fresh worker process), and scored on the 10k test images. The decisions use val only; test is reported.
+
+``fragile-cnn`` is the demo teacher with one convolution's input made 3000× wider on one channel (the same function
+in FP32; ``tests/helpers.make_fragile_onnx``), the test model of the issue with a deliberately fragile layer.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from _common import REPO, md_table, save
+
+sys.path.insert(0, str(REPO / "tests"))
+
+import edgekd  # noqa: E402
+from edgekd.api import config_from_run  # noqa: E402
+from edgekd.backends import get_backend  # noqa: E402
+from edgekd.benchmark.subprocess_worker import run_worker  # noqa: E402
+from edgekd.context import open_run  # noqa: E402
+from edgekd.exporters.parity import run_batched  # noqa: E402
+from edgekd.quant.calibration import load_recipe  # noqa: E402
+from edgekd.runtimes import make_runner  # noqa: E402
+from edgekd.targets import resolve  # noqa: E402
+
+MODELS = {"fragile-cnn": None, "vit-tiny": "examples/fmnist_vit_teacher.pt2",
+          "mobilenet-se-s": "examples/fmnist_mobilenet_se_teacher.pt2"}
+TARGETS = {"onnxruntime": "x86-cpu-vnni", "openvino": "intel-cpu"}
+
+
+def fragile_model(work: Path) -> Path:
+    import onnx
+    from helpers import make_fragile_onnx
+
+    from edgekd.exporters.onnx_export import export_onnx
+    from edgekd.models.loading import load_model
+
+    lm = load_model(REPO / "examples" / "fmnist_teacher.pt2")
+    export_onnx(lm.module, (1, 1, 28, 28), work / "teacher.onnx", program=lm.program)
+    make_fragile_onnx(work / "teacher.onnx", work / "fragile.onnx")
+    m = onnx.load(str(work / "fragile.onnx"))
+    m.metadata_props.add(key="edgekd", value=json.dumps({"normalize": {"mean": [0.286], "std": [0.353]}}))
+    onnx.save(m, str(work / "fragile.onnx"))
+    return work / "fragile.onnx"
+
+
+def top1(backend: str, path: Path, x: np.ndarray, y: np.ndarray) -> float:
+    return float((run_batched(make_runner(backend, path, {}), x).argmax(1) == y).mean())
+
+
+def nncf_accuracy_control(fp32: Path, out: Path, cx: np.ndarray, vx: np.ndarray, vy: np.ndarray, budget: float) -> dict[str, Any]:
+    import nncf
+    import openvino as ov
+
+    model = ov.convert_model(str(fp32))
+    calib = nncf.Dataset([cx[i: i + 1] for i in range(len(cx))])
+    val = nncf.Dataset([(vx[i: i + 1], vy[i]) for i in range(len(vx))])
+
+    def validate(compiled, items) -> float:  # noqa: ANN001
+        out_port = compiled.output(0)
+        hits = [int(np.argmax(compiled(x)[out_port]) == y) for x, y in items]
+        return float(np.mean(hits))
+
+    t0 = time.time()
+    q = nncf.quantize_with_accuracy_control(model, calib, val, validation_fn=validate, max_drop=budget / 100,
+                                            drop_type=nncf.DropType.ABSOLUTE, subset_size=len(cx))
+    wall = time.time() - t0
+    ov.save_model(q, str(out), compress_to_fp16=False)
+    kept = sum(1 for op in q.get_ops() if op.get_type_name() == "FakeQuantize")
+    return {"seconds": wall, "fake_quantize_ops": kept}
+
+
+def time_alternating(backend: str, arts: dict[str, Path], rounds: int, iterations: int, shape: list[int]) -> dict[str, list[float]]:
+    settings = {**get_backend(backend).settings(resolve(TARGETS[backend])), "threads": 1, "input_shape": shape,
+                "warmup_seconds": 0.2}
+    p50: dict[str, list[float]] = {k: [] for k in arts}
+    names = list(arts)
+    for r in range(rounds):
+        for name in (names if r % 2 == 0 else names[::-1]):
+            res = run_worker(backend, arts[name], None, settings, 50, iterations, [1], None)
+            p50[name].append(res["latency"]["1"]["p50_ms"])
+    return p50
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--models", nargs="+", default=list(MODELS))
+    ap.add_argument("--budgets", type=float, nargs="+", default=[0.5, 1.0])
+    ap.add_argument("--samples", type=int, default=2000, help="val samples every decision is scored on")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--iterations", type=int, default=300)
+    ap.add_argument("--runs", default=str(REPO / "runs" / "bench-planner"))
+    a = ap.parse_args()
+    runs = Path(a.runs)
+    runs.mkdir(parents=True, exist_ok=True)
+    results: list[dict[str, Any]] = []
+    for name in a.models:
+        model = fragile_model(runs) if MODELS[name] is None else REPO / MODELS[name]
+        for budget in a.budgets:
+            rd = runs / name
+            t0 = time.time()
+            try:
+                edgekd.compress(model, targets=list(TARGETS.values()), run_dir=str(rd), data={"path": "fashion-mnist"},
+                                distill={"enabled": False}, bench={"rounds": 1, "iterations": 50, "threads": 1},
+                                quantize={"plan": {"max_drop": budget, "samples": a.samples, "rounds": a.rounds,
+                                                   "iterations": a.iterations}})
+            except edgekd.errors.GateError as e:
+                print(f"{name} {budget}: {e.one_line()}")
+            pipeline_s = time.time() - t0
+            ctx = open_run(config_from_run(rd))
+            data = ctx.data
+            cx, _ = ctx.task.calibration(data, load_recipe(ctx.cfg.quantize.calibration), ctx.cfg.quantize.calibration_size)
+            vx, vy = data.val.x[: a.samples], data.val.y[: a.samples]
+            fp32 = ctx.run.output("export", "teacher")
+            shape = [1, *ctx.input_shape[1:]]
+            row: dict[str, Any] = {"model": name, "budget_points": budget, "pipeline_seconds": pipeline_s, "runtimes": {}}
+            for backend, target in TARGETS.items():
+                plan = json.loads(ctx.run.output(f"plan/{target}", "plan").read_text())
+                sens = json.loads(ctx.run.output(f"sensitivity/{target}", "sensitivity").read_text())
+                arts = {"fp32": fp32, "all int8": ctx.run.output(f"sensitivity/{target}", "int8_model"),
+                        "edgekd plan": ctx.run.output(f"lower/{target}", "model")}
+                extra: dict[str, Any] = {}
+                if backend == "openvino":
+                    out = rd / f"nncf_ac_{budget}.xml"
+                    extra = nncf_accuracy_control(fp32, out, cx, vx, vy, budget)
+                    arts["nncf accuracy control"] = out
+                val = {k: top1(backend, p, vx, vy) for k, p in arts.items()}
+                test = {k: top1(backend, p, data.test.x, data.test.y) for k, p in arts.items()}
+                p50 = time_alternating(backend, arts, a.rounds, a.iterations, shape)
+                chosen = plan["chosen"] or {}
+                row["runtimes"][backend] = {
+                    "target": target, "val_top1": val, "test_top1": test, "p50_rounds_ms": p50,
+                    "p50_ms": {k: statistics.median(v) for k, v in p50.items()},
+                    "val_drop_points": {k: 100 * (val["fp32"] - v) for k, v in val.items()},
+                    "plan": {"precision": chosen.get("precision"), "keep_float": chosen.get("keep_float"),
+                             "reason": plan["reason"], "layers": len(sens["layers"])},
+                    "planner_seconds": {"sensitivity": sens["seconds"], "plan": plan["seconds"]},
+                    **({"nncf_seconds": extra["seconds"]} if extra else {}),
+                }
+                print(name, budget, backend, row["runtimes"][backend]["val_drop_points"], row["runtimes"][backend]["p50_ms"])
+            results.append(row)
+    lines = [f"# Precision planner vs NNCF accuracy control (real Fashion-MNIST)", "",
+             f"`python benchmarks/planner.py --models {' '.join(a.models)} --budgets {' '.join(map(str, a.budgets))} "
+             f"--samples {a.samples} --rounds {a.rounds}`. Decisions on the first {a.samples} val images; test = the 10k "
+             f"test images; batch-1 p50 at 1 thread, median of {a.rounds} alternating rounds in one run (each a fresh "
+             "process). Drop = FP32 val top-1 − artifact val top-1, in points. Planner wall time = sensitivity (once "
+             "per model, reused by the second budget) + plan; NNCF's is its `quantize_with_accuracy_control` call.", ""]
+    header = ["model", "budget (pt)", "runtime", "artifact", "val drop (pt)", "test top-1 %", "p50 ms", "layers in float", "wall s"]
+    rows = []
+    for r in results:
+        for backend, rt in r["runtimes"].items():
+            for art in rt["p50_ms"]:
+                kept = (len(rt["plan"]["keep_float"] or []) if rt["plan"]["precision"] == "int8" else "all (FP32)") \
+                    if art == "edgekd plan" else ("all" if art == "fp32" else ("0" if art == "all int8" else "–"))
+                wall = (f"{rt['planner_seconds']['sensitivity']:.0f} + {rt['planner_seconds']['plan']:.0f}" if art == "edgekd plan"
+                        else f"{rt['nncf_seconds']:.0f}" if art == "nncf accuracy control" else "")
+                rows.append([r["model"], r["budget_points"], backend, art, f"{rt['val_drop_points'][art]:+.2f}",
+                             f"{100 * rt['test_top1'][art]:.2f}", f"{rt['p50_ms'][art]:.3f}", kept, wall])
+    lines.append(md_table(header, rows))
+    lines += ["", "Plans chosen:", ""]
+    for r in results:
+        for backend, rt in r["runtimes"].items():
+            lines.append(f"- {r['model']}, {r['budget_points']} pt, {backend}: {rt['plan']['reason']}"
+                         + (f" (kept: {', '.join(rt['plan']['keep_float'])})" if rt["plan"]["keep_float"] else ""))
+    save("planner", {"results": results, "args": vars(a)}, "\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
