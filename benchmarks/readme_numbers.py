@@ -29,6 +29,7 @@ SOURCES = {
     "peers.py": ["peers"],
     "calibration_range.py": ["calibration_range"],
     "detection.py": ["detection"],
+    "planner.py": ["planner"],
 }
 NUMBER = re.compile(r"(?<![\w.])[-−]?\d+\.\d+(?![\w.])")
 
