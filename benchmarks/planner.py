@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from _common import REPO, md_table, save
+from _common import REPO, RESULTS, md_table, save
 
 sys.path.insert(0, str(REPO / "tests"))
 
@@ -109,7 +109,11 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--iterations", type=int, default=300)
     ap.add_argument("--runs", default=str(REPO / "runs" / "bench-planner"))
+    ap.add_argument("--chart-only", action="store_true", help="redraw results/planner.png from results/planner.json")
     a = ap.parse_args()
+    if a.chart_only:
+        chart(json.loads((RESULTS / "planner.json").read_text())["results"], RESULTS / "planner.png")
+        return
     runs = Path(a.runs)
     runs.mkdir(parents=True, exist_ok=True)
     results: list[dict[str, Any]] = []
@@ -182,6 +186,45 @@ def main() -> None:
             lines.append(f"- {r['model']}, {r['budget_points']} pt, {backend}: {rt['plan']['reason']}"
                          + (f" (kept: {', '.join(rt['plan']['keep_float'])})" if rt["plan"]["keep_float"] else ""))
     save("planner", {"results": results, "args": vars(a)}, "\n".join(lines))
+    chart(results, RESULTS / "planner.png")
+
+
+def chart(results: list[dict[str, Any]], path: Path) -> None:
+    """Test top-1 against batch-1 p50 per model (columns) and runtime (rows), every artifact and budget."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    models = list(dict.fromkeys(r["model"] for r in results))
+    backends = list(TARGETS)
+    fig, axes = plt.subplots(len(backends), len(models), figsize=(4.2 * len(models), 3.4 * len(backends)), squeeze=False)
+    style = {"fp32": ("s", "black"), "all int8": ("x", "tab:gray"), "edgekd plan": ("*", "tab:red"),
+             "nncf accuracy control": ("o", "tab:blue")}
+    for r in results:
+        for bi, backend in enumerate(backends):
+            rt = r["runtimes"].get(backend)
+            if not rt:
+                continue
+            ax = axes[bi][models.index(r["model"])]
+            for art, p50 in rt["p50_ms"].items():
+                marker, color = style[art]
+                ax.scatter([p50], [100 * rt["test_top1"][art]], marker=marker, color=color, s=60 if marker == "*" else 30,
+                           label=art if r["budget_points"] == results[0]["budget_points"] else None)
+                if art == "edgekd plan":
+                    ax.annotate(f"{r['budget_points']:g} pt", (p50, 100 * rt["test_top1"][art]), fontsize=7,
+                                xytext=(4, -8), textcoords="offset points")
+            ax.set_title(f"{r['model']} — {backend}", fontsize=9)
+            ax.set_xlabel("batch-1 p50 ms (1 thread)", fontsize=8)
+            ax.set_ylabel("test top-1 %", fontsize=8)
+    for row in axes:
+        for ax in row:
+            handles, labels = ax.get_legend_handles_labels()
+            if handles:
+                ax.legend(dict(zip(labels, handles)).values(), dict(zip(labels, handles)).keys(), fontsize=6)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 if __name__ == "__main__":
