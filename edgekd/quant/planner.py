@@ -23,6 +23,7 @@ without the pipeline; :mod:`edgekd.stages.plan` wires them to a run.
 
 from __future__ import annotations
 
+import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -82,7 +83,7 @@ def measure_sensitivity(layers: list[dict[str, str]], quantize: Quantizer, score
         t0 = time.time()
         art = quantize([layer["name"]], work / f"layer-{i}")
         m = score(art)
-        _remove_tree(work / f"layer-{i}")
+        shutil.rmtree(work / f"layer-{i}", ignore_errors=True)
         rows.append({**layer, "index": i, "metric": m, "gain": -metric.drop(int8_metric, m),
                      "seconds": round(time.time() - t0, 2)})
     return sorted(rows, key=lambda r: (-r["gain"], r["index"]))
@@ -138,15 +139,3 @@ def choose(candidates: list[Candidate], fp32: Candidate, max_drop: float, latenc
         return c, why
     return c, (f"fastest within {max_drop:g} pt: {c.drop:.2f} pt, {c.p50_ms:.3f} ms vs FP32 {fp32.p50_ms:.3f} ms "
                f"({fp32.p50_ms / c.p50_ms:.2f}×)")
-
-
-def median(values: Sequence[float]) -> float:
-    s = sorted(values)
-    n = len(s)
-    return float(s[n // 2] if n % 2 else (s[n // 2 - 1] + s[n // 2]) / 2)
-
-
-def _remove_tree(path: Path) -> None:
-    import shutil
-
-    shutil.rmtree(path, ignore_errors=True)

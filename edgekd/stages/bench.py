@@ -77,11 +77,7 @@ class Bench(Stage):
             return StageResult({"latency": ctx.run.rel(out / "latency.json"), "accuracy": ctx.run.rel(out / "accuracy.json")},
                                {"latency_skipped": note, "expected_top1": {r["precision"]: r["top1"] for r in rows}})
         eval_npz = ctx.eval_file()
-        settings = dict(backend.settings(p))
-        if b.threads:
-            settings["threads"] = b.threads
-        settings["input_shape"] = list(ctx.input_shape)
-        settings["warmup_seconds"] = b.warmup_seconds if b.warmup_seconds is not None else p.measure.warmup_seconds
+        settings = timing_settings(ctx, p)
         settings["max_seconds"] = p.measure.max_seconds / b.rounds
         artifacts = self.artifacts(ctx, p, backend.bench_roles(), deployed)
         iterations = max(10, (b.iterations or p.measure.iterations) // b.rounds)
@@ -132,6 +128,20 @@ class Bench(Stage):
             metrics[f"teacher_{primary}"] = base["accuracy"][primary]
         return StageResult({"latency": ctx.run.rel(out / "latency.json"), "accuracy": ctx.run.rel(out / "accuracy.json")},
                            metrics)
+
+
+def timing_settings(ctx, p) -> dict[str, Any]:  # noqa: ANN001
+    """The worker settings every timed artifact of a target gets: the backend's, ``bench.threads`` over the profile's,
+    the input shape and the warm-up time (shared by bench and the precision planner, so both time alike)."""
+    from edgekd.backends import get_backend
+
+    b = ctx.cfg.bench
+    settings = dict(get_backend(p.backend).settings(p))
+    if b.threads:
+        settings["threads"] = b.threads
+    settings["input_shape"] = list(ctx.input_shape)
+    settings["warmup_seconds"] = b.warmup_seconds if b.warmup_seconds is not None else p.measure.warmup_seconds
+    return settings
 
 
 def combine_rounds(rounds: list[dict[str, Any]], role: str, precision: str, artifact: str) -> dict[str, Any]:

@@ -29,7 +29,8 @@ class Plan(Stage):
     def config(self, ctx, profile) -> dict[str, Any]:  # noqa: ANN001
         from edgekd.stages.sensitivity import plan_config
 
-        return {**plan_config(ctx, profile), "plan": ctx.cfg.quantize.plan.model_dump(), "threads": ctx.cfg.bench.threads}
+        return {**plan_config(ctx, profile), "plan": ctx.cfg.quantize.plan.model_dump(),
+                "timing": {k: getattr(ctx.cfg.bench, k) for k in ("threads", "warmup_seconds")}}
 
     def run(self, ctx, profile, key: str) -> StageResult:  # noqa: ANN001
         import json
@@ -90,15 +91,12 @@ class Plan(Stage):
     @staticmethod
     def time(ctx, p, cands: list, cfg) -> dict[str, Any]:  # noqa: ANN001
         """Batch-1 p50 of each candidate, alternating order round by round, each call a fresh worker process."""
-        from edgekd.backends import get_backend
-        from edgekd.benchmark.subprocess_worker import run_worker
-        from edgekd.quant.planner import median
+        import statistics
 
-        settings = dict(get_backend(p.backend).settings(p))
-        if ctx.cfg.bench.threads:
-            settings["threads"] = ctx.cfg.bench.threads
-        settings["input_shape"] = list(ctx.input_shape)
-        settings["warmup_seconds"] = p.measure.warmup_seconds
+        from edgekd.benchmark.subprocess_worker import run_worker
+        from edgekd.stages.bench import timing_settings
+
+        settings = timing_settings(ctx, p)
         for r in range(cfg.rounds):
             order = cands if r % 2 == 0 else cands[::-1]
             for c in order:
@@ -106,7 +104,7 @@ class Plan(Stage):
                 res = run_worker(p.backend, Path(c.artifact), None, settings, p.measure.warmup, cfg.iterations, [1], None)
                 c.p50_rounds_ms.append(float(res["latency"]["1"]["p50_ms"]))
         for c in cands:
-            c.p50_ms = median(c.p50_rounds_ms)
+            c.p50_ms = float(statistics.median(c.p50_rounds_ms))
         return settings
 
 
