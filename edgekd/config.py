@@ -96,9 +96,12 @@ class PlanConfig(Strict):
                             "metric's own units) INT8 may lose against the FP32 export on val")
     latency_budget_ms: float | None = Field(None, gt=0, description="batch-1 p50 on the target; none: the fastest plan")
     samples: int | None = Field(None, ge=1, description="val samples scored per candidate (default: the whole val split)")
+    ranking_samples: int = Field(300, ge=1, description="val samples each layer's sensitivity is scored on (the first "
+                                 "of the plan's; NNCF's ranking_subset_size default): they only order the search, "
+                                 "every plan is judged on `samples`")
     extra: int = Field(2, ge=0, description="greedy steps past the first plan within budget (a float layer can be faster)")
     max_kept: int | None = Field(None, ge=1, description="most layers kept in float (default: any number)")
-    rounds: int = Field(3, ge=1, le=20, description="alternating timing rounds, each a fresh process")
+    rounds: int = Field(3, ge=1, le=20, description="alternating timing rounds, every candidate in one process")
     iterations: int = Field(300, ge=10, description="timed batch-1 calls per candidate and round")
 
 

@@ -20,7 +20,8 @@ from edgekd.errors import GateError
 from edgekd.exporters.onnx_export import export_onnx
 from edgekd.exporters.parity import run_batched
 from edgekd.models.loading import load_model
-from edgekd.quant.planner import Metric, measure_sensitivity
+from edgekd.quant.keep_float import openvino_reverter, ort_reverter
+from edgekd.quant.planner import Metric, measure_sensitivity, relative_error
 from edgekd.quant.ptq import nncf_plan_layers, nncf_quantize_openvino, ort_plan_layers, ort_quantize
 from edgekd.runtimes import make_runner
 from edgekd.targets import resolve
@@ -72,32 +73,61 @@ def test_ort_layers_kept_in_float_read_float_inputs(fragile, fm, tmp_path: Path)
 
 @pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
 def test_sensitivity_ranks_the_fragile_layer_first(backend: str, fragile, fm, tmp_path: Path) -> None:  # noqa: ANN001
+    """One calibration, every layer's variant a graph edit of it (edgekd.quant.keep_float), scored on real images."""
     path, _, weak = fragile
     cx, x, y = fm
     if backend == "onnxruntime":
         s = resolve("x86-cpu-vnni").onnxruntime
         layers = ort_plan_layers(path, s)
-
-        def quantize(keep, out: Path) -> Path:  # noqa: ANN001
-            out.mkdir(parents=True, exist_ok=True)
-            ort_quantize(path, out / "m.onnx", cx, s, keep_float=keep)
-            return out / "m.onnx"
+        ort_quantize(path, tmp_path / "int8.onnx", cx, s)
+        int8_path = tmp_path / "int8.onnx"
+        revert = ort_reverter(int8_path, path, tmp_path / "rev")
     else:
         s = resolve("intel-cpu").openvino
         layers = nncf_plan_layers(path)
-        # the fragile layer and its neighbours (each NNCF run is seconds; the ranking among them is the point)
-        i = next(i for i, r in enumerate(layers) if r["name"].startswith(weak + "/") or r["name"] == weak)
-        layers = layers[max(0, i - 2): i + 2]
+        nncf_quantize_openvino(path, tmp_path / "int8.xml", cx, s)
+        int8_path = tmp_path / "int8.xml"
+        revert = openvino_reverter(int8_path, path)
+    ref = run_batched(make_runner("onnxruntime", path, {}), x)
 
-        def quantize(keep, out: Path) -> Path:  # noqa: ANN001
-            nncf_quantize_openvino(path, out / "m.xml", cx, s, keep_float=keep)
-            return out / "m.xml"
-    score = lambda p: _top1(p, x, y, backend)  # noqa: E731
-    int8 = score(quantize([], tmp_path / "int8"))
-    rows = measure_sensitivity(layers, quantize, score, tmp_path / "work", Metric("top1"), int8)
+    def quantize(keep, out: Path) -> Path:  # noqa: ANN001
+        return revert(keep, out / int8_path.name)
+
+    def evaluate(p: Path) -> tuple[float, float]:
+        out = run_batched(make_runner(backend, p, {}), x)
+        return float((out.argmax(1) == y).mean()), relative_error(out, ref)
+
+    int8, int8_err = evaluate(int8_path)
+    rows = measure_sensitivity(layers, quantize, evaluate, tmp_path / "work", Metric("top1"), int8)
     assert rows[0]["name"].split("/WithoutBiases")[0] == weak, [(r["name"], r["gain"]) for r in rows]
     assert rows[0]["gain"] > 30 and all(r["gain"] < 20 for r in rows[1:])
     assert rows[0]["metric"] > _top1(path, x, y) - 0.01
+    assert rows[0]["output_error"] < int8_err / 10  # the proxy agrees: that variant's outputs are near FP32's
+
+
+def test_openvino_graph_edit_matches_nncf_ignored_scope(fragile, fm, tmp_path: Path) -> None:  # noqa: ANN001
+    """Keeping layers in float by editing the INT8 IR gives what NNCF's own ``ignored_scope`` gives (one
+    calibration instead of one per variant): every weighted layer kept, the outputs of both sit as close to FP32."""
+    import nncf
+    import openvino as ov
+
+    path, _, _ = fragile
+    cx, x, _ = fm
+    s = resolve("intel-cpu").openvino
+    names = [r["name"] for r in nncf_plan_layers(path)]
+    nncf_quantize_openvino(path, tmp_path / "int8.xml", cx, s)
+    edited = openvino_reverter(tmp_path / "int8.xml", path)(names, tmp_path / "edit.xml")
+    m = ov.convert_model(str(path))
+    q = nncf.quantize(m, nncf.Dataset([cx[i: i + 1] for i in range(len(cx))]), preset=nncf.QuantizationPreset.PERFORMANCE,
+                      subset_size=len(cx), fast_bias_correction=False, ignored_scope=nncf.IgnoredScope(names=names))
+    ov.save_model(q, str(tmp_path / "ignored.xml"), compress_to_fp16=False)
+    ref = run_batched(make_runner("onnxruntime", path, {}), x)
+    err = {k: relative_error(run_batched(make_runner("openvino", tmp_path / f"{k}.xml", {}), x), ref)
+           for k in ("int8", "edit", "ignored")}
+    assert err["edit"] < err["int8"] / 100, err  # the fragile layer's INT8 error is gone
+    assert err["edit"] < 3 * err["ignored"] + 1e-6, err
+    fq = lambda f: sum(op.get_type_name() == "FakeQuantize" for op in ov.Core().read_model(str(f)).get_ops())  # noqa: E731
+    assert fq(edited) == fq(tmp_path / "ignored.xml")
 
 
 def test_plan_in_the_pipeline_round_trips_and_gates(fragile, fmnist: Path, tmp_path: Path) -> None:  # noqa: ANN001

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 
@@ -70,10 +70,19 @@ class Backend:
     def plan_layers(self, fp32_onnx: Path, profile: Profile) -> list[dict[str, str]]:
         """The layers this backend's quantizer makes INT8 and ``keep_float`` can name: ``[{"name", "op"}]`` in graph
         order (the precision planner's search space). A backend without a planner raises a one-line error."""
+        raise self._no_planner()
+
+    def float_reverter(self, int8_model: Path, fp32_onnx: Path, work: Path) -> Callable[[Sequence[str], Path], Path]:
+        """A function ``(layer names, out path) → artifact`` making variants of this backend's all-INT8
+        ``int8_model`` with the named layers in float, without calibrating again (:mod:`edgekd.quant.keep_float`;
+        the planner's variants, and what ``quantize(keep_float=...)`` ships)."""
+        raise self._no_planner()
+
+    def _no_planner(self) -> Exception:
         from edgekd.errors import UsageError
 
-        raise UsageError(f"the precision planner does not support the {self.name} backend yet",
-                         "plan on an onnxruntime or openvino target, or drop quantize.plan / --max-drop")
+        return UsageError(f"the precision planner does not support the {self.name} backend yet",
+                          "plan on an onnxruntime, openvino or tensorrt target, or drop quantize.plan / --max-drop")
 
     def lower(self, model: Path, profile: Profile, out_dir: Path, inputs: LowerInputs) -> dict[str, Any]:
         raise NotImplementedError

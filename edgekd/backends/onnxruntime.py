@@ -11,7 +11,7 @@ import collections
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import onnx
 
@@ -78,6 +78,11 @@ class OnnxruntimeBackend(Backend):
         from edgekd.quant.ptq import ort_plan_layers
 
         return ort_plan_layers(fp32_onnx, profile.onnxruntime)
+
+    def float_reverter(self, int8_model: Path, fp32_onnx: Path, work: Path) -> Callable[[Sequence[str], Path], Path]:
+        from edgekd.quant.keep_float import ort_reverter
+
+        return ort_reverter(int8_model, fp32_onnx, work)
 
     def lower(self, model: Path, profile: Profile, out_dir: Path, inputs: LowerInputs | None = None) -> dict[str, Any]:
         return lower_onnxruntime(model, profile, out_dir)

@@ -6,7 +6,7 @@ import collections
 import os
 import shutil
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from edgekd.backends import Backend, LowerInputs, Quantized, register
 from edgekd.runtimes import ov_compile
@@ -142,6 +142,11 @@ class OpenvinoBackend(Backend):
         from edgekd.quant.ptq import nncf_plan_layers
 
         return nncf_plan_layers(fp32_onnx)
+
+    def float_reverter(self, int8_model: Path, fp32_onnx: Path, work: Path) -> Callable[[Sequence[str], Path], Path]:
+        from edgekd.quant.keep_float import openvino_reverter
+
+        return openvino_reverter(int8_model, fp32_onnx)
 
     def lower(self, model: Path, profile: Profile, out_dir: Path, inputs: LowerInputs | None = None) -> dict[str, Any]:
         return lower_openvino(model, profile, out_dir)

@@ -27,7 +27,7 @@ import shlex
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -522,6 +522,11 @@ class TensorrtBackend(Backend):
         from edgekd.quant.ptq import ort_plan_layers
 
         return ort_plan_layers(fp32_onnx, profile.onnxruntime)
+
+    def float_reverter(self, int8_model: Path, fp32_onnx: Path, work: Path) -> Callable[[Sequence[str], Path], Path]:
+        from edgekd.quant.keep_float import ort_reverter
+
+        return ort_reverter(int8_model, fp32_onnx, work)
 
     def lower(self, model: Path, profile: Profile, out_dir: Path, inputs: LowerInputs) -> dict[str, Any]:
         """The accuracy half of the INT8 gate is decided here, on ONNX Runtime's reference kernels (FP16 accuracy

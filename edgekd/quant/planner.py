@@ -1,15 +1,19 @@
 """Precision planner (issue #18): which layers to keep in float so that INT8 stays within an accuracy budget, and
 whether INT8 is worth shipping at all.
 
-Every decision is taken on the target runtime's own quantized artifact (ONNX Runtime ``quantize_static`` with
-``nodes_to_exclude``, NNCF ``nncf.quantize`` with an ``ignored_scope``), scored with the task's primary metric M on
-held-out validation samples:
+Every decision is taken on the target runtime's own quantized artifact: one calibration (ONNX Runtime
+``quantize_static``, NNCF ``nncf.quantize``), then each variant is that INT8 model with the chosen layers' quantizers
+removed and their float weights restored (:mod:`edgekd.quant.keep_float`; NNCF's accuracy control reverts layers the
+same way), scored with the task's primary metric M on held-out validation samples:
 
     sensitivity(L) = M(INT8, L alone kept in float) − M(all INT8)          (in points: × 100 for a 0…1 metric)
 
+measured on the first ``ranking_samples`` (300, NNCF's ranking subset) — it only orders the search; ties are broken
+by how close the variant's outputs come to FP32's.
+
 Search (greedy, in the spirit of NNCF's ``quantize_with_accuracy_control``, which reverts the quantizers of the
-most sensitive groups one at a time until the drop is within ``max_drop``; here the ranking is measured one layer at a
-time on the artifact, not estimated): keep the k most sensitive layers in float for k = 0, 1, … until
+most sensitive groups one at a time until the drop is within ``max_drop``), each step judged on all ``samples``:
+keep the k most sensitive layers in float for k = 0, 1, … until
 
     drop(k) = M(FP32) − M(INT8, k layers kept)  ≤  max_drop,
 
@@ -29,12 +33,16 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+import numpy as np
+
 from edgekd.errors import GateError
 
 #: quantize(keep_float, out_dir) → the INT8 artifact's path
 Quantizer = Callable[[Sequence[str], Path], Path]
 #: score(artifact) → the primary metric on the validation samples
 Scorer = Callable[[Path], float]
+#: evaluate(artifact) → (the primary metric, the outputs' relative error against FP32) on the ranking samples
+Evaluator = Callable[[Path], "tuple[float, float]"]
 #: time({name: artifact}) → {name: per-round batch-1 p50 ms}
 Timer = Callable[[dict[str, Path]], dict[str, list[float]]]
 
@@ -71,22 +79,31 @@ class Candidate:
         return asdict(self)
 
 
-def measure_sensitivity(layers: list[dict[str, str]], quantize: Quantizer, score: Scorer, work: Path,
+def measure_sensitivity(layers: list[dict[str, str]], quantize: Quantizer, evaluate: Evaluator, work: Path,
                         metric: Metric, int8_metric: float, progress: Callable[[int, str], None] | None = None,
                         ) -> list[dict[str, Any]]:
-    """Each layer kept in float alone: its metric and its ``gain`` over all-INT8 (points), most sensitive first
-    (ties keep graph order). Artifacts are written under ``work`` and removed as soon as they are scored."""
+    """Each layer kept in float alone: its metric, its ``gain`` over all-INT8 (points) and its ``output_error``
+    (the variant's outputs against FP32's, :func:`relative_error`), most sensitive first: by gain, then — a metric
+    on a few hundred samples moves in steps and ties — by output error, then graph order. Artifacts are written
+    under ``work`` and removed as soon as they are scored."""
     rows = []
     for i, layer in enumerate(layers):
         if progress:
             progress(i, layer["name"])
         t0 = time.time()
         art = quantize([layer["name"]], work / f"layer-{i}")
-        m = score(art)
+        m, err = evaluate(art)
         shutil.rmtree(work / f"layer-{i}", ignore_errors=True)
-        rows.append({**layer, "index": i, "metric": m, "gain": -metric.drop(int8_metric, m),
+        rows.append({**layer, "index": i, "metric": m, "gain": -metric.drop(int8_metric, m), "output_error": err,
                      "seconds": round(time.time() - t0, 2)})
-    return sorted(rows, key=lambda r: (-r["gain"], r["index"]))
+    return sorted(rows, key=lambda r: (-round(r["gain"], 6), r["output_error"], r["index"]))
+
+
+def relative_error(outputs: np.ndarray, reference: np.ndarray) -> float:
+    """Σ(y − y_fp)² / Σ y_fp²: how far a variant's outputs are from FP32's (task-agnostic; NNCF ranks its
+    quantizer groups by a similar normalised MSE when the validation metric cannot be split per sample)."""
+    a, b = np.asarray(outputs, dtype=np.float64).ravel(), np.asarray(reference, dtype=np.float64).ravel()
+    return float(((a - b) ** 2).sum() / max((b ** 2).sum(), 1e-30))
 
 
 def greedy_candidates(order: list[str], quantize: Quantizer, score: Scorer, work: Path, metric: Metric,

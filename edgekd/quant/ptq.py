@@ -108,10 +108,12 @@ def ort_quantize(fp32_onnx: Path, out_path: Path, calib_x: np.ndarray, s: OrtSet
             quantize_static(str(pre), str(tmp), Reader(), quant_format=QuantFormat.QDQ, per_channel=s.per_channel,
                             reduce_range=s.reduce_range, activation_type=qtype[s.activation_type],
                             weight_type=qtype[s.weight_type], calibrate_method=method, extra_options=extra,
-                            nodes_to_exclude=tail + heads + [n for n in keep_float if n not in heads])
-            if keep_float:
+                            nodes_to_exclude=tail + heads)
+            if keep_float:  # the same graph edit the planner scored (edgekd.quant.keep_float), not a new calibration
+                from edgekd.quant.keep_float import float_inputs
+
                 q = onnx.load(str(tmp))
-                float_inputs(q, graph, keep_float)
+                float_inputs(q, graph, [n for n in keep_float if n not in heads])
                 onnx.save(q, str(tmp))
     return {"tool": "onnxruntime.quantization.quantize_static", "format": "QDQ", "activation_type": s.activation_type,
             "weight_type": s.weight_type, "reduce_range": s.reduce_range, "per_channel": s.per_channel,
@@ -152,7 +154,6 @@ def nncf_quantize_openvino(fp32_onnx: Path, out_xml: Path, calib_x: np.ndarray, 
 
         raise ConfigError(f"layers to keep in float are not in the model: {', '.join(unknown[:3])}",
                           "name layers as `edgekd sensitivity` lists them (re-plan after changing the model)")
-    ignored += [n for n in keep_float if n not in ignored]
     items = [calib_x[i : i + batch] for i in range(0, len(calib_x), batch)]
     preset = nncf.QuantizationPreset.PERFORMANCE if s.preset == "performance" else nncf.QuantizationPreset.MIXED
     # NNCF draws its progress bars on stdout; stdout is for results, so send them to stderr (or nowhere if quiet).
@@ -165,15 +166,15 @@ def nncf_quantize_openvino(fp32_onnx: Path, out_xml: Path, calib_x: np.ndarray, 
     finally:
         if sink is not sys.stderr:
             sink.close()
-    # Write xml and bin under temporary names, then rename both (the pair is the artifact).
-    out_xml.parent.mkdir(parents=True, exist_ok=True)
-    tmp_xml = out_xml.with_name(f".{out_xml.stem}.tmp.xml")
-    ov.save_model(q, str(tmp_xml), compress_to_fp16=False)
-    os.replace(tmp_xml.with_suffix(".bin"), out_xml.with_suffix(".bin"))
-    os.replace(tmp_xml, out_xml)
+    from edgekd.quant.keep_float import float_layers_openvino, save_ir
+
+    keep = [n for n in keep_float if n not in ignored]
+    if keep:  # the same graph edit the planner scored (edgekd.quant.keep_float), not a new calibration
+        float_layers_openvino(q, ov.convert_model(str(fp32_onnx)), keep)
+    save_ir(q, out_xml)
     return {"tool": "nncf.quantize (OpenVINO backend)", "format": "OpenVINO IR with FakeQuantize",
             "preset": s.preset, "bias_correction": s.bias_correction, "subset_size": len(items), "nncf": nncf.__version__,
-            "float_tail_nodes": len(ignored) - len(keep_float), "kept_float": list(keep_float)}
+            "float_tail_nodes": len(ignored), "kept_float": list(keep_float)}
 
 
 #: the layers whose inputs PTQ quantizes for speed; everything after the last of them on every path to an output is
@@ -182,7 +183,7 @@ WEIGHTED_OPS = {"Conv", "ConvTranspose", "Gemm", "MatMul", "ConvInteger", "MatMu
 
 
 #: bumped whenever edgekd's use of quantize_static changes what it produces (part of the quantize stage's cache key)
-ORT_RECIPE = "qdq-float-tail/2: mean-minmax ranges keep the output layers in float"
+ORT_RECIPE = "qdq-float-tail/3: mean-minmax ranges keep the output layers in float; kept layers by graph edit"
 
 
 def output_layers(model) -> list[str]:  # noqa: ANN001
@@ -203,124 +204,6 @@ def _feeds_weighted(nodes: list) -> list[bool]:
     for i in range(len(nodes) - 1, -1, -1):
         feeds[i] = any(nodes[j].op_type in WEIGHTED_OPS or feeds[j] for t in nodes[i].output for j in consumers.get(t, []))
     return feeds
-
-
-def float_inputs(model, original, names: Sequence[str]) -> int:  # noqa: ANN001
-    """Make the named layers of a QDQ ``model`` read float inputs: each activation input of theirs is wired back to
-    the float tensor of the ``original`` (pre-quantization) graph, recomputing in float any non-weighted op between
-    them and the nearest weighted layer that feeds only them (a ReLU, a pool, a reshape). Q/DQ pairs and ops nobody
-    reads any more are dropped. Returns the number of inputs rewired.
-
-    Why by hand: ``nodes_to_exclude`` keeps a node out of ``quantize_static``, but its input tensor is still
-    quantized where its producer is (ORT puts a Q/DQ pair on every quantized node's output and folds a following ReLU
-    into it), so the layer keeps reading INT8-rounded values — keeping a layer with an outlier-wide input "in float"
-    then restores nothing. NNCF quantizes only the inputs of weighted ops, so its ``ignored_scope`` already means
-    this; TensorRT builds a layer without Q/DQ around it in FP16."""
-    from onnx import NodeProto
-
-    g, og = model.graph, original.graph
-    o_producer = {o: n for n in og.node for o in n.output}
-    o_consumers: dict[str, list] = {}
-    for n in og.node:
-        for t in n.input:
-            o_consumers.setdefault(t, []).append(n)
-    o_inits = {i.name: i for i in og.initializer}
-    q_inits = {i.name for i in g.initializer}
-    graph_outputs = {o.name for o in g.output}
-    wanted = set(names)
-    floating = {n.name for n in og.node if n.name in wanted}
-    # grow: a non-weighted op whose outputs feed only floating layers is recomputed in float too
-    grew = True
-    while grew:
-        grew = False
-        for n in og.node:
-            if n.name in floating or n.op_type in WEIGHTED_OPS or not n.name or set(n.output) & graph_outputs:
-                continue
-            readers = [c for o in n.output for c in o_consumers.get(o, [])]
-            if readers and all(c.name in floating for c in readers):
-                floating.add(n.name)
-                grew = True
-    made: dict[str, str] = {}
-    added: list = []
-    by_name = {n.name: n for n in g.node}
-
-    def restore(t: str) -> str:
-        """The name, in ``model``, of a tensor holding the original graph's float value of ``t``."""
-        if t in made:
-            return made[t]
-        p = o_producer.get(t)
-        if p is None:  # a graph input or an initializer
-            if t in o_inits and t not in q_inits and not any(t in n.output for n in g.node):
-                g.initializer.append(o_inits[t])
-                q_inits.add(t)
-            return t
-        if p.name in by_name and (p.name not in floating or p.name in wanted):
-            # the same node in the quantized graph computes the same float value; its output may have been renamed
-            # (ORT folds a ReLU after a quantized layer into the Q/DQ pair and gives the layer the ReLU's output name)
-            return by_name[p.name].output[list(p.output).index(t)]
-        # an op recomputed in float (it feeds only float layers), or one the quantizer folded away (that ReLU)
-        copy = NodeProto()
-        copy.CopyFrom(p)
-        copy.name = f"{p.name}/float"
-        del copy.input[:]
-        copy.input.extend(restore(i) if i else i for i in p.input)
-        del copy.output[:]
-        copy.output.extend(f"{o}/float" for o in p.output)
-        for o in p.output:
-            made[o] = f"{o}/float"
-        added.append(copy)
-        return made[t]
-
-    rewired = 0
-    for name in wanted:
-        src, dst = next((n for n in og.node if n.name == name), None), by_name.get(name)
-        if src is None or dst is None:
-            continue
-        for i, t in enumerate(src.input):
-            if not t or t in o_inits:
-                continue
-            r = restore(t)
-            if dst.input[i] != r:
-                dst.input[i] = r
-                rewired += 1
-    g.node.extend(added)
-    pruned = True
-    while pruned:  # drop what nobody reads any more (the bypassed Q/DQ pairs, the int8-fed copies of floated ops)
-        used = {t for n in g.node for t in n.input} | graph_outputs
-        dead = [n for n in g.node if not any(o in used for o in n.output)]
-        for n in dead:
-            g.node.remove(n)
-        pruned = bool(dead)
-    _topological_sort(g)
-    return rewired
-
-
-def _topological_sort(g) -> None:  # noqa: ANN001
-    """Reorder ``g.node`` so that every node comes after the producers of its inputs (ONNX requires it)."""
-    producer = {o: i for i, n in enumerate(g.node) for o in n.output}
-    order: list[int] = []
-    state = [0] * len(g.node)
-
-    def visit(i: int) -> None:
-        stack = [(i, False)]
-        while stack:
-            j, done = stack.pop()
-            if done:
-                if state[j] != 2:
-                    state[j] = 2
-                    order.append(j)
-                continue
-            if state[j]:
-                continue
-            state[j] = 1
-            stack.append((j, True))
-            stack.extend((producer[t], False) for t in g.node[j].input if t in producer and not state[producer[t]])
-
-    for i in range(len(g.node)):
-        visit(i)
-    nodes = [g.node[i] for i in order]
-    del g.node[:]
-    g.node.extend(nodes)
 
 
 def float_tail(model) -> list[str]:  # noqa: ANN001

@@ -48,7 +48,7 @@ class Plan(Stage):
         m = tools.metric
         fp32_metric, int8_metric = sens["fp32"], sens["int8"]
         int8_src = ctx.run.output(f"sensitivity/{p.name}", "int8_model")
-        tools.check = (sens["check"]["backend"], sens["check"]["settings"])
+        tools.use_int8(int8_src, (sens["check"]["backend"], sens["check"]["settings"]), out / "candidates")
         d0 = m.drop(fp32_metric, int8_metric)
         int8 = Candidate("all int8", "int8", [], int8_metric, d0, str(int8_src), meets_accuracy=d0 <= cfg.max_drop)
         order = [r["name"] for r in sens["layers"]]
@@ -90,20 +90,19 @@ class Plan(Stage):
 
     @staticmethod
     def time(ctx, p, cands: list, cfg) -> dict[str, Any]:  # noqa: ANN001
-        """Batch-1 p50 of each candidate, alternating order round by round, each call a fresh worker process."""
+        """Batch-1 p50 of each candidate: every one timed against the others in alternating rounds in one fresh
+        worker process (:mod:`edgekd.benchmark.alternating`); the median over rounds is its p50."""
         import statistics
 
-        from edgekd.benchmark.subprocess_worker import run_worker
+        from edgekd.benchmark.subprocess_worker import run_alternating
         from edgekd.stages.bench import timing_settings
 
         settings = timing_settings(ctx, p)
-        for r in range(cfg.rounds):
-            order = cands if r % 2 == 0 else cands[::-1]
-            for c in order:
-                progress.log(f"plan/{p.name}: timing round {r + 1}/{cfg.rounds}: {c.name}")
-                res = run_worker(p.backend, Path(c.artifact), None, settings, p.measure.warmup, cfg.iterations, [1], None)
-                c.p50_rounds_ms.append(float(res["latency"]["1"]["p50_ms"]))
-        for c in cands:
+        progress.log(f"plan/{p.name}: timing {len(cands)} candidates, {cfg.rounds} alternating rounds")
+        res = run_alternating(p.backend, [Path(c.artifact) for c in cands], settings, p.measure.warmup,
+                              cfg.iterations, cfg.rounds)
+        for c, rounds in zip(cands, res["p50_ms"]):
+            c.p50_rounds_ms = [float(v) for v in rounds]
             c.p50_ms = float(statistics.median(c.p50_rounds_ms))
         return settings
 

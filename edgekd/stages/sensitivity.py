@@ -20,7 +20,9 @@ from edgekd.runner import Stage, register
 
 class PlanTools:
     """The planner's quantizer, scorer and metric for one run and target: the backend's own PTQ on the quantize
-    stage's calibration samples, scored with the task's primary metric on the first ``samples`` val samples."""
+    stage's calibration samples, once (:meth:`calibrate`); every "these layers in float" variant is a graph edit of
+    that INT8 model (:meth:`Backend.float_reverter`). Plans are scored with the task's primary metric on the first
+    ``samples`` val samples, layer sensitivities on the first ``ranking_samples`` of those."""
 
     def __init__(self, ctx, profile) -> None:  # noqa: ANN001
         from edgekd.backends import get_backend
@@ -34,39 +36,78 @@ class PlanTools:
         self.calib_x, _ = ctx.task.calibration(ctx.data, recipe, ctx.cfg.quantize.calibration_size)
         n = plan_samples(ctx) or len(ctx.data.val)
         self.x, self.y = ctx.data.val.x[:n], ctx.data.val.y[:n]
+        k = min(ranking_samples(ctx), n)
+        self.x_rank, self.y_rank = self.x[:k], self.y[:k]
         task = ctx.task
         self.metric = Metric(task.primary, bool(task.higher_is_better), float(task.points_scale))
         self.check: tuple[str, dict[str, Any]] | None = None
+        self.int8: Path | None = None
+        self._revert = None
+        self._work = Path(".")
+        self._fp32_rank: np.ndarray | None = None
 
-    def quantize(self, keep_float: Sequence[str], out_dir: Path) -> Path:
+    def calibrate(self, out_dir: Path) -> Path:
+        """The all-INT8 artifact, with the backend's own PTQ (the one calibration of a planner run)."""
         out_dir.mkdir(parents=True, exist_ok=True)
         with progress.muted():
-            q = self.backend.quantize(self.fp32, out_dir, self.calib_x, self.profile, keep_float=list(keep_float))
-        self.check = (q.check_backend, q.check_settings)
+            q = self.backend.quantize(self.fp32, out_dir, self.calib_x, self.profile)
+        self.use_int8(q.files["model"], (q.check_backend, q.check_settings), out_dir.parent / "work")
         return q.files["model"]
 
-    def outputs(self, artifact: Path, backend: str | None = None, settings: dict[str, Any] | None = None) -> np.ndarray:
+    def use_int8(self, int8: Path, check: tuple[str, dict[str, Any]], work: Path) -> None:
+        """Make variants of ``int8`` (scored with ``check``'s runner), with scratch files under ``work``."""
+        self.int8, self.check, self._revert, self._work = int8, check, None, work
+
+    def quantize(self, keep_float: Sequence[str], out_dir: Path) -> Path:
+        """The INT8 artifact with ``keep_float`` in float, made from the calibrated one without calibrating again."""
+        assert self.int8 is not None, "calibrate (or use_int8) first"
+        if not keep_float:
+            return self.int8
+        if self._revert is None:
+            self._revert = self.backend.float_reverter(self.int8, self.fp32, self._work / "reverter")
+        return self._revert(list(keep_float), out_dir / self.int8.name)
+
+    def outputs(self, artifact: Path, x: np.ndarray | None = None, backend: str | None = None,
+                settings: dict[str, Any] | None = None) -> np.ndarray:
         from edgekd.exporters.parity import run_batched
         from edgekd.runtimes import make_runner
 
         if backend is None:
             assert self.check is not None, "quantize before scoring an INT8 artifact"
             backend, settings = self.check
-        return run_batched(make_runner(backend, artifact, settings or {}), self.x)
+        return run_batched(make_runner(backend, artifact, settings or {}), self.x if x is None else x)
 
     def score(self, artifact: Path) -> float:
-        return self.value(self.outputs(artifact))
+        """The primary metric on the plan's samples (what decisions are taken on)."""
+        return self.value(self.outputs(artifact), self.y)
 
-    def value(self, outputs: np.ndarray) -> float:
-        return float(self.ctx.task.score(outputs, self.y, self.ctx.info)[self.ctx.task.primary])
+    def rank(self, artifact: Path) -> tuple[float, float]:
+        """(the primary metric, the outputs' relative error against FP32) on the ranking samples."""
+        from edgekd.quant.planner import relative_error
+
+        if self._fp32_rank is None:
+            self._fp32_rank = self.outputs(self.fp32, self.x_rank, "onnxruntime", {"graph_optimization": "all"})
+        out = self.outputs(artifact, self.x_rank)
+        return self.value(out, self.y_rank), relative_error(out, self._fp32_rank)
+
+    def value(self, outputs: np.ndarray, y: np.ndarray) -> float:
+        return float(self.ctx.task.score(outputs, y, self.ctx.info)[self.ctx.task.primary])
 
     def fp32_metric(self) -> float:
-        return self.value(self.outputs(self.fp32, "onnxruntime", {"graph_optimization": "all"}))
+        return self.value(self.outputs(self.fp32, None, "onnxruntime", {"graph_optimization": "all"}), self.y)
 
 
 def plan_samples(ctx) -> int | None:  # noqa: ANN001
     plan = ctx.cfg.quantize.plan
     return plan.samples if plan is not None else None
+
+
+def ranking_samples(ctx) -> int:  # noqa: ANN001
+    """Val samples a layer's sensitivity is scored on (``quantize.plan.ranking_samples``; 300 without a plan)."""
+    from edgekd.config import PlanConfig
+
+    plan = ctx.cfg.quantize.plan
+    return plan.ranking_samples if plan is not None else PlanConfig.model_fields["ranking_samples"].default
 
 
 def plan_config(ctx, profile) -> dict[str, Any]:  # noqa: ANN001
@@ -78,6 +119,7 @@ def plan_config(ctx, profile) -> dict[str, Any]:  # noqa: ANN001
     q = ctx.cfg.quantize
     return {"calibration": q.calibration, "calibration_size": q.calibration_size,
             "recipe": load_recipe(q.calibration).model_dump(), "ort_recipe": ORT_RECIPE, "samples": plan_samples(ctx),
+            "ranking_samples": ranking_samples(ctx), "variants": "graph edit of one calibration",
             "metric": ctx.run.manifest["inputs"]["model"].get("metric_sha256") if ctx.cfg.metric else ctx.task.primary}
 
 
@@ -102,19 +144,22 @@ class Sensitivity(Stage):
         tools = PlanTools(ctx, p)
         layers = tools.backend.plan_layers(tools.fp32, p)
         fp32 = tools.fp32_metric()
-        int8_path = tools.quantize([], out / "int8")
+        int8_path = tools.calibrate(out / "int8")
         int8 = tools.score(int8_path)
+        int8_rank, int8_err = tools.rank(int8_path)
         m = tools.metric
         progress.log(f"sensitivity/{p.name}: {len(layers)} layers; {m.name} fp32 {fp32:.4f}, all-int8 {int8:.4f} "
-                     f"({m.drop(fp32, int8):+.2f} pt) on {len(tools.y)} val samples")
+                     f"({m.drop(fp32, int8):+.2f} pt) on {len(tools.y)} val samples; each layer ranked on "
+                     f"{len(tools.y_rank)}")
         work = out / "work"
         with progress.bar(f"sensitivity/{p.name}: each layer kept in float alone", len(layers)) as bar:
-            rows = measure_sensitivity(layers, tools.quantize, tools.score, work, m, int8,
+            rows = measure_sensitivity(layers, tools.quantize, tools.rank, work, m, int8_rank,
                                        progress=lambda i, name: bar.update(1 if i else 0, info=name[-40:]))
             bar.update(1)
         shutil.rmtree(work, ignore_errors=True)
         res = {"target": p.name, "backend": p.backend, "metric": m.name, "higher_is_better": m.higher_is_better,
                "points_scale": m.scale, "samples": int(len(tools.y)), "fp32": fp32, "int8": int8,
+               "ranking_samples": int(len(tools.y_rank)), "int8_ranking": int8_rank, "int8_output_error": int8_err,
                "int8_drop": m.drop(fp32, int8), "layers": rows, "seconds": round(time.time() - t0, 1),
                "check": {"backend": tools.check[0], "settings": tools.check[1]} if tools.check else None}
         write_json(out / "sensitivity.json", res)
