@@ -57,6 +57,7 @@ class Plan(Stage):
                                   extra=cfg.extra, max_kept=cfg.max_kept)
         ref_prec = tools.backend.reference_precision
         fp32 = Candidate(ref_prec, ref_prec, [], fp32_metric, 0.0, str(tools.fp32), meets_accuracy=True)
+        search_s = time.time() - t0
         timed = tools.backend.can_time(p)
         settings: dict[str, Any] = {}
         if timed:
@@ -73,7 +74,8 @@ class Plan(Stage):
                                                  "accuracy budget, its speed is judged on the device",
                "candidates": [c.as_dict() for c in cands + [fp32]],
                "chosen": chosen.as_dict() if chosen else None, "reason": reason,
-               "seconds": round(time.time() - t0, 1), "sensitivity_seconds": sens["seconds"],
+               "seconds": round(time.time() - t0, 1), "search_seconds": round(search_s, 1),
+               "timing_seconds": round(time.time() - t0 - search_s, 1), "sensitivity_seconds": sens["seconds"],
                "environment": describe_environment() if timed else None}
         for c in res["candidates"] + ([res["chosen"]] if chosen else []):
             c.pop("artifact", None)  # the candidates' files are removed below; quantize rebuilds the chosen plan
