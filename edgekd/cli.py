@@ -52,6 +52,30 @@ def _floats(text: Optional[str], flag: str = "--mean/--std") -> Optional[list[fl
     return vals
 
 
+def _sets(values: Optional[List[str]]) -> dict[str, Any]:
+    """``--set section.key=value`` (repeatable) → ``{"section__key": value}``, the value read as YAML (``0.5``,
+    ``true``, ``[a, b]``, ``null``); every config key is reachable, and the config model rejects unknown ones."""
+    import yaml
+
+    out: dict[str, Any] = {}
+    for v in values or []:
+        key, sep, raw = v.partition("=")
+        parts = key.strip().split(".")
+        if not sep or not all(p.isidentifier() for p in parts):
+            raise UsageError(f"--set {v!r} is not SECTION.KEY=VALUE", "e.g. --set quantize.plan.max_drop=0.5 "
+                             "(keys as in pipeline.yaml, dots between sections)")
+        try:
+            out["__".join(parts)] = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError:
+            raise UsageError(f"--set {v!r}: the value is not valid YAML", "quote it, e.g. --set data.path='my dir'") from None
+    for a in out:
+        clash = next((b for b in out if b.startswith(a + "__")), None)
+        if clash:
+            raise UsageError(f"--set gives both {a.replace('__', '.')} and a key inside it ({clash.replace('__', '.')})",
+                             "set the keys inside the section one by one")
+    return out
+
+
 def _features(values: Optional[List[str]]) -> Optional[list[dict[str, Any]]]:
     if not values:
         return None
@@ -141,11 +165,14 @@ def compress(
     resize: Optional[str] = typer.Option(None, help="images of another size: stretch (default) | letterbox | center-crop"),
     mlflow: bool = typer.Option(False, "--mlflow", help="log config, metrics and report to MLflow (pip install 'edgekd[mlflow]')"),
     mlflow_uri: Optional[str] = typer.Option(None, "--mlflow-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else ./mlruns)"),
+    set_: Optional[List[str]] = typer.Option(None, "--set", help="any config key, SECTION.KEY=VALUE (repeatable; YAML "
+                                             "value), e.g. --set quantize.plan.ranking_samples=500; the flags above win"),
 ) -> None:
     """Run every stage: distill → export → quantize → lower → bench, then print the report."""
     from edgekd import api
 
-    if latency_budget_ms is not None and max_drop is None and config is None:
+    sets = _sets(set_)
+    if latency_budget_ms is not None and max_drop is None and config is None and "quantize__plan__max_drop" not in sets:
         raise UsageError("--latency-budget-ms is a budget of the precision planner, which needs an accuracy budget too",
                          "add --max-drop POINTS (e.g. --max-drop 1.0)")
 
@@ -161,7 +188,8 @@ def compress(
                  tracking__mlflow_uri=mlflow_uri, synth__method=synth,
                  synth__n=synth_n, synth__iterations=synth_iterations, synth__lr=synth_lr,
                  synth__mix=True if (synth and data) else None)
-    m, c = kw.pop("model"), kw.pop("config")
+    kw = {**sets, **{k: v for k, v in kw.items() if v is not None}}
+    m, c = kw.pop("model", None), kw.pop("config", None)
     _print_summary(api.compress(m, config=c, **kw))
 
 

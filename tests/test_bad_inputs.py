@@ -283,6 +283,23 @@ def test_bad_mean_std(capsys, tmp_path, flag, value) -> None:  # noqa: ANN001
     expect(capsys, 2, flag, args=("compress", str(REPO / "examples" / "fmnist_teacher.pt2"), "-t", "x86-cpu", flag, value))
 
 
+def test_set_reaches_every_config_key_and_refuses_bad_ones(capsys, tmp_path) -> None:  # noqa: ANN001
+    from edgekd.api import _config, _nest
+    from edgekd.cli import _sets
+
+    teacher = str(REPO / "examples" / "fmnist_teacher.pt2")
+    cfg = _config(teacher, None, **_nest(_sets(["quantize.plan.max_drop=0.5", "quantize.plan.ranking_samples=500",
+                                                "data.path=fashion-mnist", "bench.rounds=2", "distill.augment=false"])))
+    assert (cfg.quantize.plan.max_drop, cfg.quantize.plan.ranking_samples) == (0.5, 500)
+    assert (cfg.data.path, cfg.bench.rounds, cfg.distill.augment) == ("fashion-mnist", 2, False)
+    base = ("compress", teacher, "-t", "x86-cpu", "-o", str(tmp_path / "r"))
+    expect(capsys, 2, "nosuch", args=(*base, "--set", "distill.loss=nosuch"))  # it reached distill.loss
+    expect(capsys, 2, "ranking_sample", args=(*base, "--set", "quantize.plan.max_drop=1", "--set", "quantize.plan.ranking_sample=3"))
+    expect(capsys, 2, "--set", "SECTION.KEY=VALUE", args=(*base, "--set", "quantize.plan.max_drop"))
+    expect(capsys, 2, "--set", args=(*base, "--set", "quantize.plan=1", "--set", "quantize.plan.max_drop=1"))
+    assert not (tmp_path / "r").exists()
+
+
 def test_unknown_target_key_and_config_problems(capsys, tmp_path) -> None:  # noqa: ANN001
     teacher = str(REPO / "examples" / "fmnist_teacher.pt2")
     expect(capsys, 2, "nosuch-device", args=("compress", teacher, "-t", "nosuch-device"))

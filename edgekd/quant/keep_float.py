@@ -4,11 +4,11 @@ The precision planner (:mod:`edgekd.quant.planner`) scores dozens of "these laye
 variants; calibrating each from scratch (``quantize_static`` with ``nodes_to_exclude``, ``nncf.quantize`` with an
 ``ignored_scope``) costs a full PTQ run per variant — 75 to 290 s per model measured in ``benchmarks/planner.py``
 before this module. The ranges a calibration finds for the other layers do not depend on which layers are kept
-(calibration runs the float model), so every variant is the one INT8 model with the named layers' quantizers
-removed and their float weights put back. NNCF's ``quantize_with_accuracy_control`` reverts layers the same way
+(calibration runs the float model; only NNCF's bias correction of the neighbours would shift a little), so every
+variant is the one INT8 model with the named layers' quantizers removed and their float weights put back. NNCF's ``quantize_with_accuracy_control`` reverts layers the same way
 (its ``revert_operations_to_floating_point_precision``, an internal API, OpenVINO and ONNX backends only); this is
 our own small version of it, for both runtimes, so that the planner's variants and the shipped plan are the same
-graph edit (the quantize stage builds a plan with :func:`float_layers_onnx` / :func:`float_layers_openvino` too).
+graph edit (the quantize stage builds a plan with :func:`float_inputs` / :func:`float_layers_openvino` too).
 """
 
 from __future__ import annotations
