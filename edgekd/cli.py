@@ -102,6 +102,8 @@ DATA = typer.Option(None, "--data", "-d", help="IDX folder, image folder (one su
                     "YOLO layout), or fashion-mnist")
 METRIC = typer.Option(None, "--metric", help="your metric, file.py:fn or module:fn: fn(outputs: dict of numpy arrays, "
                       "targets) -> dict of floats; its primary key headlines the report (runs your code)")
+SET = typer.Option(None, "--set", help="any config key, SECTION.KEY=VALUE (repeatable; the value is read as YAML), "
+                   "e.g. --set quantize.plan.ranking_samples=500; the named flags win over it")
 CONFIG = typer.Option(None, "--config", "-c", help="pipeline.yaml; command-line options override it")
 RUN = typer.Option(None, "--run-dir", "-o", help="run directory (default runs/<model name>)")
 TASK = typer.Option(None, "--task", help="auto (default) | classify | detect | outputs: how the model's outputs are distilled "
@@ -165,8 +167,7 @@ def compress(
     resize: Optional[str] = typer.Option(None, help="images of another size: stretch (default) | letterbox | center-crop"),
     mlflow: bool = typer.Option(False, "--mlflow", help="log config, metrics and report to MLflow (pip install 'edgekd[mlflow]')"),
     mlflow_uri: Optional[str] = typer.Option(None, "--mlflow-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else ./mlruns)"),
-    set_: Optional[List[str]] = typer.Option(None, "--set", help="any config key, SECTION.KEY=VALUE (repeatable; YAML "
-                                             "value), e.g. --set quantize.plan.ranking_samples=500; the flags above win"),
+    set_: Optional[List[str]] = SET,
 ) -> None:
     """Run every stage: distill → export → quantize → lower → bench, then print the report."""
     from edgekd import api
@@ -234,11 +235,13 @@ def _stage_cmd(stage: str):  # noqa: ANN202
         arch: Optional[str] = typer.Option(None),
         input_shape: Optional[str] = typer.Option(None),
         allow_pickle: bool = typer.Option(False, "--allow-pickle"),
+        set_: Optional[List[str]] = SET,
     ) -> None:
         from edgekd import api
 
         kw = _common(model, config, target, data, run_dir, arch, input_shape, allow_pickle, task=task, metric=metric)
-        m, c, rd = kw.pop("model"), kw.pop("config"), kw.pop("run_dir")
+        kw = {**_sets(set_), **{k: v for k, v in kw.items() if v is not None}}
+        m, c, rd = kw.pop("model", None), kw.pop("config", None), kw.pop("run_dir", None)
         if m is None and c is None and rd is None:
             raise typer.BadParameter("pass a model file, --config, or --run-dir of an existing run")
         res = getattr(api, stage)(m, config=c, run_dir=rd, **kw)
