@@ -44,7 +44,13 @@ class DistillConfig(Strict):
     """Stage 1: train a student from the teacher."""
 
     enabled: bool = True
-    student: str = Field("resnet-s", description="zoo name, or module:factory / file.py:factory")
+    student: str = Field("resnet-s", description="zoo name, module:factory / file.py:factory, or auto: the largest zoo "
+                         "student timed ≥ speed_goal× faster than the teacher on the first target (edgekd.models.sizing)")
+    speed_goal: float = Field(3.0, gt=1, description="student: auto — the batch-1 speed-up over the teacher a candidate "
+                              "must reach on the first target (its FP32 or INT8, whichever is faster)")
+    max_drop: float = Field(3.0, ge=0, description="points of the primary metric the FP32 student may lose against "
+                            "the teacher on the test split; a student beyond it is flagged in the report and its "
+                            "speed-up is not headlined")
     width: int | None = None
     depth: int | None = None
     loss: str = "kd"

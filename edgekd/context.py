@@ -341,7 +341,14 @@ def validate_config(cfg: PipelineConfig) -> None:
 
         build_loss(cfg.distill.loss, **cfg.distill.loss_params)
         spec = cfg.distill.student
-        if ":" not in spec and spec.removeprefix("zoo:") not in MODELS and spec.removeprefix("zoo:") not in DETECTORS:
+        if spec == "auto":
+            if cfg.task == "detect":
+                raise ConfigError("--student auto sizes the zoo's classifier backbones; detectors are not sized yet",
+                                  f"choose a detector student: --student {' | '.join(DETECTORS.names())}")
+            if cfg.synth.method in ("dfad", "dfad-bn", "dfad-balanced"):
+                raise ConfigError("--student auto cannot be combined with adversarial synthesis (the student is "
+                                  "trained inside the synthesis game)", "name the student, e.g. --student resnet-s")
+        elif ":" not in spec and spec.removeprefix("zoo:") not in MODELS and spec.removeprefix("zoo:") not in DETECTORS:
             MODELS.get(spec.removeprefix("zoo:"))  # raises: unknown student, with the zoo's names
 
 

@@ -71,10 +71,33 @@ def _fmt(v: Any, spec: str) -> str:
     return "–" if v is None else format(v, spec)
 
 
-def _speedup(r: dict[str, Any]) -> str:
-    """``6.7× (6.2–7.1)``: the median of the per-round ratios and their range."""
+def student_drops(run: RunDir, rows: list[dict[str, Any]]) -> dict[str, float]:
+    """Per target, the points of the primary metric the FP32 student loses against the FP32 teacher on the test
+    split, where that exceeds ``distill.max_drop`` (points = 100 × the metric's difference for metrics in [0, 1]).
+    Such a student is a failed distillation, not a result: its speed-up is not headlined (issue #19)."""
+    model = run.manifest.get("inputs", {}).get("model", {})
+    if model.get("metric_higher_is_better") is False:
+        return {}
+    budget = float(run.manifest.get("config", {}).get("distill", {}).get("max_drop", 3.0))
+    fp32 = {(r["target"], r["model"]): r.get("metric") for r in rows if r["precision"] == "fp32"}
+    out = {}
+    for (target, role), student in fp32.items():
+        teacher = fp32.get((target, "teacher"))
+        bounded = student is not None and teacher is not None and 0 <= min(student, teacher) <= max(student, teacher) <= 1
+        if role == "student" and bounded:
+            drop = 100.0 * (teacher - student)
+            if drop > budget:
+                out[target] = drop
+    return out
+
+
+def _speedup(r: dict[str, Any], flagged: bool = False) -> str:
+    """``6.7× (6.2–7.1)``: the median of the per-round ratios and their range; a flagged student's is bracketed
+    and marked, so a failed distillation never reads as a result."""
     if r.get("speedup_vs_teacher_p50") is None:
         return "–"
+    if flagged:
+        return f"({r['speedup_vs_teacher_p50']:.1f}×, not a result: see the warning)"
     text = f"{r['speedup_vs_teacher_p50']:.1f}×"
     lo_hi = r.get("speedup_range")
     if lo_hi and (r.get("rounds") or 0) > 1 and not (r["model"] == "teacher" and r["precision"] == "fp32"):
@@ -117,6 +140,8 @@ def markdown(run: RunDir, rows: list[dict[str, Any]]) -> str:
         lines.append(f"Student `{d['student']}`: {d.get('student_params', 0):,} params vs teacher {d.get('teacher_params', 0):,}; "
                      f"val {METRIC_LABELS.get(own, own)} {d.get(f'student_val_{own}', 0):.4f} "
                      f"(teacher {d.get(f'teacher_val_{own}', 0):.4f}).")
+    if d.get("student_choice"):
+        lines.append(f"Student chosen by `--student auto`: {d['student_choice']} (`01-distill/student_choice.json`).")
     if model.get("metric"):
         lines.append(f"Primary metric: `{primary}` from the user metric `{model['metric']}`"
                      f"{' (lower is better)' if model.get('metric_higher_is_better') is False else ''}; the task's own "
@@ -133,11 +158,12 @@ def markdown(run: RunDir, rows: list[dict[str, Any]]) -> str:
     lines += [f"Measured on: {cpu.get('model', '?')} ({cpu.get('logical_cores')} logical cores, ISA {', '.join(cpu.get('isa', []))}).", ""]
     lines += [f"| target | runtime | model | precision | {label} | agree w/ teacher | p50 ms | p90 ms | p99 ms | speed-up | size KB | peak RSS MB |",
               "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    flagged = student_drops(run, rows)
     for r in rows:
         size = None if r["size_bytes"] is None else r["size_bytes"] / 1024
         lines.append(f"| {r['target']} | {r['backend']} | {r['model']} | {r['precision']} | {_fmt(r['metric'], '.4f')} | "
                      f"{_fmt(r['agreement_with_teacher'], '.4f')} | {_fmt(r['p50_ms'], '.3f')} | {_fmt(r['p90_ms'], '.3f')} | "
-                     f"{_fmt(r['p99_ms'], '.3f')} | {_speedup(r)} | {_fmt(size, '.0f')} | "
+                     f"{_fmt(r['p99_ms'], '.3f')} | {_speedup(r, r['model'] == 'student' and r['target'] in flagged)} | {_fmt(size, '.0f')} | "
                      f"{_fmt(r['peak_rss_mb'], '.0f')} |")
     for r in rows:
         if r.get("note"):
@@ -146,6 +172,11 @@ def markdown(run: RunDir, rows: list[dict[str, Any]]) -> str:
         if tele.get("energy_per_inference_mj") is not None:
             lines.append(f"\n- {r['target']} {r['model']} {r['precision']}: {tele['energy_per_inference_mj']:.2f} mJ per inference "
                          f"(mean input power {tele['power_in_mw_mean']:.0f} mW, peak temperatures {tele.get('peak_temps_c')})")
+    budget = run.manifest.get("config", {}).get("distill", {}).get("max_drop", 3.0)
+    for target, drop in sorted(flagged.items()):
+        lines.append(f"\n- **Warning** — {target}: the FP32 student loses {drop:.1f} points of {label} against the "
+                     f"teacher (budget distill.max_drop = {budget:g}), so its speed-ups are not results. Train longer "
+                     "(--epochs), pick a larger student (--student), or quantize the teacher itself (--no-distill).")
     for rec in recommendations(rows):
         lines.append(f"\n- **Recommendation** — {rec}")
     n_rounds = max((r.get("rounds") or 1 for r in rows), default=1)

@@ -14,7 +14,7 @@ from edgekd.models.zoo import MODELS, build_model
 
 def build_student(spec: str, in_channels: int, num_classes: int, width: int | None = None,
                   depth: int | None = None, layout: list[dict[str, Any]] | None = None,
-                  kwargs: dict[str, Any] | None = None) -> tuple[nn.Module, dict[str, Any]]:
+                  kwargs: dict[str, Any] | None = None, stem_stride: int | None = None) -> tuple[nn.Module, dict[str, Any]]:
     """Return (student, recipe); the recipe rebuilds it later (saved next to the weights).
 
     With ``layout`` (the ``outputs`` task) the model's ``num_classes`` outputs are the packed outputs, split into the
@@ -29,8 +29,10 @@ def build_student(spec: str, in_channels: int, num_classes: int, width: int | No
                   "kwargs": dict(kwargs or {})}
     elif spec.removeprefix("zoo:") in MODELS:
         name = spec.removeprefix("zoo:")
-        model = build_model(name, in_channels, num_classes, width, depth)
+        model = build_model(name, in_channels, num_classes, width, depth, stem_stride)
         recipe = {"arch": name, "in_channels": in_channels, "num_classes": num_classes, "width": width, "depth": depth}
+        if stem_stride:  # scaled to a large input (edgekd.models.sizing)
+            recipe["stem_stride"] = stem_stride
     else:
         factory = resolve_factory(spec)
         n_params = len([p for p in inspect.signature(factory).parameters.values() if p.default is inspect.Parameter.empty])
@@ -62,6 +64,6 @@ def load_student(path: str, named_factory: str | None = None) -> tuple[nn.Module
         raise ModelLoadError(f"the student in {path} was built by the factory {arch[:80]!r}, which this command did not name",
                              f"if you trust it, add --student {arch[:80]}")
     model, _ = build_student(arch, meta["in_channels"], meta["num_classes"], meta.get("width"), meta.get("depth"),
-                             layout=meta.get("layout"), kwargs=meta.get("kwargs"))
+                             layout=meta.get("layout"), kwargs=meta.get("kwargs"), stem_stride=meta.get("stem_stride"))
     model.load_state_dict(obj["state_dict"])
     return model.eval(), meta

@@ -21,6 +21,12 @@ from edgekd.registry import Registry
 MODELS: Registry[Callable[..., nn.Module]] = Registry("model")
 
 
+def stem_kernel(stride: int) -> int:
+    """3×3, or a kernel as wide as the stride (rounded up to odd) for the strides that scale the zoo to large
+    inputs (4, 8): a 3×3 kernel at stride 4 would never read some pixels."""
+    return 3 if stride <= 2 else stride + 1 - stride % 2
+
+
 def conv_bn(cin: int, cout: int, k: int = 3, stride: int = 1, groups: int = 1, act: bool = True) -> nn.Sequential:
     layers: list[nn.Module] = [
         nn.Conv2d(cin, cout, k, stride, k // 2, groups=groups, bias=False),
@@ -55,7 +61,7 @@ class ResNet(nn.Module):
     def __init__(self, in_channels: int, num_classes: int, width: int = 16, depth: int = 1, stem_stride: int = 1) -> None:
         super().__init__()
         w = [width, width * 2, width * 4]
-        self.stem = conv_bn(in_channels, w[0], 3, stem_stride)
+        self.stem = conv_bn(in_channels, w[0], stem_kernel(stem_stride), stem_stride)
         stages = []
         cin = w[0]
         for i, cout in enumerate(w):
@@ -115,7 +121,7 @@ class MobileNet(nn.Module):
                  se: bool = False, stem_stride: int = 1) -> None:
         super().__init__()
         w = [width, width * 2, width * 4]
-        self.stem = conv_bn(in_channels, w[0], 3, stem_stride)
+        self.stem = conv_bn(in_channels, w[0], stem_kernel(stem_stride), stem_stride)
         blocks: list[nn.Module] = []
         cin = w[0]
         for i, cout in enumerate(w):
@@ -218,14 +224,16 @@ PRESETS: dict[str, Preset] = {
 
 
 def _make(preset: Preset) -> Callable[..., nn.Module]:
-    def build(in_channels: int, num_classes: int, width: int | None = None, depth: int | None = None) -> nn.Module:
+    def build(in_channels: int, num_classes: int, width: int | None = None, depth: int | None = None,
+              stem_stride: int | None = None) -> nn.Module:
         w = width or preset.width
         d = depth or preset.depth
+        st = stem_stride or preset.stem_stride
         if preset.family == "resnet":
-            return ResNet(in_channels, num_classes, w, d, preset.stem_stride)
+            return ResNet(in_channels, num_classes, w, d, st)
         if preset.family == "vit":
             return ViT(in_channels, num_classes, w, d)
-        return MobileNet(in_channels, num_classes, w, d, se=preset.se, stem_stride=preset.stem_stride)
+        return MobileNet(in_channels, num_classes, w, d, se=preset.se, stem_stride=st)
 
     build.__doc__ = f"{preset.family} width={preset.width} depth={preset.depth} stem_stride={preset.stem_stride}"
     return build
@@ -238,9 +246,11 @@ MODELS.add("mobilenet", _make(Preset("mobilenet", 16, 1, 1)))
 
 
 def build_model(name: str, in_channels: int, num_classes: int, width: int | None = None,
-                depth: int | None = None) -> nn.Module:
-    """Build a zoo model by registered name; ``width``/``depth`` override the preset's knobs."""
-    return MODELS.get(name)(in_channels, num_classes, width=width, depth=depth)
+                depth: int | None = None, stem_stride: int | None = None) -> nn.Module:
+    """Build a zoo model by registered name; ``width``/``depth``/``stem_stride`` override the preset's knobs
+    (``stem_stride`` applies to the CNN families)."""
+    kw = {"stem_stride": stem_stride} if stem_stride else {}
+    return MODELS.get(name)(in_channels, num_classes, width=width, depth=depth, **kw)
 
 
 def count_params(model: nn.Module) -> int:

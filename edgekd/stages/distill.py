@@ -48,8 +48,18 @@ class Distill(Stage):
         student = None
         history: list[dict[str, Any]] = []
         if cfg.enabled:
+            spec, stem = cfg.student, None
+            if spec == "auto":  # sized by measurement on the first target (edgekd.models.sizing)
+                from edgekd.models.sizing import choose_student
+
+                choice = choose_student(ctx, ctx.profiles[0], out / "sizing")
+                write_json(out / "student_choice.json", choice)
+                spec, stem = choice["student"], choice["stem_stride"]
+                progress.log(f"distill: student {spec}" + (f" (stem stride {stem})" if stem else "") + f": {choice['reason']}")
+                metrics.update(student_choice=choice["reason"], student_expected_speedup=next(
+                    c["speedup"] for c in choice["candidates"] if c["name"] == spec))
             torch.manual_seed(cfg.seed)
-            student, recipe = task.build_student(cfg.student, ctx.input_shape, ctx.info, cfg.width, cfg.depth)
+            student, recipe = task.build_student(spec, ctx.input_shape, ctx.info, cfg.width, cfg.depth, stem_stride=stem)
             if ctx.data_free and is_adversarial(ctx.synth_method()):
                 # DFAD trains the student inside the synthesis game (stage synth); take that student as is
                 student = load_student(str(ctx.run.output("synth", "dfad_student")), cfg.student)[0]
@@ -68,6 +78,8 @@ class Distill(Stage):
             outputs["student"] = ctx.run.rel(out / "student.pt")
         write_json(out / "history.json", history)
         outputs["history"] = ctx.run.rel(out / "history.json")
+        if (out / "student_choice.json").exists():
+            outputs["student_choice"] = ctx.run.rel(out / "student_choice.json")
         return StageResult(outputs, metrics)
 
 

@@ -56,6 +56,11 @@ class Synth(Stage):
         mean, std = (norm["mean"], norm["std"]) if norm else (None, None)
         student = recipe = None
         if uses_student(method):  # DFAD plays, and ADI competes, against the pipeline's student
+            if ctx.cfg.distill.student == "auto":
+                from edgekd.errors import ConfigError
+
+                raise ConfigError(f"--student auto is chosen after synthesis, but {method} synthesizes against the "
+                                  "student", "name the student (e.g. --student resnet-s), or pick --synth genie")
             torch.manual_seed(ctx.cfg.distill.seed)
             student, recipe = ctx.task.build_student(ctx.cfg.distill.student, ctx.input_shape, ctx.info,
                                                      ctx.cfg.distill.width, ctx.cfg.distill.depth)

@@ -55,7 +55,7 @@ class Task:
 
     # ------------------------------------------------------------------ training (torch)
     def build_student(self, spec: str, input_shape: tuple[int, ...], info: dict[str, Any], width: int | None,
-                      depth: int | None) -> tuple[Any, dict[str, Any]]:
+                      depth: int | None, stem_stride: int | None = None) -> tuple[Any, dict[str, Any]]:
         raise NotImplementedError
 
     def predict(self, model: Any, x: np.ndarray, info: dict[str, Any] | None = None) -> np.ndarray:

@@ -59,10 +59,10 @@ class Classification(Task):
         return int(info["num_classes"])
 
     def build_student(self, spec: str, input_shape: tuple[int, ...], info: dict[str, Any], width: int | None,
-                      depth: int | None) -> tuple[Any, dict[str, Any]]:
+                      depth: int | None, stem_stride: int | None = None) -> tuple[Any, dict[str, Any]]:
         from edgekd.models.student import build_student
 
-        return build_student(spec, input_shape[1], info["num_classes"], width, depth)
+        return build_student(spec, input_shape[1], info["num_classes"], width, depth, stem_stride=stem_stride)
 
     def predict(self, model: Any, x: np.ndarray, info: dict[str, Any] | None = None) -> np.ndarray:
         from edgekd.kd.trainer import predict_logits

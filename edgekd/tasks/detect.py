@@ -111,7 +111,7 @@ class Detect(Task):
         return predict_logits(model, x)
 
     def build_student(self, spec: str, input_shape: tuple[int, ...], info: dict[str, Any], width: int | None,
-                      depth: int | None) -> tuple[Any, dict[str, Any]]:
+                      depth: int | None, stem_stride: int | None = None) -> tuple[Any, dict[str, Any]]:
         from edgekd import progress
         from edgekd.errors import ConfigError
         from edgekd.models.detector import DETECTORS

@@ -127,11 +127,11 @@ class Outputs(Task):
         return predict_outputs(model, x, self.output_names(info) if info else None)
 
     def build_student(self, spec: str, input_shape: tuple[int, ...], info: dict[str, Any], width: int | None,
-                      depth: int | None) -> tuple[Any, dict[str, Any]]:
+                      depth: int | None, stem_stride: int | None = None) -> tuple[Any, dict[str, Any]]:
         from edgekd.models.student import build_student
 
         model, recipe = build_student(spec, input_shape[1], int(info["packed_dim"]), width, depth,
-                                      layout=info["outputs"])
+                                      layout=info["outputs"], stem_stride=stem_stride)
         return model, recipe
 
     def distill(self, teacher: Any, student: Any, data: Any, cfg: Any, ckpt_dir: Path | None, info: dict[str, Any]) -> Any:
