@@ -193,6 +193,8 @@ class BenchConfig(Strict):
     warmup_seconds: float | None = Field(None, ge=0)
     iterations: int | None = Field(None, ge=10)
     threads: int | None = Field(None, ge=1)
+    ci_width: float = Field(0.01, ge=0, lt=1, description="stop timing an artifact once its p50's 95 % confidence "
+                            "interval is within ± this fraction of it (0: run the full count or time budget)")
     rounds: int = Field(3, ge=1, le=20, description="alternating rounds: artifacts timed A B C, C B A, … in one run, each "
                         "round a fresh process; the speed-up is the median of the per-round ratios, with their range")
     include_teacher: bool = True

@@ -37,8 +37,9 @@ class DeviceInfo(_Strict):
 
 
 class MeasureSettings(_Strict):
-    """Warm-up is ``warmup`` calls and at least ``warmup_seconds``; timing stops at ``iterations`` calls or after
-    ``max_seconds`` (but not before 200 calls)."""
+    """Warm-up is at least ``warmup_seconds``, then on to ``warmup`` calls for at most as long again; timing stops at
+    ``iterations`` calls, when the p50's 95 % CI is within ±``bench.ci_width``, or after ``max_seconds`` (split over
+    the rounds), never before 50 calls (``edgekd.benchmark.worker._timed_loop``)."""
 
     warmup: int = Field(50, ge=0)
     warmup_seconds: float = Field(1.0, ge=0)

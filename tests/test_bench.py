@@ -27,6 +27,40 @@ def test_percentiles_on_a_known_sample() -> None:
     assert spiky["outliers"] == 1 and spiky["p50_ms"] == pytest.approx(1.0)
 
 
+def test_median_ci_from_order_statistics() -> None:
+    from edgekd.benchmark.stats import median_ci
+
+    # n = 100: ranks 50 ∓ 1.96·√100/2 = 40.2 / 59.8 → the 40th and 60th order statistics (0-based)
+    assert median_ci(np.arange(100.0)) == (40.0, 60.0)
+    assert latency_stats(np.arange(1, 101) / 1000.0)["p50_ci95_ms"] == pytest.approx([41.0, 61.0])
+
+
+def test_timing_stops_on_a_ci_width_or_a_time_budget_and_bounds_the_warm_up() -> None:
+    """A steady call stops at the 50-call floor (its p50 is known to ±1 %); a bimodal one, whose median CI spans both
+    modes, runs to its time budget instead; a slow call is warmed up for at most twice warmup_seconds, not 200 calls."""
+    import time
+
+    from edgekd.benchmark.worker import _timed_loop
+
+    def spin(seconds: float) -> None:  # a busy wait: steadier than sleep on a loaded machine
+        end = time.perf_counter() + seconds
+        while time.perf_counter() < end:
+            pass
+
+    steady = _timed_loop(lambda: spin(0.002), warmup=2, iterations=2000, warmup_seconds=0.0, max_seconds=30)
+    assert len(steady) == 50
+    flip = iter(range(10**6))
+    t0 = time.perf_counter()
+    noisy = _timed_loop(lambda: time.sleep(0.001 if next(flip) % 2 else 0.004), warmup=2, iterations=2000,
+                        warmup_seconds=0.0, max_seconds=0.4)
+    assert 50 < len(noisy) < 2000 and time.perf_counter() - t0 < 2.0
+    calls = []
+    _timed_loop(lambda: (calls.append(1), time.sleep(0.02)), warmup=200, iterations=50, warmup_seconds=0.1,
+                ci_rel=None)
+    assert len(calls) - 50 <= 12  # ≤ 0.2 s of 20-ms calls (+1), not 200
+    assert len(_timed_loop(lambda: None, warmup=0, iterations=300, warmup_seconds=0.0, ci_rel=0.0)) == 300
+
+
 def test_worker_times_each_batch_and_scores_raw_outputs_with_the_task(tmp_path: Path) -> None:
     """(That the worker imports no torch is tested through the device-side runner, test_device_runner.py.)"""
     export_onnx(build_model("resnet-xs", 1, 10).eval(), (1, 1, 28, 28), tmp_path / "m.onnx")

@@ -45,7 +45,7 @@ def time_alternating(backend: str, models: list[Path], settings: dict, warmup: i
             # the first round settles each session (thread pool, allocations, clocks) for warmup_seconds; later
             # rounds only refill the caches the other sessions evicted
             times = _timed_loop(calls[i], warmup, iterations, first_warmup if r == 0 else rewarm,
-                                max_seconds=settings.get("max_seconds", 30.0))
+                                max_seconds=settings.get("max_seconds", 30.0), ci_rel=settings.get("ci_rel", 0.01))
             p50[i].append(statistics.median(times) * 1e3)
     return {"backend": backend, "p50_ms": p50, "load_seconds": loads, "rounds": rounds, "iterations": iterations,
             "threads": settings.get("threads"), "warmup_seconds": first_warmup, "rewarm_seconds": rewarm}

@@ -42,26 +42,43 @@ def artifact_size(path: Path) -> int:
     return size
 
 
-def _timed_loop(call, warmup: int, iterations: int, warmup_seconds: float = 1.0, min_runs: int = 200,  # noqa: ANN001
-                max_seconds: float = 30.0) -> list[float]:
-    """Warm up for ``warmup`` calls *and* at least ``warmup_seconds`` (caches, clocks and the runtime's thread
-    pool settle: the first few hundred calls of a sub-millisecond model run measurably slower), then time
-    ``iterations`` calls, stopping early after ``max_seconds`` but never before ``min_runs`` calls."""
+def _timed_loop(call, warmup: int, iterations: int, warmup_seconds: float = 1.0, min_runs: int = 50,  # noqa: ANN001
+                max_seconds: float = 30.0, ci_rel: float | None = 0.01) -> list[float]:
+    """Warm up, then time calls until the p50 is known well enough or the time budget is spent.
+
+    Warm-up: at least ``warmup_seconds`` (caches, clocks and the runtime's thread pool settle: the first few hundred
+    calls of a sub-millisecond model run measurably slower), then on to ``warmup`` calls for at most another
+    ``warmup_seconds`` — so a 30-ms model is not warmed up for 200 calls (6 s) whatever the budget.
+    Timing stops at the first of: ``iterations`` calls; the 95 % confidence interval of the median
+    (:func:`edgekd.benchmark.stats.median_ci`) narrower than ±``ci_rel`` of it, checked every 25 calls; or
+    ``max_seconds`` spent — never before ``min_runs`` calls (or ``iterations``, if fewer). A stop rule on a time
+    budget and a CI width gives a slow model the same statistical quality in far fewer calls than a fixed count."""
+    from edgekd.benchmark.stats import median_ci
+
     pc = time.perf_counter
-    t_end = pc() + warmup_seconds
+    t0 = pc()
     n = 0
-    while n < warmup or pc() < t_end:
+    while n < 1 or pc() - t0 < warmup_seconds or (n < warmup and pc() - t0 < 2 * warmup_seconds):
         call()
         n += 1
     times: list[float] = []
+    floor = min(min_runs, iterations)
     t_stop = pc() + max_seconds
     for i in range(iterations):
         t0 = pc()
         call()
         t1 = pc()
         times.append(t1 - t0)
-        if t1 > t_stop and i + 1 >= min(min_runs, iterations):
+        done = i + 1
+        if done < floor:
+            continue
+        if t1 > t_stop:
             break
+        if ci_rel and done % 25 == 0:
+            srt = np.sort(times)
+            lo, hi = median_ci(srt)
+            if (hi - lo) / 2.0 <= ci_rel * float(np.median(srt)):
+                break
     return times
 
 
@@ -97,7 +114,7 @@ def bench(backend: str, model: Path, data: Path | None, settings: dict, warmup: 
             x = rng.standard_normal((b, *shape[1:])).astype(np.float32)
         with TegrastatsSampler() as tele:  # Jetson power/thermal telemetry; a no-op elsewhere
             times = _timed_loop(make_call(x), warmup, iterations, settings.get("warmup_seconds", 1.0),
-                                max_seconds=settings.get("max_seconds", 30.0))
+                                max_seconds=settings.get("max_seconds", 30.0), ci_rel=settings.get("ci_rel", 0.01))
         latency[str(b)] = latency_stats(times, batch=b)
         if b == 1:  # the raw distribution, for the report's latency plot (at most 2000 values)
             latency[str(b)]["times_ms"] = [round(t * 1e3, 5) for t in times[:2000]]

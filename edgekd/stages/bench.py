@@ -141,6 +141,7 @@ def timing_settings(ctx, p) -> dict[str, Any]:  # noqa: ANN001
         settings["threads"] = b.threads
     settings["input_shape"] = list(ctx.input_shape)
     settings["warmup_seconds"] = b.warmup_seconds if b.warmup_seconds is not None else p.measure.warmup_seconds
+    settings["ci_rel"] = b.ci_width
     return settings
 
 
