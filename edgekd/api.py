@@ -112,9 +112,12 @@ def config_from_run(run_dir: str | Path, **overrides: Any) -> PipelineConfig:
 
 
 def _is_zoo_name(name: str) -> bool:
+    """A zoo classifier or detector, or ``auto`` (the zoo student sized by measurement): names, not code."""
+    from edgekd.models.detector import DETECTORS
     from edgekd.models.zoo import MODELS
 
-    return name.removeprefix("zoo:") in MODELS
+    bare = name.removeprefix("zoo:")
+    return name == "auto" or bare in MODELS or bare in DETECTORS
 
 
 def _open(model: str | Path | None, config: Any, run_dir: str | Path | None, kw: dict[str, Any]) -> RunContext:

@@ -199,6 +199,8 @@ class BenchConfig(Strict):
                         "round a fresh process; the speed-up is the median of the per-round ratios, with their range")
     include_teacher: bool = True
     include_student_fp32: bool = True
+    thread_sweep: bool = Field(True, description="also time every artifact at 1, the powers of two up to the core "
+                               "count and the profile's thread count (CPU runtimes), and report the fastest")
 
 
 class TrackingConfig(Strict):

@@ -4,11 +4,13 @@ target, real ONNX Runtime sessions, before training."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import torch
 
 import edgekd
+from edgekd.benchmark.threads import candidate_threads
 from edgekd.models.sizing import CANDIDATES, stem_scale
 from edgekd.models.zoo import build_model
 
@@ -46,6 +48,21 @@ def test_student_auto_picks_the_largest_candidate_fast_enough(demo_teacher: Path
     assert meta["arch"] == choice["student"]
     assert "--student auto" in (run / "report.md").read_text()
     assert rep is not None
+    # a re-bench names no code (auto is a zoo choice), and every artifact is also timed at each thread count
+    edgekd.bench(str(run))
+    rows = json.loads((run / "report.json").read_text())["rows"]
+    if (os.cpu_count() or 1) > 1:
+        for r in rows:
+            sw = r["threads_sweep"]
+            assert set(sw["p50_ms"]) == {str(t) for t in candidate_threads(r["threads"])} and "1" in sw["p50_ms"]
+            assert sw["best_p50_ms"] == min(sw["p50_ms"].values()) and sw["p50_ms"][str(sw["best_threads"])] == sw["best_p50_ms"]
+
+
+def test_thread_candidates() -> None:
+    assert candidate_threads(2, cores=2) == [1, 2]
+    assert candidate_threads(4, cores=16) == [1, 2, 4, 8, 16]
+    assert candidate_threads(6, cores=12) == [1, 2, 4, 6, 8, 12]
+    assert candidate_threads(None, cores=1) == [1] and candidate_threads(8, cores=2) == [1, 2]
 
 
 def test_a_student_far_below_the_teacher_is_flagged_not_headlined() -> None:
@@ -69,3 +86,14 @@ def test_a_student_far_below_the_teacher_is_flagged_not_headlined() -> None:
     assert student_drops(run, [{**r, "metric": r["metric"] * 50} for r in rows(0.10)]) == {}
     row = {"model": "student", "precision": "fp32", "speedup_vs_teacher_p50": 6.4, "speedup_range": [6, 7], "rounds": 3}
     assert _speedup(row) == "6.4× (6.0–7.0)" and "not a result" in _speedup(row, flagged=True)
+
+
+def test_a_faster_thread_count_is_recommended() -> None:
+    from edgekd.benchmark.report import recommendations
+
+    row = {"target": "x86-cpu", "model": "student", "precision": "int8", "p50_ms": 0.080, "threads": 2,
+           "threads_sweep": {"p50_ms": {"1": 0.042, "2": 0.080}, "best_threads": 1, "best_p50_ms": 0.042}}
+    (rec,) = recommendations([row])
+    assert "1.9× faster with 1 thread" in rec and "bench.threads=1" in rec
+    close = {**row, "threads_sweep": {"p50_ms": {"1": 0.076, "2": 0.080}, "best_threads": 1, "best_p50_ms": 0.076}}
+    assert recommendations([close]) == []  # within 10 %: noise, not advice

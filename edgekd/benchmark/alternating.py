@@ -32,9 +32,10 @@ def time_alternating(backend: str, models: list[Path], settings: dict, warmup: i
     shape = tuple(settings["input_shape"])
     x = np.random.default_rng(0).standard_normal((1, *shape[1:])).astype(np.float32)
     calls, loads = [], []
-    for m in models:
+    per_model = settings.get("per_model") or [{} for _ in models]  # e.g. one thread count per entry (threads.sweep)
+    for m, own in zip(models, per_model):
         t0 = time.perf_counter()
-        calls.append(open_session(backend, m, settings).timed(x))
+        calls.append(open_session(backend, m, {**settings, **own}).timed(x))
         loads.append(time.perf_counter() - t0)
     p50: list[list[float]] = [[] for _ in models]
     order = list(range(len(models)))

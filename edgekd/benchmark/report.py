@@ -56,13 +56,14 @@ def collect(run: RunDir) -> list[dict[str, Any]]:
                 "metric": a.get(primary), "metric_name": primary, "top1": a.get("top1"),
                 "scores": {k: v for k, v in a.items() if k not in ("role", "precision")},
                 "agreement_with_teacher": a.get("agreement_with_teacher"),
-                "p50_ms": l1.get("p50_ms"), "p90_ms": l1.get("p90_ms"), "p99_ms": l1.get("p99_ms"),
-                "cov": l1.get("cov"), "throughput_per_s": {b: v["throughput_per_s"] for b, v in r["latency"].items()},
+                "p50_ms": l1.get("p50_ms"), "p50_ci95_ms": l1.get("p50_ci95_ms"), "p90_ms": l1.get("p90_ms"),
+                "p99_ms": l1.get("p99_ms"), "cov": l1.get("cov"), "throughput_per_s": {b: v["throughput_per_s"] for b, v in r["latency"].items()},
                 "speedup_vs_teacher_p50": r.get("speedup_vs_teacher_p50"), "speedup_range": r.get("speedup_range"),
                 "rounds": len(r.get("per_round_p50_ms") or []) or None, "size_bytes": r["size_bytes"],
                 "peak_rss_mb": r["peak_rss_mb"], "threads": r.get("threads"), "artifact": r.get("artifact"),
                 "p95_ms": l1.get("p95_ms"), "mean_ms": l1.get("mean_ms"), "outliers": l1.get("outliers"),
                 "times_ms": l1.get("times_ms"), "tegrastats": l1.get("tegrastats"),
+                "threads_sweep": r.get("threads_sweep"),
             })
     return rows
 
@@ -105,6 +106,23 @@ def _speedup(r: dict[str, Any], flagged: bool = False) -> str:
     return text
 
 
+def thread_lines(rows: list[dict[str, Any]]) -> list[str]:
+    """The thread sweep (:mod:`edgekd.benchmark.threads`): batch-1 p50 per thread count, one process, alternating."""
+    swept = [r for r in rows if r.get("threads_sweep")]
+    if not swept:
+        return []
+    counts = sorted({int(t) for r in swept for t in r["threads_sweep"]["p50_ms"]})
+    out = ["", "Thread counts (batch-1 p50 ms; every artifact at every count in one process, alternating rounds; the "
+           "table above uses the profile's count):", "",
+           "| target | model | precision | " + " | ".join(f"{t} thr" for t in counts) + " | fastest | profile's |",
+           "|---|---|---|" + "---|" * (len(counts) + 2)]
+    for r in swept:
+        sw = r["threads_sweep"]
+        cells = " | ".join(_fmt(sw["p50_ms"].get(str(t)), ".3f") for t in counts)
+        out.append(f"| {r['target']} | {r['model']} | {r['precision']} | {cells} | {sw['best_threads']} | {r.get('threads')} |")
+    return out + [""]
+
+
 def recommendations(rows: list[dict[str, Any]]) -> list[str]:
     """Where the measured INT8 model (the student, or the teacher itself with distillation off) is not faster than
     its own FP32 export on the same target (batch 1), say so: INT8 then buys size only, and FP32 is the better
@@ -115,6 +133,15 @@ def recommendations(rows: list[dict[str, Any]]) -> list[str]:
     for r in rows:
         if r.get("p50_ms") is not None:
             by_model.setdefault((r["target"], r["model"]), {})[r["precision"]] = r
+    for r in rows:
+        sw = r.get("threads_sweep")
+        if sw and r.get("threads") and str(r["threads"]) in sw["p50_ms"] and sw["best_threads"] != r["threads"]:
+            own = sw["p50_ms"][str(r["threads"])]
+            if own > 1.1 * sw["best_p50_ms"]:
+                out.append(f"{r['target']}: the {r['precision'].upper()} {r['model']} runs {own / sw['best_p50_ms']:.1f}× "
+                           f"faster with {sw['best_threads']} thread(s) than with the profile's {r['threads']} "
+                           f"({sw['best_p50_ms']:.3f} vs {own:.3f} ms at batch 1): set the session's intra-op threads "
+                           f"to {sw['best_threads']} (edgekd: --set bench.threads={sw['best_threads']}).")
     for (target, model), recs in sorted(by_model.items()):
         fp32, int8 = recs.get("fp32"), recs.get("int8")
         if fp32 and int8 and int8["p50_ms"] >= fp32["p50_ms"]:
@@ -190,6 +217,7 @@ def markdown(run: RunDir, rows: list[dict[str, Any]]) -> str:
               "round(s) in one run (A B C, C B A, …); speed-up = teacher p50 / model p50 on the same runtime and thread "
               f"count, the median of the per-round ratios (their range in brackets). {scored}", ""]
     lines += output_lines(rows)
+    lines += thread_lines(rows)
     for stage_id, rec in sorted(m.get("stages", {}).items()):
         if stage_id.startswith("lower/") and rec.get("status") == "done":
             b = read_json(run.root / rec["outputs"]["build"])

@@ -54,6 +54,20 @@ class Bench(Stage):
             unique.append((role, prec, path))
         return unique
 
+    @staticmethod
+    def thread_sweep(ctx, p, settings: dict[str, Any], artifacts: list[tuple[str, str, Path]], warmup: int,  # noqa: ANN001
+                     iterations: int) -> list[dict[str, Any]] | None:
+        """Every artifact at each candidate thread count, in one process (:mod:`edgekd.benchmark.threads`); None
+        when switched off (``bench.thread_sweep``), on a non-CPU device, or with one core."""
+        from edgekd.benchmark.threads import CPU_BACKENDS, candidate_threads, sweep
+
+        on_cpu = p.backend == "onnxruntime" or (p.backend == "openvino" and p.openvino.device.upper().startswith("CPU"))
+        counts = candidate_threads(settings.get("threads"))
+        if not ctx.cfg.bench.thread_sweep or p.backend not in CPU_BACKENDS or not on_cpu or len(counts) < 2:
+            return None
+        progress.log(f"bench/{p.name}: thread counts {counts} for {len(artifacts)} artifact(s), alternating in one process")
+        return sweep(p.backend, [a[2] for a in artifacts], settings, counts, warmup, iterations, min(3, ctx.cfg.bench.rounds))
+
     def run(self, ctx, profile, key: str) -> StageResult:  # noqa: ANN001
         from edgekd.backends import get_backend
         from edgekd.benchmark.envinfo import capture as describe_environment
@@ -113,6 +127,9 @@ class Bench(Stage):
             if cov is not None and cov > 0.25:
                 progress.warn(f"bench/{p.name}: {r['role']} {r['precision']} latency varies a lot (CoV {cov:.2f}): the "
                               "machine is busy or throttling; its numbers are less reliable")
+        sweep = self.thread_sweep(ctx, p, settings, artifacts, warmup, iterations)
+        for r, sw in zip(results, sweep or []):
+            r["threads_sweep"] = sw
         base = results[base_i] if base_i is not None else None
         write_json(out / "latency.json", {"target": p.name, "backend": p.backend, "settings": settings,
                                           "environment": describe_environment(),
