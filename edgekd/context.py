@@ -249,6 +249,13 @@ def open_run(cfg: PipelineConfig) -> RunContext:
         progress.log(f"preprocessing: input {list(shape)}, mean {_short(norm.get('mean'))}, std {_short(norm.get('std'))} "
                      f"({norm.get('source')}); resize {real.meta.get('resize') or 'none'}"
                      + (f"; classes {', '.join(classes[:5])}{', …' if len(classes) > 5 else ''}" if classes else ""))
+        recorded = lm.meta.get("classes")
+        if classes and recorded and list(map(str, recorded)) != list(classes):
+            same = sorted(map(str, recorded)) == sorted(classes)
+            progress.warn("the data's classes " + ("are the model's in another order" if same else "differ from the "
+                          "model's") + f" (data: {', '.join(classes[:4])}, …; model file: "
+                          f"{', '.join(map(str, recorded[:4]))}, …): labels are folder indices in sorted order, so "
+                          "every score would be wrong; rename the folders so they sort in the model's class order")
 
     root = Path(cfg.run_dir) if cfg.run_dir else Path("runs") / Path(cfg.model).stem.split(".")[0]
     run = RunDir(root)

@@ -202,3 +202,34 @@ def test_ema_student_is_the_average_and_resumes(idx_dir: Path, tmp_path: Path) -
     assert again.resumed_from_epoch == 2
     for a, b in zip(avg.state_dict().values(), again.student.state_dict().values()):
         assert torch.equal(a, b)
+
+
+def test_a_class_order_other_than_the_models_is_called_out(tmp_path: Path, capsys) -> None:  # noqa: ANN001
+    """Image-folder labels are the sorted folder names' indices; a model whose metadata lists its classes in another
+    order would be scored against shuffled labels, so the run warns before anything is trained."""
+    import shutil
+
+    import numpy as np
+
+    from PIL import Image
+
+    from conftest import DEMO_TEACHER
+    from edgekd.config import build_config
+    from edgekd.context import open_run
+
+    names = [f"class{i}" for i in range(10)]
+    rng = np.random.default_rng(0)
+    for i, name in enumerate(names):
+        (tmp_path / "imgs" / name).mkdir(parents=True)
+        for j in range(6):
+            Image.fromarray((rng.random((28, 28)) * 255).astype(np.uint8)).save(tmp_path / "imgs" / name / f"{j}.png")
+    teacher = tmp_path / "teacher.pt2"
+    shutil.copy(DEMO_TEACHER, teacher)
+    side = tmp_path / "teacher.edgekd.json"
+    for order, warned in ((names, False), (names[::-1], True)):
+        side.write_text(json.dumps({"edgekd": {"classes": order}}))
+        capsys.readouterr()
+        open_run(build_config(model=str(teacher), targets=["x86-cpu"], run_dir=str(tmp_path / f"run{warned}"),
+                              data={"path": str(tmp_path / "imgs")}, task="classify"))
+        err = capsys.readouterr().err
+        assert ("are the model's in another order" in err) is warned, err[-400:]
