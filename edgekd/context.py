@@ -365,7 +365,7 @@ def load_real_data(cfg: PipelineConfig, lm: LoadedModel, shape: tuple[int, ...],
     norm = known_normalize(cfg, lm)
     mean, std = (norm["mean"], norm["std"]) if norm else (None, None)
     ds = task.load_data(d.path, input_shape=shape, info=info, mean=mean, std=std, val_fraction=d.val_fraction,
-                        seed=d.split_seed, limit=d.limit, resize=d.resize)
+                        seed=d.split_seed, limit=d.limit, resize=d.resize, test_limit=d.eval_limit)
     if d.eval_limit:
         ds.test = ds.test.take(d.eval_limit)
         ds.meta["sizes"]["test"] = len(ds.test)

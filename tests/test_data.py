@@ -104,3 +104,29 @@ def test_image_folder_resize_is_recorded(tmp_path: Path) -> None:
             Image.fromarray(np.full((30, 40), 50 * c, np.uint8), "L").save(tmp_path / f"c{c}" / f"{i}.png")
     ds = load_dataset(tmp_path, channels=1, size=(28, 28), resize="letterbox")
     assert ds.input_shape == (1, 28, 28) and ds.meta["resize"] == "letterbox"
+
+
+def test_an_image_folder_decodes_only_the_images_its_splits_use(tmp_path: Path, monkeypatch) -> None:  # noqa: ANN001
+    """--data-limit / --eval-limit on a folder of photos: the unused images are never decoded (memory and time), and
+    the test subset of a train/ + test/ layout is a seeded sample of every class, not the first classes."""
+    from PIL import Image
+
+    import edgekd.data.datasets as dsmod
+
+    for split, n in (("train", 30), ("test", 10)):
+        for c in range(4):
+            (tmp_path / split / f"c{c}").mkdir(parents=True)
+            for i in range(n):  # each pixel value names its class and index, so a decoded image can be traced
+                Image.fromarray(np.full((8, 8), 10 * c + i % 10, np.uint8), "L").save(tmp_path / split / f"c{c}" / f"{i}.png")
+    opened: list[str] = []
+    real_open = Image.open
+    monkeypatch.setattr(Image, "open", lambda p, *a, **k: (opened.append(str(p)), real_open(p, *a, **k))[1])
+    ds = dsmod.load_dataset(tmp_path, channels=1, size=(8, 8), limit=12, test_limit=8, val_fraction=0.1)
+    n_val = round(120 * 0.1)
+    assert (len(ds.train), len(ds.val), len(ds.test)) == (12, n_val, 8)
+    assert len(opened) == 12 + n_val + 8  # not 120 + 40
+    assert len(set(ds.test.y.tolist())) >= 3  # a sample of the classes (the first 8 files are all class 0)
+    # the labels still belong to their images after the re-indexing: pixel // 10 is the class
+    for split in (ds.train, ds.val, ds.test):
+        px = np.round(split.x[:, 0, 0, 0] * ds.meta["normalize"]["std"][0] + ds.meta["normalize"]["mean"][0], 4)
+        assert np.array_equal((np.round(px * 255) // 10).astype(int), split.y)

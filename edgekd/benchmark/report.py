@@ -346,9 +346,14 @@ def parity_lines(run: RunDir) -> list[str]:
     st = run.manifest.get("stages", {})
     rows: list[tuple[str, dict[str, Any]]] = []
     exp = st.get("export", {})
+    # with distillation off the deployed model is the teacher itself: one export row, and its INT8 is the teacher's
+    distilled = run.manifest.get("config", {}).get("distill", {}).get("enabled", True)
+    quantized = "student" if distilled else "teacher"
     if exp.get("status") == "done" and "parity" in exp.get("outputs", {}):
         par = read_json(run.root / exp["outputs"]["parity"])
         for name, rec in par.items():
+            if name == "student" and not distilled and "teacher" in par:
+                continue
             rows.append((f"{name}: torch FP32 → ONNX (ONNX Runtime)", rec.get("parity_torch_vs_onnxruntime", {})))
     qat = st.get("quantize/qat", {})
     if qat.get("status") == "done":
@@ -360,7 +365,8 @@ def parity_lines(run: RunDir) -> list[str]:
             cal = read_json(run.root / rec["outputs"]["calibration"])
             if "parity_int8_vs_fp32_val" in cal:
                 rt = cal.get("parity_runtime", "the target runtime")
-                rows.append((f"student: ONNX FP32 → INT8 for {sid.split('/', 1)[1]} ({rt}, val split)", cal["parity_int8_vs_fp32_val"]))
+                rows.append((f"{quantized}: ONNX FP32 → INT8 for {sid.split('/', 1)[1]} ({rt}, val split)",
+                             cal["parity_int8_vs_fp32_val"]))
     if not rows:
         return []
     what = next((r.get("agreement_metric") for _, r in rows if r.get("agreement_metric")), "top-1 agreement")

@@ -43,16 +43,18 @@ def artifact_size(path: Path) -> int:
 
 
 def _timed_loop(call, warmup: int, iterations: int, warmup_seconds: float = 1.0, min_runs: int = 50,  # noqa: ANN001
-                max_seconds: float = 30.0, ci_rel: float | None = 0.01) -> list[float]:
+                max_seconds: float = 30.0, ci_rel: float | None = 0.01, min_seconds: float = 1.0) -> list[float]:
     """Warm up, then time calls until the p50 is known well enough or the time budget is spent.
 
     Warm-up: at least ``warmup_seconds`` (caches, clocks and the runtime's thread pool settle: the first few hundred
     calls of a sub-millisecond model run measurably slower), then on to ``warmup`` calls for at most another
     ``warmup_seconds`` — so a 30-ms model is not warmed up for 200 calls (6 s) whatever the budget.
     Timing stops at the first of: ``iterations`` calls; the 95 % confidence interval of the median
-    (:func:`edgekd.benchmark.stats.median_ci`) narrower than ±``ci_rel`` of it, checked every 25 calls; or
-    ``max_seconds`` spent — never before ``min_runs`` calls (or ``iterations``, if fewer). A stop rule on a time
-    budget and a CI width gives a slow model the same statistical quality in far fewer calls than a fixed count."""
+    (:func:`edgekd.benchmark.stats.median_ci`) narrower than ±``ci_rel`` of it, checked every 25 calls once
+    ``min_seconds`` have been timed; or ``max_seconds`` spent — never before ``min_runs`` calls (or ``iterations``,
+    if fewer). A stop rule on a time budget and a CI width gives a slow model the same statistical quality in far
+    fewer calls than a fixed count; the ``min_seconds`` floor keeps a fast model from stopping on a 20-ms snapshot
+    (100 calls of 0.2 ms agree with each other well before they describe the machine's state)."""
     from edgekd.benchmark.stats import median_ci
 
     pc = time.perf_counter
@@ -63,7 +65,8 @@ def _timed_loop(call, warmup: int, iterations: int, warmup_seconds: float = 1.0,
         n += 1
     times: list[float] = []
     floor = min(min_runs, iterations)
-    t_stop = pc() + max_seconds
+    t_start = pc()
+    t_stop = t_start + max_seconds
     for i in range(iterations):
         t0 = pc()
         call()
@@ -74,7 +77,7 @@ def _timed_loop(call, warmup: int, iterations: int, warmup_seconds: float = 1.0,
             continue
         if t1 > t_stop:
             break
-        if ci_rel and done % 25 == 0:
+        if ci_rel and done % 25 == 0 and t1 - t_start >= min_seconds:
             srt = np.sort(times)
             lo, hi = median_ci(srt)
             if (hi - lo) / 2.0 <= ci_rel * float(np.median(srt)):

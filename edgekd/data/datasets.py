@@ -125,23 +125,29 @@ def fit_image(im, size: tuple[int, int], mode: str):  # noqa: ANN001, ANN201
     return big.crop((left, top, left + w, top + h))
 
 
-def load_image_folder(root: Path, channels: int | None, size: tuple[int, int] | None,
-                      resize: str = "stretch") -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """``root/<class>/<image>``; classes are the sorted subfolder names; images of another size are fitted with
-    ``resize`` (:func:`fit_image`), and how many were is said."""
-    from PIL import Image  # pillow comes with matplotlib
-
+def list_image_folder(root: Path) -> tuple[list[Path], np.ndarray, list[str]]:
+    """``root/<class>/<image>`` → (files, labels, classes); classes are the sorted subfolder names, a label is the
+    index of its folder. Nothing is decoded (:func:`decode_images` does that, for the files a run uses)."""
     classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
     files: list[tuple[Path, int]] = []
     for ci, c in enumerate(classes):
         files += [(p, ci) for p in sorted((root / c).rglob("*")) if p.suffix.lower() in IMAGE_SUFFIXES]
     if not classes or not files:
         raise DataError(f"image folder {root} has no images", "use one subfolder per class holding .png/.jpg files")
+    return [p for p, _ in files], np.array([c for _, c in files], dtype=np.int64), classes
+
+
+def decode_images(files: Sequence[Path], channels: int | None, size: tuple[int, int] | None, resize: str,
+                  where: str) -> np.ndarray:
+    """Decode ``files`` to one uint8 array (N, H, W) or (N, H, W, 3), converted to the model's channels and fitted
+    to ``size`` with ``resize`` (:func:`fit_image`; the first image's size when None), saying how many were."""
+    from PIL import Image  # pillow comes with matplotlib
+
     images = []
     mode = None
     resized = 0
     converted: dict[str, int] = {}
-    for p, _ in files:
+    for p in files:
         try:
             with Image.open(p) as im:
                 if mode is None:
@@ -158,14 +164,19 @@ def load_image_folder(root: Path, channels: int | None, size: tuple[int, int] | 
         except (OSError, ValueError, SyntaxError) as e:  # PIL raises these for damaged or non-image files
             raise DataError(f"cannot read image {p}: {str(e)[:80]}", "remove or replace the damaged file") from None
     if resized:
-        progress.log(f"data: {resized} image(s) in {root.name} fitted to {size[0]}×{size[1]} ({resize})")
+        progress.log(f"data: {resized} image(s) in {where} fitted to {size[0]}×{size[1]} ({resize})")
     if converted:
         what = ", ".join(f"{n} {m}" for m, n in converted.items())
-        progress.warn(f"converted {what} image(s) in {root.name} to {'grayscale' if mode == 'L' else 'RGB'} "
-                     f"for a {1 if mode == 'L' else 3}-channel model")
-    x = np.stack(images)
-    y = np.array([c for _, c in files], dtype=np.int64)
-    return x, y, classes
+        progress.warn(f"converted {what} image(s) in {where} to {'grayscale' if mode == 'L' else 'RGB'} "
+                      f"for a {1 if mode == 'L' else 3}-channel model")
+    return np.stack(images)
+
+
+def load_image_folder(root: Path, channels: int | None, size: tuple[int, int] | None,
+                      resize: str = "stretch") -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Every image of ``root/<class>/<image>`` decoded: (x, y, classes)."""
+    files, y, classes = list_image_folder(root)
+    return decode_images(files, channels, size, resize, root.name), y, classes
 
 
 def _to_nchw(x: np.ndarray, channels: int | None) -> np.ndarray:
@@ -276,12 +287,15 @@ def load_dataset(
     limit: int | None = None,
     resize: str = "stretch",
     labels: str = "classes",
+    test_limit: int | None = None,
 ) -> Dataset:
     """Load ``spec`` (IDX folder, image folder, .npz, or ``fashion-mnist``) into normalised train/val/test splits.
 
     ``labels="classes"``: ``y`` holds integer class ids (checked). ``labels="targets"`` (the ``outputs`` task): ``y``
     holds whatever targets an ``.npz`` carries, of any shape and dtype, cast to float32 and never to integers; an
-    ``.npz`` without ``y`` — and an IDX or image folder, whose labels are class ids — give targets of width 0."""
+    ``.npz`` without ``y`` — and an IDX or image folder, whose labels are class ids — give targets of width 0.
+    ``limit`` cuts the train split, ``test_limit`` the test split (of an image folder's own test set, a seeded
+    sample); an image folder decodes only the images these splits use."""
     root = resolve_data_path(spec)
     classes: list[str] | None = None
     x_test = y_test = None
@@ -321,12 +335,16 @@ def load_dataset(
         x, y, x_test, y_test = load_idx_folder(root)
         fmt = "idx"
     elif root.is_dir():
-        if (root / "train").is_dir():
-            x, y, classes = load_image_folder(root / "train", channels, size, resize)
-            if (root / "test").is_dir():
-                x_test, y_test, _ = load_image_folder(root / "test", channels, size or tuple(x.shape[1:3]), resize)  # type: ignore[arg-type]
-        else:
-            x, y, classes = load_image_folder(root, channels, size, resize)
+        # listed now, decoded after the split: only the images the run uses (the train limit, val, the test set)
+        folder = root / "train" if (root / "train").is_dir() else root
+        files, y, classes = list_image_folder(folder)
+        x = files  # type: ignore[assignment]
+        if folder != root and (root / "test").is_dir():
+            test_files, y_test, _ = list_image_folder(root / "test")
+            # the folder lists the test set class by class: a seeded order makes its first N (--eval-limit) a
+            # sample of every class, not the first classes
+            perm = np.random.default_rng(seed).permutation(len(test_files))[:test_limit]
+            x_test, y_test = [test_files[i] for i in perm], y_test[perm]  # type: ignore[assignment]
         fmt = "image-folder"
     else:
         raise DataError(f"cannot read data at {root}", "pass an IDX folder, an image folder or a .npz file")
@@ -344,11 +362,21 @@ def load_dataset(
                         "cannot be scored on it", "add samples of the other classes")
     if len(x) != len(y):
         raise DataError(f"{len(x)} images but {len(y)} labels in {root}", "fix the dataset")
+    test_idx, val_idx, train_idx = split_indices(len(y), seed, val_fraction, test_fraction, x_test is None, limit, root)
+    if test_idx is not None and test_limit:
+        test_idx = test_idx[:test_limit]
+    if fmt == "image-folder":
+        used = np.unique(np.concatenate([i for i in (test_idx, val_idx, train_idx) if i is not None]))
+        at = np.full(len(y), -1, np.int64)
+        at[used] = np.arange(len(used))
+        x = decode_images([files[i] for i in used], channels, size, resize, folder.name)
+        y = y[used]
+        test_idx, val_idx, train_idx = (None if test_idx is None else at[test_idx]), at[val_idx], at[train_idx]
+        if x_test is not None:
+            x_test = decode_images(x_test, channels, size or tuple(x.shape[1:3]), resize, "test")  # type: ignore[arg-type]
     x = _to_nchw(x, channels)
     if x_test is not None:
         x_test = _to_nchw(x_test, channels)
-
-    test_idx, val_idx, train_idx = split_indices(len(y), seed, val_fraction, test_fraction, x_test is None, limit, root)
     if test_idx is not None:
         x_test, y_test = x[test_idx], y[test_idx]
     xtr = _to_unit_float(x[train_idx])

@@ -54,6 +54,14 @@ class Export(Stage):
                 write_json(out / "parity.json", report)
                 outputs[name] = ctx.run.rel(path)
                 continue
+            if name == "student" and not distilled and "teacher" in report:
+                # distillation off: the deployed model is the teacher; its export and parity are not done twice
+                with atomic_path(path) as tmp:
+                    tmp.write_bytes((out / "teacher.onnx").read_bytes())
+                report[name] = {**report["teacher"], "same_as": "teacher"}
+                write_json(out / "parity.json", report)
+                outputs[name] = ctx.run.rel(path)
+                continue
             module = ctx.teacher.module if name == "teacher" else ctx.student_module()
             program = ctx.teacher.program if (name == "teacher" or not distilled) else None
             info = export_onnx(module, ctx.input_shape, path, cfg.opset, cfg.exporter, program=program,

@@ -39,7 +39,8 @@ class Task:
         raise NotImplementedError
 
     def load_data(self, spec: str, *, input_shape: tuple[int, ...], info: dict[str, Any], mean: Any, std: Any,
-                  val_fraction: float, seed: int, limit: int | None, resize: str = "stretch") -> Any:
+                  val_fraction: float, seed: int, limit: int | None, resize: str = "stretch",
+                  test_limit: int | None = None) -> Any:
         """The user's data as a :class:`edgekd.data.Dataset` (train/val/test), checked against the model."""
         raise NotImplementedError
 

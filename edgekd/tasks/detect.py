@@ -67,7 +67,8 @@ class Detect(Task):
         return ["detections"]
 
     def load_data(self, spec: str, *, input_shape: tuple[int, ...], info: dict[str, Any], mean: Any, std: Any,
-                  val_fraction: float, seed: int, limit: int | None, resize: str = "stretch") -> Any:
+                  val_fraction: float, seed: int, limit: int | None, resize: str = "stretch",
+                  test_limit: int | None = None) -> Any:
         from edgekd.data.detection import load_detection
         from edgekd.errors import DataError
 

@@ -65,13 +65,14 @@ class Outputs(Task):
         return [o["name"] for o in info["outputs"]]
 
     def load_data(self, spec: str, *, input_shape: tuple[int, ...], info: dict[str, Any], mean: Any, std: Any,
-                  val_fraction: float, seed: int, limit: int | None, resize: str = "stretch") -> Any:
+                  val_fraction: float, seed: int, limit: int | None, resize: str = "stretch",
+                  test_limit: int | None = None) -> Any:
         from edgekd.data import load_dataset
         from edgekd.errors import DataError
 
         ds = load_dataset(spec, channels=input_shape[1], size=tuple(input_shape[2:4]) if len(input_shape) == 4 else None,
                           val_fraction=val_fraction, seed=seed, mean=mean, std=std, limit=limit, resize=resize,
-                          labels="targets")
+                          labels="targets", test_limit=test_limit)
         if tuple(ds.input_shape) != tuple(input_shape[1:]):
             raise DataError(f"data samples have shape {ds.input_shape}, the model wants {tuple(input_shape[1:])}",
                             "pass data of the model's input size or the right --input-shape")
