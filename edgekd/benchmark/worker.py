@@ -132,7 +132,10 @@ def bench(backend: str, model: Path, data: Path | None, settings: dict, warmup: 
         from edgekd.tasks import get_task
         from edgekd.tasks.user_metric import with_metric
 
-        outputs = np.concatenate([infer(np.ascontiguousarray(x_eval[i : i + 256])) for i in range(0, len(x_eval), 256)])
+        from edgekd.inference_batch import inference_batch
+
+        step = inference_batch(x_eval.shape[1:])
+        outputs = np.concatenate([infer(np.ascontiguousarray(x_eval[i : i + step])) for i in range(0, len(x_eval), step)])
         result["accuracy"] = with_metric(get_task(task), metric).score(outputs, y_eval, task_info)
         result["task"] = task
         if preds_out is not None:

@@ -252,8 +252,11 @@ def normalization(x_train: np.ndarray, mean: Sequence[float] | None, std: Sequen
     m = np.asarray(mean, np.float32).reshape(1, -1, 1, 1)
     s = np.asarray(std, np.float32).reshape(1, -1, 1, 1)
 
-    def norm(a: np.ndarray) -> np.ndarray:
-        return np.ascontiguousarray((_to_unit_float(a) - m) / s, dtype=np.float32)
+    def norm(a: np.ndarray) -> np.ndarray:  # in place on the float copy: one array of the split's size, not three
+        out = np.ascontiguousarray(_to_unit_float(a))  # a new array (astype copies), so it may be changed
+        out -= m
+        out /= s
+        return out
 
     return mean, std, source, norm
 
@@ -381,11 +384,11 @@ def load_dataset(
         x_test, y_test = x[test_idx], y[test_idx]
     xtr = _to_unit_float(x[train_idx])
     mean, std, norm_source, norm = normalization(xtr, mean, std)
-    m = np.asarray(mean, np.float32).reshape(1, -1, 1, 1)
-    s = np.asarray(std, np.float32).reshape(1, -1, 1, 1)
+    xtr -= np.asarray(mean, np.float32).reshape(1, -1, 1, 1)  # in place: xtr is this function's own copy
+    xtr /= np.asarray(std, np.float32).reshape(1, -1, 1, 1)
     num_classes = 0 if targets else int(max(y.max(), y_test.max() if len(y_test) else 0) + 1)  # type: ignore[union-attr]
     ds = Dataset(
-        train=ArraySplit(np.ascontiguousarray((xtr - m) / s, dtype=np.float32), y[train_idx]),
+        train=ArraySplit(np.ascontiguousarray(xtr), y[train_idx]),
         val=ArraySplit(norm(x[val_idx]), y[val_idx]),
         test=ArraySplit(norm(x_test), y_test),  # type: ignore[arg-type]
         num_classes=num_classes,

@@ -11,7 +11,10 @@ from edgekd.errors import ParityError
 Runner = Callable[[np.ndarray], np.ndarray]
 
 
-def run_batched(fn: Runner, x: np.ndarray, batch: int = 256) -> np.ndarray:
+def run_batched(fn: Runner, x: np.ndarray, batch: int | None = None) -> np.ndarray:
+    from edgekd.inference_batch import inference_batch
+
+    batch = batch or inference_batch(x.shape[1:])
     return np.concatenate([fn(x[i : i + batch]) for i in range(0, len(x), batch)])
 
 
