@@ -30,6 +30,7 @@ SOURCES = {
     "calibration_range.py": ["calibration_range"],
     "detection.py": ["detection"],
     "planner.py": ["planner"],
+    "byom.py": ["byom"],
 }
 NUMBER = re.compile(r"(?<![\w.])[-−]?\d+\.\d+(?![\w.])")
 
