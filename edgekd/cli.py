@@ -274,6 +274,8 @@ def sensitivity(run_dir: Path = typer.Argument(..., help="a run directory made b
     res = api.sensitivity(run_dir, target, arch=arch, distill__student=student, metric=metric, allow_pickle=allow_pickle or None)
     typer.echo(f"{res['target']} ({res['backend']}): {res['metric']} fp32 {res['fp32']:.4f}, all-int8 {res['int8']:.4f} "
                f"({-res['int8_drop']:+.2f} pt) on {res['samples']} val samples, {len(res['layers'])} layers, {res['seconds']:.0f} s")
+    if res.get("skipped"):
+        typer.echo(res["skipped"])
     typer.echo("| layer | op | points recovered in float |\n|---|---|---|")
     for r in res["layers"][:top]:
         typer.echo(f"| {r['name']} | {r['op']} | {r['gain']:+.2f} |")

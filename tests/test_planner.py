@@ -178,3 +178,20 @@ def test_plan_refuses_qat_in_one_line(tmp_path: Path) -> None:
                           "-t", "x86-cpu-vnni", "-d", "fashion-mnist", "--qat", "kd", "--max-drop", "1", "--run-dir", str(tmp_path / "r")],
                          capture_output=True, text=True, cwd=REPO)
     assert res.returncode == 2 and res.stderr.strip().count("\n") == 0 and "--qat" in res.stderr, res.stderr
+
+
+def test_no_layer_is_ranked_when_all_int8_already_meets_the_budget(demo_teacher: Path, fmnist: Path,
+                                                                    tmp_path: Path) -> None:
+    """The demo teacher loses well under 5 points in INT8: the plan is all-INT8 or FP32 by speed, so the per-layer
+    ranking (most of the planner's time) is skipped and says so; quantize.plan.rank_all ranks every layer anyway."""
+    run = tmp_path / "run"
+    kw = dict(targets=["x86-cpu-vnni"], run_dir=str(run), **SMALL)
+    plan_cfg = {"max_drop": 5.0, "samples": 400, "ranking_samples": 100, "rounds": 1, "iterations": 30}
+    edgekd.compress(demo_teacher, quantize={"plan": plan_cfg}, **kw)
+    sens = json.loads((run / "03-sensitivity" / "x86-cpu-vnni" / "sensitivity.json").read_text())
+    assert sens["int8_drop"] <= 5.0 and sens["layers"] == [] and "not ranked" in sens["skipped"]
+    plan = json.loads((run / "03-plan" / "x86-cpu-vnni" / "plan.json").read_text())
+    assert plan["chosen"]["keep_float"] == [] and {c["name"] for c in plan["candidates"]} == {"all int8", "fp32"}
+    edgekd.compress(demo_teacher, quantize={"plan": {**plan_cfg, "rank_all": True}}, **kw)
+    sens = json.loads((run / "03-sensitivity" / "x86-cpu-vnni" / "sensitivity.json").read_text())
+    assert sens["skipped"] is None and len(sens["layers"]) >= 5

@@ -120,6 +120,7 @@ def plan_config(ctx, profile) -> dict[str, Any]:  # noqa: ANN001
     return {"calibration": q.calibration, "calibration_size": q.calibration_size,
             "recipe": load_recipe(q.calibration).model_dump(), "ort_recipe": ORT_RECIPE, "samples": plan_samples(ctx),
             "ranking_samples": ranking_samples(ctx), "variants": "graph edit of one calibration",
+            "rank": "all" if q.plan is None or q.plan.rank_all else f"unless all-int8 is within {q.plan.max_drop:g}",
             "metric": ctx.run.manifest["inputs"]["model"].get("metric_sha256") if ctx.cfg.metric else ctx.task.primary}
 
 
@@ -152,15 +153,25 @@ class Sensitivity(Stage):
                      f"({m.drop(fp32, int8):+.2f} pt) on {len(tools.y)} val samples; each layer ranked on "
                      f"{len(tools.y_rank)}")
         work = out / "work"
-        with progress.bar(f"sensitivity/{p.name}: each layer kept in float alone", len(layers)) as bar:
-            rows = measure_sensitivity(layers, tools.quantize, tools.rank, work, m, int8_rank,
-                                       progress=lambda i, name: bar.update(1 if i else 0, info=name[-40:]))
-            bar.update(1)
+        plan = ctx.cfg.quantize.plan
+        skipped = None
+        if plan is not None and not plan.rank_all and m.drop(fp32, int8) <= plan.max_drop:
+            # keeping layers in float only buys accuracy, which the plan does not need: its choice is all-INT8 or
+            # FP32 by speed, so ranking every layer (most of the planner's time on a detector) is skipped
+            skipped = (f"all-INT8 is within the plan's budget ({m.drop(fp32, int8):+.2f} ≤ {plan.max_drop:g} pt): layers "
+                       "not ranked (quantize.plan.rank_all: true ranks them)")
+            progress.log(f"sensitivity/{p.name}: {skipped}")
+            rows = []
+        else:
+            with progress.bar(f"sensitivity/{p.name}: each layer kept in float alone", len(layers)) as bar:
+                rows = measure_sensitivity(layers, tools.quantize, tools.rank, work, m, int8_rank,
+                                           progress=lambda i, name: bar.update(1 if i else 0, info=name[-40:]))
+                bar.update(1)
         shutil.rmtree(work, ignore_errors=True)
         res = {"target": p.name, "backend": p.backend, "metric": m.name, "higher_is_better": m.higher_is_better,
                "points_scale": m.scale, "samples": int(len(tools.y)), "fp32": fp32, "int8": int8,
                "ranking_samples": int(len(tools.y_rank)), "int8_ranking": int8_rank, "int8_output_error": int8_err,
-               "int8_drop": m.drop(fp32, int8), "layers": rows, "seconds": round(time.time() - t0, 1),
+               "int8_drop": m.drop(fp32, int8), "layers": rows, "skipped": skipped, "seconds": round(time.time() - t0, 1),
                "check": {"backend": tools.check[0], "settings": tools.check[1]} if tools.check else None}
         write_json(out / "sensitivity.json", res)
         chart = out / "sensitivity.png"
@@ -182,6 +193,9 @@ def sensitivity_chart(res: dict[str, Any], path: Path, top: int = 25) -> None:
 
     rows = res["layers"][:top]
     fig, ax = plt.subplots(figsize=(8, 0.3 * max(len(rows), 3) + 1.2))
+    if not rows:
+        ax.text(0.5, 0.5, res.get("skipped") or "no quantizable layers", ha="center", va="center", wrap=True, fontsize=8)
+        ax.set_axis_off()
     names = [_short(r["name"]) for r in rows][::-1]
     gains = [r["gain"] for r in rows][::-1]
     ax.barh(names, gains, color=["tab:red" if g > 0 else "tab:gray" for g in gains])
