@@ -56,6 +56,9 @@ def test_student_auto_picks_the_largest_candidate_fast_enough(demo_teacher: Path
             sw = r["threads_sweep"]
             assert set(sw["p50_ms"]) == {str(t) for t in candidate_threads(r["threads"])} and "1" in sw["p50_ms"]
             assert sw["best_p50_ms"] == min(sw["p50_ms"].values()) and sw["p50_ms"][str(sw["best_threads"])] == sw["best_p50_ms"]
+            best = sw["p50_rounds_ms"][str(sw["best_threads"])]
+            assert sw["consistent"] == all(b < o for t, v in sw["p50_rounds_ms"].items() if t != str(sw["best_threads"])
+                                           for b, o in zip(best, v))
 
 
 def test_thread_candidates() -> None:
@@ -97,3 +100,5 @@ def test_a_faster_thread_count_is_recommended() -> None:
     assert "1.9× faster with 1 thread" in rec and "bench.threads=1" in rec
     close = {**row, "threads_sweep": {"p50_ms": {"1": 0.076, "2": 0.080}, "best_threads": 1, "best_p50_ms": 0.076}}
     assert recommendations([close]) == []  # within 10 %: noise, not advice
+    mixed = {**row, "threads_sweep": {**row["threads_sweep"], "consistent": False}}
+    assert recommendations([mixed]) == []  # faster in the median but not in every round: not advice either

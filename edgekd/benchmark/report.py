@@ -137,7 +137,7 @@ def recommendations(rows: list[dict[str, Any]]) -> list[str]:
         sw = r.get("threads_sweep")
         if sw and r.get("threads") and str(r["threads"]) in sw["p50_ms"] and sw["best_threads"] != r["threads"]:
             own = sw["p50_ms"][str(r["threads"])]
-            if own > 1.1 * sw["best_p50_ms"]:
+            if own > 1.1 * sw["best_p50_ms"] and sw.get("consistent", True):
                 out.append(f"{r['target']}: the {r['precision'].upper()} {r['model']} runs {own / sw['best_p50_ms']:.1f}× "
                            f"faster with {sw['best_threads']} thread(s) than with the profile's {r['threads']} "
                            f"({sw['best_p50_ms']:.3f} vs {own:.3f} ms at batch 1): set the session's intra-op threads "

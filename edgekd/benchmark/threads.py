@@ -35,7 +35,9 @@ def candidate_threads(configured: int | None, cores: int | None = None) -> list[
 
 def sweep(backend: str, artifacts: list[Path], settings: dict[str, Any], counts: list[int], warmup: int,
           iterations: int, rounds: int) -> list[dict[str, Any]]:
-    """Per artifact: ``{"p50_ms": {threads: median over rounds}, "best_threads", "best_p50_ms"}``."""
+    """Per artifact: ``{"p50_ms": {threads: median over rounds}, "p50_rounds_ms": {threads: [per round]},
+    "best_threads", "best_p50_ms", "consistent"}``; ``consistent``: the best count was faster than every other count
+    in every round (a recommendation needs that, not only a better median)."""
     from edgekd.benchmark.subprocess_worker import run_alternating
 
     models = [a for a in artifacts for _ in counts]
@@ -43,7 +45,10 @@ def sweep(backend: str, artifacts: list[Path], settings: dict[str, Any], counts:
     res = run_alternating(backend, models, {**settings, "per_model": per_model}, warmup, iterations, rounds)
     out = []
     for i in range(len(artifacts)):
-        p50 = {str(t): statistics.median(res["p50_ms"][i * len(counts) + j]) for j, t in enumerate(counts)}
+        per = {str(t): [float(v) for v in res["p50_ms"][i * len(counts) + j]] for j, t in enumerate(counts)}
+        p50 = {t: statistics.median(v) for t, v in per.items()}
         best = min(p50, key=lambda k: p50[k])
-        out.append({"p50_ms": p50, "best_threads": int(best), "best_p50_ms": p50[best], "rounds": rounds})
+        consistent = all(b < o for t, v in per.items() if t != best for b, o in zip(per[best], v))
+        out.append({"p50_ms": p50, "p50_rounds_ms": per, "best_threads": int(best), "best_p50_ms": p50[best],
+                    "consistent": consistent, "rounds": rounds})
     return out
