@@ -42,6 +42,25 @@ class LoadedModel:
     onnx_bytes: bytes | None = None  # an ONNX teacher: the graph the pipeline exports as is (batch made symbolic)
     notes: list[str] = field(default_factory=list)
 
+    def write_onnx(self, path: Path, input_shape: tuple[int, ...], opset: int, exporter: str,
+                   output_names: list[str] | None = None) -> dict[str, Any]:
+        """This model as ONNX at ``path``: an ONNX file's own graph as it is, anything else exported (its
+        ``torch.export`` program when it has one). Returns the export record; ``as_is`` is True for an ONNX file,
+        which has no PyTorch reference to check parity against. Formats own this, so the export stage and the
+        student sizing need not know them."""
+        from edgekd.fileio import atomic_path
+
+        if self.onnx_bytes is not None:
+            with atomic_path(path) as tmp:
+                tmp.write_bytes(self.onnx_bytes)
+            return {"exporter": "none (an ONNX file)", "source": self.path, "notes": self.notes, "as_is": True,
+                    "batch_dynamic": getattr(self.module, "batch_dynamic", None)}
+        from edgekd.exporters.onnx_export import export_onnx
+
+        info = export_onnx(self.module, input_shape, path, opset, exporter, program=self.program,
+                           output_names=output_names)
+        return {**info, "as_is": False}
+
 
 def parse_shape(text: str | None) -> tuple[int, ...] | None:
     """``"1x1x28x28"`` or ``"1,1,28,28"`` → (1, 1, 28, 28)."""

@@ -58,11 +58,7 @@ def choose_student(ctx, profile, work: Path) -> dict[str, Any]:  # noqa: ANN001
     timed_on = profile.backend if backend.can_time(profile) else "onnxruntime"
     names = task.output_names(ctx.info)
     teacher = work / "teacher.onnx"
-    if ctx.teacher.onnx_bytes is not None:
-        teacher.write_bytes(ctx.teacher.onnx_bytes)
-    else:
-        export_onnx(ctx.teacher.module, shape, teacher, ctx.cfg.export.opset, ctx.cfg.export.exporter,
-                    program=ctx.teacher.program, output_names=names)
+    ctx.teacher.write_onnx(teacher, shape, ctx.cfg.export.opset, ctx.cfg.export.exporter, names)
     int8 = profile.default_precision == "int8" and timed_on == profile.backend
     calib_x = None
     if int8:

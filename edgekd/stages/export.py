@@ -42,18 +42,9 @@ class Export(Stage):
         report: dict[str, Any] = {}
         outputs: dict[str, str] = {}
         distilled = ctx.distilled()
-        onnx_teacher = ctx.teacher.onnx_bytes
+        names = ctx.task.output_names(ctx.info)
         for name in ("teacher", "student"):
             path = out / f"{name}.onnx"
-            if onnx_teacher is not None and (name == "teacher" or not distilled):
-                # an ONNX teacher is exported as it is (its batch axis made symbolic when that was safe)
-                with atomic_path(path) as tmp:
-                    tmp.write_bytes(onnx_teacher)
-                report[name] = {"exporter": "none (an ONNX file)", "opset": opset_of(path), "source": ctx.teacher.path,
-                                "notes": ctx.teacher.notes, "batch_dynamic": ctx.teacher.module.batch_dynamic}
-                write_json(out / "parity.json", report)
-                outputs[name] = ctx.run.rel(path)
-                continue
             if name == "student" and not distilled and "teacher" in report:
                 # distillation off: the deployed model is the teacher; its export and parity are not done twice
                 with atomic_path(path) as tmp:
@@ -62,10 +53,17 @@ class Export(Stage):
                 write_json(out / "parity.json", report)
                 outputs[name] = ctx.run.rel(path)
                 continue
-            module = ctx.teacher.module if name == "teacher" else ctx.student_module()
-            program = ctx.teacher.program if (name == "teacher" or not distilled) else None
-            info = export_onnx(module, ctx.input_shape, path, cfg.opset, cfg.exporter, program=program,
-                               output_names=ctx.task.output_names(ctx.info))
+            if name == "teacher":
+                module = ctx.teacher.module
+                info = ctx.teacher.write_onnx(path, ctx.input_shape, cfg.opset, cfg.exporter, names)
+                if info.pop("as_is"):  # an ONNX teacher is exported as it is (its batch axis made symbolic when safe)
+                    report[name] = {**info, "opset": opset_of(path)}
+                    write_json(out / "parity.json", report)
+                    outputs[name] = ctx.run.rel(path)
+                    continue
+            else:
+                module = ctx.student_module()
+                info = export_onnx(module, ctx.input_shape, path, cfg.opset, cfg.exporter, output_names=names)
             data, info["batch_dynamic"] = make_batch_dynamic(path.read_bytes())  # a batch-1 program exports batch 1
             with atomic_path(path) as tmp:
                 tmp.write_bytes(data)
