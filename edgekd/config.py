@@ -109,6 +109,8 @@ class PlanConfig(Strict):
     max_kept: int | None = Field(None, ge=1, description="most layers kept in float (default: any number)")
     rounds: int = Field(3, ge=1, le=20, description="alternating timing rounds, every candidate in one process")
     iterations: int = Field(300, ge=10, description="timed batch-1 calls per candidate and round")
+    min_speedup: float = Field(1.05, ge=1, description="an INT8 plan ships only if at least this many times faster "
+                               "than FP32 at batch 1 (FP32 loses nothing; a 1–2 % gain is within timing noise)")
     rank_all: bool = Field(False, description="rank every layer even when all-INT8 already meets max_drop (by "
                            "default the ranking is skipped then: the plan is all-INT8 or FP32, whichever is faster)")
 

@@ -195,3 +195,20 @@ def test_no_layer_is_ranked_when_all_int8_already_meets_the_budget(demo_teacher:
     edgekd.compress(demo_teacher, quantize={"plan": {**plan_cfg, "rank_all": True}}, **kw)
     sens = json.loads((run / "03-sensitivity" / "x86-cpu-vnni" / "sensitivity.json").read_text())
     assert sens["skipped"] is None and len(sens["layers"]) >= 5
+
+
+def test_an_int8_plan_must_beat_fp32_by_the_margin() -> None:
+    """FP32 loses nothing, so an INT8 plan ships only when it is at least min_speedup× faster; a tie in the noise
+    (1.02×) ships FP32 and says why, a real gain (2×) ships INT8."""
+    from edgekd.quant.planner import Candidate, choose
+
+    def cands(int8_ms: float) -> tuple[list[Candidate], Candidate]:
+        int8 = Candidate("all int8", "int8", [], 0.90, 0.2, "a.onnx", p50_ms=int8_ms, meets_accuracy=True)
+        return [int8], Candidate("fp32", "fp32", [], 0.902, 0.0, "b.onnx", p50_ms=0.200, meets_accuracy=True)
+
+    c, why = choose(*cands(0.196), max_drop=1.0, latency_budget_ms=None, timed=True, min_speedup=1.05)
+    assert c.precision == "fp32" and "only 1.02× faster" in why
+    c, why = choose(*cands(0.100), max_drop=1.0, latency_budget_ms=None, timed=True, min_speedup=1.05)
+    assert c.precision == "int8" and "(2.00×)" in why
+    c, _ = choose(*cands(0.196), max_drop=1.0, latency_budget_ms=None, timed=True, min_speedup=1.0)
+    assert c.precision == "int8"  # no margin: the faster median wins

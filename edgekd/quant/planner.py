@@ -128,7 +128,7 @@ def greedy_candidates(order: list[str], quantize: Quantizer, score: Scorer, work
 
 
 def choose(candidates: list[Candidate], fp32: Candidate, max_drop: float, latency_budget_ms: float | None,
-           timed: bool) -> tuple[Candidate, str]:
+           timed: bool, min_speedup: float = 1.0) -> tuple[Candidate, str]:
     """The plan: the fastest candidate within both budgets (FP32 included: it meets any accuracy budget), or, when
     latency cannot be measured here, the accuracy-meeting INT8 candidate with the fewest layers in float. Raises
     :class:`GateError` naming the best plan found when no candidate meets both budgets."""
@@ -154,5 +154,9 @@ def choose(candidates: list[Candidate], fp32: Candidate, max_drop: float, latenc
                f"no INT8 plan within {max_drop:g} pt is faster than FP32 (best: {min(int8s, key=lambda x: x.p50_ms).p50_ms:.3f} "
                f"vs {fp32.p50_ms:.3f} ms)")
         return c, why
+    if fp32 in ok and fp32.p50_ms < c.p50_ms * min_speedup:
+        # FP32 loses nothing: an INT8 plan must be faster by a margin the timing can tell from noise to be worth it
+        return fp32, (f"the fastest INT8 plan within {max_drop:g} pt is only {fp32.p50_ms / c.p50_ms:.2f}× faster than "
+                      f"FP32 ({c.p50_ms:.3f} vs {fp32.p50_ms:.3f} ms; quantize.plan.min_speedup {min_speedup:g})")
     return c, (f"fastest within {max_drop:g} pt: {c.drop:.2f} pt, {c.p50_ms:.3f} ms vs FP32 {fp32.p50_ms:.3f} ms "
                f"({fp32.p50_ms / c.p50_ms:.2f}×)")

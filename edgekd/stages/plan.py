@@ -63,7 +63,7 @@ class Plan(Stage):
         if timed:
             settings = self.time(ctx, p, [int8] + [c for c in cands[1:] if c.meets_accuracy] + [fp32], cfg)
         try:
-            chosen, reason = choose(cands, fp32, cfg.max_drop, cfg.latency_budget_ms, timed)
+            chosen, reason = choose(cands, fp32, cfg.max_drop, cfg.latency_budget_ms, timed, cfg.min_speedup)
             failure = None
         except GateError as e:
             chosen, reason, failure = None, e.message, e

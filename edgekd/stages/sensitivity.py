@@ -149,9 +149,6 @@ class Sensitivity(Stage):
         int8 = tools.score(int8_path)
         int8_rank, int8_err = tools.rank(int8_path)
         m = tools.metric
-        progress.log(f"sensitivity/{p.name}: {len(layers)} layers; {m.name} fp32 {fp32:.4f}, all-int8 {int8:.4f} "
-                     f"({m.drop(fp32, int8):+.2f} pt) on {len(tools.y)} val samples; each layer ranked on "
-                     f"{len(tools.y_rank)}")
         work = out / "work"
         plan = ctx.cfg.quantize.plan
         skipped = None
@@ -160,7 +157,10 @@ class Sensitivity(Stage):
             # FP32 by speed, so ranking every layer (most of the planner's time on a detector) is skipped
             skipped = (f"all-INT8 is within the plan's budget ({m.drop(fp32, int8):+.2f} ≤ {plan.max_drop:g} pt): layers "
                        "not ranked (quantize.plan.rank_all: true ranks them)")
-            progress.log(f"sensitivity/{p.name}: {skipped}")
+        progress.log(f"sensitivity/{p.name}: {len(layers)} layers; {m.name} fp32 {fp32:.4f}, all-int8 {int8:.4f} "
+                     f"({m.drop(fp32, int8):+.2f} pt) on {len(tools.y)} val samples; "
+                     + (skipped if skipped else f"each layer ranked on {len(tools.y_rank)}"))
+        if skipped:
             rows = []
         else:
             with progress.bar(f"sensitivity/{p.name}: each layer kept in float alone", len(layers)) as bar:
