@@ -349,9 +349,6 @@ def validate_config(cfg: PipelineConfig) -> None:
         build_loss(cfg.distill.loss, **cfg.distill.loss_params)
         spec = cfg.distill.student
         if spec == "auto":
-            if cfg.task == "detect":
-                raise ConfigError("--student auto sizes the zoo's classifier backbones; detectors are not sized yet",
-                                  f"choose a detector student: --student {' | '.join(DETECTORS.names())}")
             if cfg.synth.method in ("dfad", "dfad-bn", "dfad-balanced"):
                 raise ConfigError("--student auto cannot be combined with adversarial synthesis (the student is "
                                   "trained inside the synthesis game)", "name the student, e.g. --student resnet-s")

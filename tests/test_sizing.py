@@ -102,3 +102,30 @@ def test_a_faster_thread_count_is_recommended() -> None:
     assert recommendations([close]) == []  # within 10 %: noise, not advice
     mixed = {**row, "threads_sweep": {**row["threads_sweep"], "consistent": False}}
     assert recommendations([mixed]) == []  # faster in the median but not in every round: not advice either
+
+
+def test_student_auto_sizes_a_detector_from_the_det_presets(tmp_path: Path) -> None:
+    """The committed detector (det-m): the det-* presets are timed against it and the one chosen is trained; the
+    choice is the largest expected ≥ speed_goal× faster, or the fastest with a warning."""
+    import subprocess
+    import sys
+
+    from edgekd.models.detector import DETECTORS
+
+    repo = Path(__file__).resolve().parents[1]
+    data = tmp_path / "fmnist-det"
+    subprocess.run([sys.executable, str(repo / "examples" / "make_fmnist_detection.py"), "--out", str(data), "--train",
+                    "240", "--test", "60"], check=True, capture_output=True)
+    run = tmp_path / "run"
+    r = subprocess.run([sys.executable, "-m", "edgekd.cli", "compress", str(repo / "examples" / "fmnist_detector.pt2"),
+                        "--data", str(data), "--target", "x86-cpu-vnni", "--student", "auto", "--epochs", "1",
+                        "--batch-size", "32", "--run-dir", str(run), "--quiet"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    choice = json.loads((run / "01-distill" / "student_choice.json").read_text())
+    rows = {c["name"]: c for c in choice["candidates"]}
+    assert set(rows) == set(DETECTORS.names()) and all(c["stem_stride"] is None for c in rows.values())
+    ok = [c for c in rows.values() if c["meets_goal"]]
+    pick = rows[choice["student"]]
+    assert pick["params"] == max(c["params"] for c in ok) if ok else pick["speedup"] == max(c["speedup"] for c in rows.values())
+    meta = torch.load(run / "01-distill" / "student.pt", weights_only=True)["edgekd"]
+    assert meta["arch"] == choice["student"]

@@ -3,7 +3,8 @@ measurement on the run's first target, before any training.
 
 1. Candidates: the zoo's CNN presets (:data:`CANDIDATES`), built for the teacher's input channels and outputs, their
    stem stride scaled to the input: ``stem × 2^round(log2(side / 28))`` for inputs larger than the 28-px images the
-   presets were designed at (a 224-px input gets 8× more stem stride, so the widest stage runs at 14–28 px).
+   presets were designed at (a 224-px input gets 8× more stem stride, so the widest stage runs at 14–28 px). For a
+   detector (the ``detect`` task): the ``det-*`` presets, with the teacher's strides and output conventions.
 2. Each candidate (untrained: latency does not depend on the weights) and the teacher are exported to ONNX, the
    candidates also quantized with the target backend's own PTQ when the profile ships INT8, and all of them timed at
    batch 1 against each other in alternating rounds in one worker process (:mod:`edgekd.benchmark.alternating`).
@@ -45,6 +46,7 @@ def choose_student(ctx, profile, work: Path) -> dict[str, Any]:  # noqa: ANN001
     from edgekd.backends import get_backend
     from edgekd.benchmark.subprocess_worker import run_alternating
     from edgekd.exporters.onnx_export import export_onnx
+    from edgekd.models.detector import DETECTORS
     from edgekd.models.zoo import PRESETS, count_params
     from edgekd.quant.calibration import load_recipe
     from edgekd.stages.bench import timing_settings
@@ -63,12 +65,14 @@ def choose_student(ctx, profile, work: Path) -> dict[str, Any]:  # noqa: ANN001
     calib_x = None
     if int8:
         calib_x, _ = task.calibration(ctx.data, load_recipe("small"), 64)
-    scale = stem_scale(shape)
+    detect = task.name == "detect"  # detector students keep the teacher's strides: no stem scaling
+    candidates = tuple(DETECTORS.names()) if detect else CANDIDATES
+    scale = 1 if detect else stem_scale(shape)
     rows: list[dict[str, Any]] = []
     artifacts: list[Path] = [teacher]
-    with progress.bar("distill: sizing the student (candidates exported and timed)", len(CANDIDATES)) as bar:
-        for name in CANDIDATES:
-            stem = PRESETS[name].stem_stride * scale
+    with progress.bar("distill: sizing the student (candidates exported and timed)", len(candidates)) as bar:
+        for name in candidates:
+            stem = None if detect else PRESETS[name].stem_stride * scale
             torch.manual_seed(0)
             model, _ = task.build_student(name, shape, ctx.info, None, None, stem_stride=stem if scale > 1 else None)
             model.eval()
