@@ -72,6 +72,14 @@ def _fmt(v: Any, spec: str) -> str:
     return "–" if v is None else format(v, spec)
 
 
+def student_budget(run: RunDir) -> float:
+    """``distill.max_drop`` of the run (a run made before the setting existed: its default)."""
+    from edgekd.config import DistillConfig
+
+    default = DistillConfig.model_fields["max_drop"].default
+    return float(run.manifest.get("config", {}).get("distill", {}).get("max_drop", default))
+
+
 def student_drops(run: RunDir, rows: list[dict[str, Any]]) -> dict[str, float]:
     """Per target, the points of the primary metric the FP32 student loses against the FP32 teacher on the test
     split, where that exceeds ``distill.max_drop`` (points = 100 × the metric's difference for metrics in [0, 1]).
@@ -79,7 +87,7 @@ def student_drops(run: RunDir, rows: list[dict[str, Any]]) -> dict[str, float]:
     model = run.manifest.get("inputs", {}).get("model", {})
     if model.get("metric_higher_is_better") is False:
         return {}
-    budget = float(run.manifest.get("config", {}).get("distill", {}).get("max_drop", 3.0))
+    budget = student_budget(run)
     fp32 = {(r["target"], r["model"]): r.get("metric") for r in rows if r["precision"] == "fp32"}
     out = {}
     for (target, role), student in fp32.items():
@@ -199,7 +207,7 @@ def markdown(run: RunDir, rows: list[dict[str, Any]]) -> str:
         if tele.get("energy_per_inference_mj") is not None:
             lines.append(f"\n- {r['target']} {r['model']} {r['precision']}: {tele['energy_per_inference_mj']:.2f} mJ per inference "
                          f"(mean input power {tele['power_in_mw_mean']:.0f} mW, peak temperatures {tele.get('peak_temps_c')})")
-    budget = run.manifest.get("config", {}).get("distill", {}).get("max_drop", 3.0)
+    budget = student_budget(run)
     for target, drop in sorted(flagged.items()):
         lines.append(f"\n- **Warning** — {target}: the FP32 student loses {drop:.1f} points of {label} against the "
                      f"teacher (budget distill.max_drop = {budget:g}), so its speed-ups are not results. Train longer "
