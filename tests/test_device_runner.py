@@ -14,7 +14,8 @@ import pytest
 import yaml
 from onnx import TensorProto, helper, numpy_helper
 
-from edgekd.benchmark.report import compare, latency_png, recommendations
+from edgekd.benchmark.advice import recommendations
+from edgekd.benchmark.report import compare, latency_png
 from edgekd.benchmark.stats import latency_stats
 from edgekd.benchmark.tegrastats import parse_line, summarize
 from edgekd.rundir import RunDir

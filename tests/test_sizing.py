@@ -73,7 +73,8 @@ def test_a_student_far_below_the_teacher_is_flagged_not_headlined() -> None:
     speed-up; one within the budget, a lower-is-better user metric, and unbounded metrics are left alone."""
     from types import SimpleNamespace
 
-    from edgekd.benchmark.report import _speedup, student_drops
+    from edgekd.benchmark.advice import student_drops
+    from edgekd.benchmark.report import _speedup
 
     def rows(student: float) -> list[dict]:
         return [{"target": "x86-cpu", "model": "teacher", "precision": "fp32", "metric": 0.93},
@@ -92,7 +93,7 @@ def test_a_student_far_below_the_teacher_is_flagged_not_headlined() -> None:
 
 
 def test_a_faster_thread_count_is_recommended() -> None:
-    from edgekd.benchmark.report import recommendations
+    from edgekd.benchmark.advice import recommendations
 
     row = {"target": "x86-cpu", "model": "student", "precision": "int8", "p50_ms": 0.080, "threads": 2,
            "threads_sweep": {"p50_ms": {"1": 0.042, "2": 0.080}, "best_threads": 1, "best_p50_ms": 0.042}}
