@@ -106,14 +106,34 @@ SET = typer.Option(None, "--set", help="any config key, SECTION.KEY=VALUE (repea
                    "e.g. --set quantize.plan.ranking_samples=500; the named flags win over it")
 CONFIG = typer.Option(None, "--config", "-c", help="pipeline.yaml; command-line options override it")
 RUN = typer.Option(None, "--run-dir", "-o", help="run directory (default runs/<model name>)")
+INPUT = typer.Option(None, "--input", help="NAME=SHAPE: the model input the data feed, for a model with several "
+                     "inputs, e.g. --input audio=1x1024 (the others are bound with --const)")
+CONST = typer.Option(None, "--const", help="NAME=VALUE: bind a model input to a constant (repeatable): a number, a "
+                     "list ([1,2]) or a .npy file, e.g. --const sr=16000")
 TASK = typer.Option(None, "--task", help="auto (default) | classify | detect | outputs: how the model's outputs are distilled "
                     "and scored (detect: dense detectors, mAP; outputs: embeddings, regression, multi-label, several heads)")
 
 
+def _bindings(inputs: Optional[List[str]], consts: Optional[List[str]]) -> dict[str, Any]:
+    """``--input NAME=SHAPE`` / ``--const NAME=VALUE`` → the config's ``inputs`` / ``consts`` (a ``.npy`` path made
+    absolute, so that ``edgekd bench RUN`` finds it from any folder)."""
+    from edgekd.models.inputs import parse_assignments
+
+    out: dict[str, Any] = {}
+    if inputs:
+        out["inputs"] = parse_assignments(inputs, "--input")
+    if consts:
+        out["consts"] = {n: str(Path(v).expanduser().resolve()) if v.endswith(".npy") else v
+                         for n, v in parse_assignments(consts, "--const").items()}
+    return out
+
+
 def _common(model: Optional[str], config: Optional[Path], target: Optional[List[str]], data: Optional[str], run_dir: Optional[Path],
-            arch: Optional[str], input_shape: Optional[str], allow_pickle: bool, **kw: Any) -> dict[str, Any]:
+            arch: Optional[str], input_shape: Optional[str], allow_pickle: bool, inputs: Optional[List[str]] = None,
+            consts: Optional[List[str]] = None, **kw: Any) -> dict[str, Any]:
     out: dict[str, Any] = {"model": model, "config": config, "targets": _targets(target), "run_dir": str(run_dir) if run_dir else None,
-                           "arch": arch, "input_shape": input_shape, "allow_pickle": allow_pickle or None}
+                           "arch": arch, "input_shape": input_shape, "allow_pickle": allow_pickle or None,
+                           **_bindings(inputs, consts)}
     if data is not None:
         out["data__path"] = data
     out.update(kw)
@@ -130,7 +150,10 @@ def compress(
     task: Optional[str] = TASK,
     metric: Optional[str] = METRIC,
     arch: Optional[str] = typer.Option(None, help="module.path:factory or file.py:factory for a state_dict (or a zoo name)"),
-    input_shape: Optional[str] = typer.Option(None, help="NxCxHxW when the file does not record it, e.g. 1x1x28x28"),
+    input_shape: Optional[str] = typer.Option(None, help="the input shape with a batch of 1 when the file does not record "
+                                              "it: NxCxHxW for images (1x1x28x28), any shape otherwise (1x1024)"),
+    input_: Optional[List[str]] = INPUT,
+    const: Optional[List[str]] = CONST,
     allow_pickle: bool = typer.Option(False, "--allow-pickle", help="allow loading a pickled module (runs code from the file)"),
     student: Optional[str] = typer.Option(None, help="zoo student (resnet-s, mobilenet-s, ...) or module:factory"),
     loss: Optional[str] = typer.Option(None, help="kd | dkd | dist | nkd | ce"),
@@ -177,8 +200,8 @@ def compress(
         raise UsageError("--latency-budget-ms is a budget of the precision planner, which needs an accuracy budget too",
                          "add --max-drop POINTS (e.g. --max-drop 1.0)")
 
-    kw = _common(model, config, target, data, run_dir, arch, input_shape, allow_pickle, task=task, metric=metric,
-                 distill__student=student, distill__loss=loss, distill__epochs=epochs, distill__batch_size=batch_size,
+    kw = _common(model, config, target, data, run_dir, arch, input_shape, allow_pickle, input_, const, task=task,
+                 metric=metric, distill__student=student, distill__loss=loss, distill__epochs=epochs, distill__batch_size=batch_size,
                  distill__lr=lr, distill__features=_features(feature), distill__augment=augment, distill__mixup=mixup,
                  distill__enabled=False if no_distill else None, quantize__precision=precision,
                  quantize__calibration=calibration, quantize__qat=qat, quantize__bits=bits, quantize__ti_mode=ti_mode,
@@ -234,12 +257,15 @@ def _stage_cmd(stage: str):  # noqa: ANN202
         metric: Optional[str] = METRIC,
         arch: Optional[str] = typer.Option(None),
         input_shape: Optional[str] = typer.Option(None),
+        input_: Optional[List[str]] = INPUT,
+        const: Optional[List[str]] = CONST,
         allow_pickle: bool = typer.Option(False, "--allow-pickle"),
         set_: Optional[List[str]] = SET,
     ) -> None:
         from edgekd import api
 
-        kw = _common(model, config, target, data, run_dir, arch, input_shape, allow_pickle, task=task, metric=metric)
+        kw = _common(model, config, target, data, run_dir, arch, input_shape, allow_pickle, input_, const, task=task,
+                     metric=metric)
         kw = {**_sets(set_), **{k: v for k, v in kw.items() if v is not None}}
         m, c, rd = kw.pop("model", None), kw.pop("config", None), kw.pop("run_dir", None)
         if m is None and c is None and rd is None:

@@ -228,6 +228,10 @@ class PipelineConfig(Strict):
                                "else the first key) headlines the report (edgekd.tasks.user_metric). Runs your code.")
     arch: str | None = None
     input_shape: str | None = None
+    inputs: dict[str, Any] | None = Field(None, description="{name: shape} of the input the data feed, for a model "
+                                          "with several inputs (edgekd.models.inputs); at most one")
+    consts: dict[str, Any] | None = Field(None, description="{name: value} constants bound to the model's other "
+                                          "inputs: a number, a list, or a .npy file")
     allow_pickle: bool = False
     targets: list[str] = Field(default_factory=lambda: ["x86-cpu"])
     run_dir: str | None = None
@@ -296,6 +300,9 @@ def load_config_file(path: str | Path, overrides: dict[str, Any] | None = None) 
             candidate = path.parent / raw[key]
             if candidate.exists() or key == "run_dir":
                 raw[key] = str(candidate)
+    for name, value in (raw.get("consts") or {}).items() if isinstance(raw.get("consts"), dict) else ():
+        if isinstance(value, str) and value.endswith(".npy") and not Path(value).is_absolute():
+            raw["consts"][name] = str(path.parent / value)
     data = raw.get("data")
     if isinstance(data, dict) and isinstance(data.get("path"), str):
         candidate = path.parent / data["path"]

@@ -167,7 +167,7 @@ class RunContext:
         from edgekd.fileio import atomic_path
 
         path = self.run.stage_dir("bench") / "eval.npz"
-        want = f"{len(self.data.test)}:{self.data.meta['normalize']}:{self.task.name}:{self.data.test.y.shape}:{self.teacher.sha256}"
+        want = f"{len(self.data.test)}:{self.data.meta['normalize']}:{self.task.name}:{self.data.test.y.shape}:{self.teacher.identity}"
         marker = path.with_suffix(".key")
         if not path.exists() or not marker.exists() or marker.read_text() != want:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -213,8 +213,14 @@ def open_run(cfg: PipelineConfig) -> RunContext:
         if advice:
             progress.warn(advice)
     validate_config(cfg)
-    lm = load_model(cfg.model, arch=cfg.arch, input_shape=cfg.input_shape, allow_pickle=cfg.allow_pickle)
+    lm = load_model(cfg.model, arch=cfg.arch, input_shape=cfg.input_shape, allow_pickle=cfg.allow_pickle,
+                    inputs=cfg.inputs, consts=cfg.consts)
     shape = require_input_shape(lm)
+    if lm.bindings:
+        bound = ", ".join(f"{n}={c.get('value', 'array ' + 'x'.join(map(str, c['shape'])))}"
+                          for n, c in lm.bindings["consts"].items())
+        progress.log(f"inputs: the data feed {lm.input_name}" + (f"; bound: {bound}" if bound else ""))
+    cfg = fit_to_input(cfg, shape)
     if lm.format == "onnx":
         check_onnx_teacher(cfg)
     for note in lm.notes:
@@ -229,6 +235,9 @@ def open_run(cfg: PipelineConfig) -> RunContext:
     task = get_task(name.rstrip("?"))
     info = task.probe(raw_outputs)
     check_backends_score(task, profiles)
+    if cfg.quantize.qat != "none" and not task.trains_qat:
+        raise UsageError(f"QAT is implemented for classifiers; this run's task is {task.name}",
+                         "use post-training quantization (drop --qat)")
     real = load_real_data(cfg, lm, shape, task, info) if cfg.data.path is not None else None
     if name.endswith("?"):  # fewer label classes than outputs: is it a classifier? its own predictions tell
         from edgekd.tasks.auto import confirm_classifier
@@ -267,7 +276,8 @@ def open_run(cfg: PipelineConfig) -> RunContext:
     run.manifest["config"] = cfg.model_dump()
     run.manifest["environment"] = describe_environment()
     run.manifest["inputs"] = {"model": {"path": lm.path, "sha256": lm.sha256, "format": lm.format,
-                                        "input_shape": list(shape), **info, "task": task.name}}
+                                        "input_shape": list(shape), **info, "task": task.name,
+                                        **({"bindings": lm.bindings} if lm.bindings else {})}}
     if cfg.metric:
         run.manifest["inputs"]["model"].update(metric=cfg.metric, metric_primary=task.primary,
                                                metric_higher_is_better=task.metric.higher_is_better,
@@ -315,6 +325,42 @@ def check_backends_score(task: Task, profiles: list[Profile]) -> None:
         if allowed is not None and task.name not in allowed:
             raise UsageError(f"target {p.name} ({p.backend}) scores {', '.join(allowed)} models only today; this "
                              f"run's task is {task.name}", "use an onnxruntime or openvino target for this model")
+
+
+def fit_to_input(cfg: PipelineConfig, shape: tuple[int, ...]) -> PipelineConfig:
+    """For a model whose input is not an image (audio, sequences, tabular rows): the default student becomes the 1-D
+    ``conv1d-s`` (said), and what only works on images is refused in one line — a 2-D zoo student named by the user,
+    ``--student auto`` (it sizes image students), data-free synthesis (it makes images), QAT (it quantizes Conv2d
+    and Linear). Image models pass unchanged."""
+    from edgekd.data.datasets import is_image_shape
+    from edgekd.models.zoo import MODELS, input_kind
+
+    sample = tuple(shape[1:])
+    if is_image_shape(sample):
+        return cfg
+    what = f"this model's input is {sample} per sample, not an image"
+    if cfg.data.path is None:
+        raise UsageError(f"data-free synthesis makes images; {what}", "pass real data with --data")
+    d = cfg.distill
+    if d.enabled and cfg.quantize.qat != "none":
+        raise UsageError(f"QAT quantizes image students' Conv2d layers; {what}", "drop --qat (post-training "
+                         "quantization works on any input)")
+    if not d.enabled or ":" in d.student:
+        return cfg
+    if d.student == "auto":
+        raise UsageError(f"--student auto sizes image students today; {what}",
+                         "name a 1-D student: --student conv1d-s (or conv1d-xs, conv1d-m, conv1d-l)")
+    if len(sample) > 2:
+        raise UsageError(f"the zoo's students take images (C, H, W) or sequences (L,) / (C, L); {what}",
+                         "pass your own student (--student file.py:factory), or --no-distill")
+    name = d.student.removeprefix("zoo:")
+    if name in MODELS and input_kind(name) == "image":
+        if "student" in d.model_fields_set:
+            raise UsageError(f"--student {d.student} takes images; {what}",
+                             "use a 1-D student: --student conv1d-s (or conv1d-xs, conv1d-m, conv1d-l)")
+        cfg.distill = d.model_copy(update={"student": "conv1d-s"})
+        progress.log(f"student: conv1d-s (the default for inputs that are not images: {sample}; --student to choose)")
+    return cfg
 
 
 def check_onnx_teacher(cfg: PipelineConfig) -> None:

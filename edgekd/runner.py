@@ -75,7 +75,7 @@ class Runner:
         return {
             "stage": stage.name, "format": RUN_FORMAT, "config": stage.config(ctx, profile),
             "inputs": {STAGES.get(n).stage_id(p): ctx.run.output_hash(STAGES.get(n).stage_id(p)) for n, p in deps},
-            "teacher": ctx.teacher.sha256,
+            "teacher": ctx.teacher.identity,
             "data": ctx.data_key() if stage.reads_data else None,
             "profile": profile.model_dump(exclude={"source"}) if stage.per_target and profile is not None else None,
         }

@@ -250,3 +250,15 @@ def test_a_classification_run_with_float_labels_is_refused_in_one_line(tmp_path:
                       str(tmp_path / "run")], capsys)
     lines = [ln for ln in out.strip().splitlines() if ln.startswith("error")]
     assert code == 2 and len(lines) == 1 and "float" in lines[0] and "Traceback" not in out
+
+
+def test_qat_of_a_model_that_is_not_a_classifier_is_refused_before_the_run_directory(tmp_path: Path, capsys) -> None:  # noqa: ANN001
+    from helpers import Regressor
+
+    model = _save_pt2(Regressor().eval(), tmp_path / "reg.pt2")
+    np.savez(tmp_path / "reg.npz", x=_images(60), y=np.linspace(0, 1, 60, dtype=np.float32)[:, None])
+    code, out = _cli(["-q", "compress", str(model), "-d", str(tmp_path / "reg.npz"), "--qat", "kd", "-o",
+                      str(tmp_path / "run")], capsys)
+    lines = [ln for ln in out.strip().splitlines() if ln.startswith("error")]
+    assert code == 2 and len(lines) == 1 and "QAT" in lines[0] and "outputs" in lines[0] and "Traceback" not in out
+    assert not (tmp_path / "run").exists()

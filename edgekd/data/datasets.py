@@ -29,7 +29,8 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".we
 
 @dataclass
 class ArraySplit:
-    """One split: ``x`` float32 (N, C, H, W) already normalised, ``y`` int64 (N,)."""
+    """One split: ``x`` float32 (N, C, H, W) already normalised — or (N, *input) for a model whose input is not an
+    image — and ``y``: int64 (N,) class ids, or the ``outputs`` task's float targets."""
 
     x: np.ndarray
     y: np.ndarray
@@ -194,6 +195,49 @@ def _to_nchw(x: np.ndarray, channels: int | None) -> np.ndarray:
     return x
 
 
+def is_image_shape(sample_shape: Sequence[int] | None) -> bool:
+    """Whether a model's per-sample input is an image (C, H, W): only then do resizing, channel conversion, per-channel
+    statistics, flips/shifts and image synthesis apply."""
+    return sample_shape is None or len(sample_shape) == 3
+
+
+def _as_samples(x: np.ndarray, sample_shape: Sequence[int], where: str) -> np.ndarray:
+    """Non-image data (audio, tabular rows, sequences): any array whose per-sample shape is the model's input; an
+    ``(N, L)`` array feeds a ``(1, L)`` input as it is (the singleton axis added)."""
+    want = tuple(int(d) for d in sample_shape)
+    if tuple(x.shape[1:]) == want:
+        return x
+    if x.ndim >= 2 and tuple(d for d in want if d != 1) == tuple(d for d in x.shape[1:] if d != 1) and \
+            int(np.prod(x.shape[1:])) == int(np.prod(want)):
+        return x.reshape((len(x), *want))  # the same values with singleton axes added or dropped
+    raise DataError(f"samples in {where} have shape {tuple(x.shape[1:])}; the model's input is {want} per sample",
+                    "save x as (N, " + ", ".join(map(str, want)) + "), or pass the right --input-shape")
+
+
+def array_normalization(sample_shape: Sequence[int], mean: Sequence[float] | None, std: Sequence[float] | None):  # noqa: ANN201
+    """(mean, std, where they came from, ``norm(a)``) for non-image inputs: the given statistics — one value, or one
+    per entry of the first per-sample axis — else none at all (the data are used as given: a waveform's or a feature
+    vector's scale is the model's, and statistics measured on the data would change what the teacher sees)."""
+    if mean is None or std is None:
+        def as_given(a: np.ndarray) -> np.ndarray:
+            return np.ascontiguousarray(_to_unit_float(a))
+
+        return None, None, "none: the input is not an image, so the data are used as given (uint8 scaled to 0..1)", as_given
+    if len(mean) not in (1, sample_shape[0]) or len(std) != len(mean):
+        raise DataError(f"--mean/--std have {len(mean)}/{len(std)} values; this input {tuple(sample_shape)} takes 1 or "
+                        f"{sample_shape[0]}", "pass one value, or one per entry of the first axis")
+    shape = (1, len(mean)) + (1,) * (len(sample_shape) - 1)
+    m, s = np.asarray(mean, np.float32).reshape(shape), np.asarray(std, np.float32).reshape(shape)
+
+    def norm(a: np.ndarray) -> np.ndarray:
+        out = np.ascontiguousarray(_to_unit_float(a))
+        out -= m
+        out /= s
+        return out
+
+    return list(mean), list(std), "given or recorded in the model file", norm
+
+
 def _check_labels(y: np.ndarray, where: str) -> np.ndarray:
     """Integer class ids ≥ 0, or a DataError: float labels are never cast (regression targets would become 0)."""
     if y.ndim != 1:
@@ -291,6 +335,7 @@ def load_dataset(
     resize: str = "stretch",
     labels: str = "classes",
     test_limit: int | None = None,
+    sample_shape: Sequence[int] | None = None,
 ) -> Dataset:
     """Load ``spec`` (IDX folder, image folder, .npz, or ``fashion-mnist``) into normalised train/val/test splits.
 
@@ -298,7 +343,8 @@ def load_dataset(
     holds whatever targets an ``.npz`` carries, of any shape and dtype, cast to float32 and never to integers; an
     ``.npz`` without ``y`` — and an IDX or image folder, whose labels are class ids — give targets of width 0.
     ``limit`` cuts the train split, ``test_limit`` the test split (of an image folder's own test set, a seeded
-    sample); an image folder decodes only the images these splits use."""
+    sample); an image folder decodes only the images these splits use. ``sample_shape`` (the model's per-sample input)
+    that is not (C, H, W) takes the data as arrays of that shape (:func:`_as_samples`), with no image step."""
     root = resolve_data_path(spec)
     classes: list[str] | None = None
     x_test = y_test = None
@@ -329,7 +375,7 @@ def load_dataset(
             _check_finite(x, root.name)
             if x_test is not None:
                 _check_finite(x_test, f"{root.name} (x_test)")
-            if "normalized" in z and bool(z["normalized"]) and mean is None:
+            if "normalized" in z and bool(z["normalized"]) and mean is None and is_image_shape(sample_shape):
                 # edgekd synth output: already in the model's input space
                 mean = [0.0] * int(_to_nchw(x[:1], channels).shape[1])
                 std = [1.0] * len(mean)
@@ -352,6 +398,15 @@ def load_dataset(
     else:
         raise DataError(f"cannot read data at {root}", "pass an IDX folder, an image folder or a .npz file")
 
+    image = is_image_shape(sample_shape)
+    if not image:
+        assert sample_shape is not None
+        if fmt == "image-folder":
+            raise DataError(f"{root} is an image folder; the model's input is {tuple(sample_shape)} per sample, not an "
+                            "image", "pass a .npz whose x is (N, " + ", ".join(map(str, sample_shape)) + ")")
+        x = _as_samples(x, sample_shape, root.name)
+        if x_test is not None:
+            x_test = _as_samples(x_test, sample_shape, f"{root.name} (x_test)")
     if targets and fmt != "npz":  # class ids of an IDX or image folder are not targets of a non-classifier
         y = np.zeros((len(y), 0), np.float32)
         y_test = None if y_test is None else np.zeros((len(y_test), 0), np.float32)
@@ -377,15 +432,21 @@ def load_dataset(
         test_idx, val_idx, train_idx = (None if test_idx is None else at[test_idx]), at[val_idx], at[train_idx]
         if x_test is not None:
             x_test = decode_images(x_test, channels, size or tuple(x.shape[1:3]), resize, "test")  # type: ignore[arg-type]
-    x = _to_nchw(x, channels)
-    if x_test is not None:
-        x_test = _to_nchw(x_test, channels)
+    if image:
+        x = _to_nchw(x, channels)
+        if x_test is not None:
+            x_test = _to_nchw(x_test, channels)
     if test_idx is not None:
         x_test, y_test = x[test_idx], y[test_idx]
-    xtr = _to_unit_float(x[train_idx])
-    mean, std, norm_source, norm = normalization(xtr, mean, std)
-    xtr -= np.asarray(mean, np.float32).reshape(1, -1, 1, 1)  # in place: xtr is this function's own copy
-    xtr /= np.asarray(std, np.float32).reshape(1, -1, 1, 1)
+    if image:
+        xtr = _to_unit_float(x[train_idx])
+        mean, std, norm_source, norm = normalization(xtr, mean, std)
+        xtr -= np.asarray(mean, np.float32).reshape(1, -1, 1, 1)  # in place: xtr is this function's own copy
+        xtr /= np.asarray(std, np.float32).reshape(1, -1, 1, 1)
+    else:
+        assert sample_shape is not None
+        mean, std, norm_source, norm = array_normalization(sample_shape, mean, std)
+        xtr = norm(x[train_idx])
     num_classes = 0 if targets else int(max(y.max(), y_test.max() if len(y_test) else 0) + 1)  # type: ignore[union-attr]
     ds = Dataset(
         train=ArraySplit(np.ascontiguousarray(xtr), y[train_idx]),
@@ -403,9 +464,12 @@ def load_dataset(
         "split_seed": seed,
         "val_fraction": val_fraction,
         "test_split": "source" if fmt == "idx" or x_test is not None else f"seeded {test_fraction}",
-        "normalize": {"mean": [float(v) for v in mean], "std": [float(v) for v in std], "source": norm_source},
+        "normalize": {"mean": None if mean is None else [float(v) for v in mean],
+                      "std": None if std is None else [float(v) for v in std], "source": norm_source},
         "resize": resize if fmt == "image-folder" else None,
     }
+    if not image:
+        ds.meta["image_steps_skipped"] = "resize, channel conversion, per-channel statistics, flips and shifts"
     if targets:
         ds.meta["classes"], ds.meta["labels"] = None, ("targets of shape " + str(tuple(y.shape[1:])) if y.ndim == 1 or y.shape[1]
                                                       else "none")

@@ -25,20 +25,25 @@ def _has_fake_quant(module: nn.Module) -> bool:
     return any(isinstance(m, FakeQuantizer) for m in module.modules())
 
 
-def _legacy(module: nn.Module, x: torch.Tensor, opset: int, names: list[str]) -> bytes:
+def _legacy(module: nn.Module, x: torch.Tensor, opset: int, names: list[str], input_name: str = "input") -> bytes:
     buf = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(module, (x,), buf, dynamo=False, opset_version=opset, input_names=["input"],
-                          output_names=names, dynamic_axes={"input": {0: "batch"}, **{n: {0: "batch"} for n in names}},
+        if not isinstance(module, torch.jit.ScriptModule) and any(
+                isinstance(m, torch.jit.ScriptModule) for m in module.modules()):
+            # a Python wrapper around TorchScript (a model with bound inputs, edgekd.models.inputs): the legacy
+            # exporter refuses to trace into the script module from the wrapper, but torch.jit.trace does it
+            module = torch.jit.trace(module, (x,), check_trace=False)
+        torch.onnx.export(module, (x,), buf, dynamo=False, opset_version=opset, input_names=[input_name],
+                          output_names=names, dynamic_axes={input_name: {0: "batch"}, **{n: {0: "batch"} for n in names}},
                           do_constant_folding=True)
     return buf.getvalue()
 
 
-def _dynamo(module: nn.Module, x: torch.Tensor, opset: int, names: list[str]) -> bytes:
+def _dynamo(module: nn.Module, x: torch.Tensor, opset: int, names: list[str], input_name: str = "input") -> bytes:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        prog = torch.onnx.export(module, (x,), dynamo=True, opset_version=max(opset, 18), input_names=["input"],
+        prog = torch.onnx.export(module, (x,), dynamo=True, opset_version=max(opset, 18), input_names=[input_name],
                                  output_names=names, dynamic_shapes=({0: torch.export.Dim("batch")},),
                                  external_data=False, verbose=False)
     assert prog is not None
@@ -54,9 +59,11 @@ def _program(program: object, opset: int) -> bytes:
 
 
 def export_onnx(module: nn.Module, input_shape: tuple[int, ...], path: Path, opset: int = 17,
-                exporter: str = "legacy", program: object = None, output_names: list[str] | None = None) -> dict[str, object]:
-    """Write ``path`` (atomically) with a dynamic batch axis and the outputs named ``output_names`` (the task's;
-    default ``logits``); return what was used.
+                exporter: str = "legacy", program: object = None, output_names: list[str] | None = None,
+                input_name: str = "input") -> dict[str, object]:
+    """Write ``path`` (atomically) with a dynamic batch axis, the input named ``input_name`` (the teacher's data
+    input, :mod:`edgekd.models.inputs`) and the outputs named ``output_names`` (the task's; default ``logits``);
+    return what was used.
 
     A ``torch.export`` program (from a .pt2 file) is exported as it is, with the dynamo exporter: it already holds
     the graph, and its unflattened module cannot be traced again. A dict-output module is exported through
@@ -86,7 +93,8 @@ def export_onnx(module: nn.Module, input_shape: tuple[int, ...], path: Path, ops
             if name == "program":
                 data = _program(program, opset)
             else:
-                data = _legacy(module, x, opset, names) if name == "legacy" else _dynamo(module, x, opset, names)
+                data = (_legacy(module, x, opset, names, input_name) if name == "legacy"
+                        else _dynamo(module, x, opset, names, input_name))
             used = name
             break
         except Exception as e:  # noqa: BLE001 - try the other exporter, report both if both fail

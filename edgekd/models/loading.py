@@ -41,6 +41,22 @@ class LoadedModel:
     program: Any = None  # the torch.export program of a .pt2 file (exported to ONNX directly)
     onnx_bytes: bytes | None = None  # an ONNX teacher: the graph the pipeline exports as is (batch made symbolic)
     notes: list[str] = field(default_factory=list)
+    #: the input the data feed and the constants bound to the others (:mod:`edgekd.models.inputs`); None: one input
+    bindings: dict[str, Any] | None = None
+
+    @property
+    def input_name(self) -> str:
+        """The data input's name: the exported ONNX keeps it."""
+        from edgekd.models.inputs import DEFAULT_INPUT_NAME
+
+        return str((self.bindings or {}).get("data_input") or DEFAULT_INPUT_NAME)
+
+    @property
+    def identity(self) -> str:
+        """What identifies the model in cache keys: the file's hash, with the bound constants when there are any."""
+        from edgekd.models.inputs import identity
+
+        return identity(self.sha256, self.bindings)
 
     def write_onnx(self, path: Path, input_shape: tuple[int, ...], opset: int, exporter: str,
                    output_names: list[str] | None = None) -> dict[str, Any]:
@@ -58,7 +74,7 @@ class LoadedModel:
         from edgekd.exporters.onnx_export import export_onnx
 
         info = export_onnx(self.module, input_shape, path, opset, exporter, program=self.program,
-                           output_names=output_names)
+                           output_names=output_names, input_name=self.input_name)
         return {**info, "as_is": False}
 
 
@@ -186,21 +202,37 @@ def load_model(
     arch: str | None = None,
     input_shape: str | tuple[int, ...] | None = None,
     allow_pickle: bool = False,
+    inputs: dict[str, Any] | None = None,
+    consts: dict[str, Any] | None = None,
 ) -> LoadedModel:
-    """Load any supported model file and return it in eval mode with its input shape and metadata."""
+    """Load any supported model file and return it in eval mode with its input shape and metadata.
+
+    ``inputs`` (``{name: shape}``, at most one) names the input the data feed; ``consts`` (``{name: value}``) binds
+    the model's other inputs to constants (:mod:`edgekd.models.inputs`), so the result is a one-input model."""
+    from edgekd.models.inputs import bind_torch, bindings_record, const_value
+
     path = Path(path).expanduser()
+    inputs = dict(inputs or {})
+    consts = {n: const_value(n, v) for n, v in (consts or {}).items()}
     if not path.exists():
         raise ModelLoadError(f"model file {path} does not exist", "check the path")
     if path.is_dir():
         raise ModelLoadError(f"{path} is a folder, not a model file", "pass a .pt/.pt2/.pth file")
     shape = parse_shape(input_shape) if input_shape is not None else None
+    if inputs:
+        given = parse_shape(next(iter(inputs.values())))
+        if shape is not None and given != shape:
+            raise ModelLoadError(f"--input-shape {'x'.join(map(str, shape))} and --input "
+                                 f"{next(iter(inputs))}={'x'.join(map(str, given or ()))} disagree", "pass one of them")
+        shape = given
     if path.suffix.lower() == ".onnx":
         from edgekd.models.onnx_teacher import load_onnx_teacher
 
-        teacher, data, file_shape, meta, note = load_onnx_teacher(path)
+        teacher, data, file_shape, meta, note, data_name = load_onnx_teacher(path, inputs, consts)
         meta = {**read_sidecar(path), **meta}
         return LoadedModel(module=teacher, input_shape=shape or file_shape, format="onnx", path=str(path),
-                           sha256=sha256_file(path), meta=meta, onnx_bytes=data, notes=[note])
+                           sha256=sha256_file(path), meta=meta, onnx_bytes=data, notes=[note],
+                           bindings=bindings_record(data_name, consts) if (consts or inputs) else None)
     meta: dict[str, Any] = {}
     program = None
 
@@ -230,20 +262,26 @@ def load_model(
             except (ValueError, AttributeError):
                 raise ModelLoadError(f"{path.name} has an unreadable edgekd.json extra file",
                                      "re-save it with valid JSON metadata") from None
-        try:
-            # unflatten keeps the module hierarchy, so forward hooks on module paths (feature KD) fire.
-            module: nn.Module = torch.export.unflatten(ep)
-        except Exception:  # noqa: BLE001
-            module = ep.module()
+        example = tuple(ep.example_inputs[0]) if ep.example_inputs else ()
+        fmt = "torch.export"
+        program = ep
+        if len(example) > 1 or consts or inputs:
+            # several inputs: bound through the program's own module (its forward names them); exported by tracing
+            # the binding, since the program itself still takes every input
+            module, data_name, pos = bind_torch(ep.module(), path.name, inputs, consts, example)
+            program = None
+        else:
+            try:
+                # unflatten keeps the module hierarchy, so forward hooks on module paths (feature KD) fire.
+                module = torch.export.unflatten(ep)
+            except Exception:  # noqa: BLE001
+                module = ep.module()
+            data_name, pos = None, 0
         if shape is None:
             if meta.get("input_shape"):
                 shape = tuple(meta["input_shape"])
-            else:
-                ex = ep.example_inputs[0] if ep.example_inputs else ()
-                if ex and isinstance(ex[0], torch.Tensor):
-                    shape = (1, *ex[0].shape[1:])
-        fmt = "torch.export"
-        program = ep
+            elif pos < len(example) and isinstance(example[pos], torch.Tensor):
+                shape = (1, *example[pos].shape[1:])
     elif _is_torchscript(path):
         try:
             module = torch.jit.load(str(path), map_location="cpu")
@@ -307,6 +345,9 @@ def load_model(
             fmt = "state_dict"
             meta.setdefault("arch", arch)
 
+    if fmt != "torch.export":
+        module, data_name, _ = bind_torch(module, path.name, inputs, consts)
+    bindings = bindings_record(data_name, consts) if (consts or inputs) else None
     meta = {**read_sidecar(path), **meta}
     if shape is None and meta.get("input_shape"):
         shape = tuple(meta["input_shape"])
@@ -318,7 +359,7 @@ def load_model(
         notes.append(f"{path.name} was saved with a fixed batch of 1: it runs one sample at a time here (slower); "
                      "re-export it with a dynamic batch (torch.export.Dim) for speed")
     return LoadedModel(module=module, input_shape=shape, format=fmt, path=str(path), sha256=sha256_file(path), meta=meta,
-                       program=program, notes=notes)
+                       program=program, notes=notes, bindings=bindings)
 
 
 def require_input_shape(lm: LoadedModel) -> tuple[int, ...]:

@@ -46,9 +46,13 @@ class OnnxTeacher(nn.Module):
         return torch.from_numpy(out)
 
 
-def load_onnx_teacher(path: Path) -> tuple[OnnxTeacher, bytes, tuple[int, ...], dict[str, Any], str]:
-    """(teacher, model bytes to export, input shape (1, …), edgekd metadata, batch note)."""
+def load_onnx_teacher(path: Path, inputs: dict[str, Any] | None = None, consts: dict[str, np.ndarray] | None = None,
+                      ) -> tuple[OnnxTeacher, bytes, tuple[int, ...], dict[str, Any], str, str]:
+    """(teacher, model bytes to export, input shape (1, …), edgekd metadata, batch note, the data input's name).
+    ``consts`` bind the model's other inputs (made initializers: :func:`edgekd.models.inputs.bind_onnx_inputs`)."""
     import onnx
+
+    from edgekd.models.inputs import bind_onnx_inputs
 
     try:
         model = onnx.load(str(path))
@@ -56,12 +60,10 @@ def load_onnx_teacher(path: Path) -> tuple[OnnxTeacher, bytes, tuple[int, ...], 
     except Exception as e:  # noqa: BLE001 - onnx raises several types for damaged files
         line = next((ln for ln in str(e).splitlines() if ln.strip()), type(e).__name__)
         raise ModelLoadError(f"{path.name} is not a valid ONNX model: {line[:100]}", "re-export it") from None
+    data_name = bind_onnx_inputs(model, path.name, dict(inputs or {}), dict(consts or {}))
     inits = {i.name for i in model.graph.initializer}
-    inputs = [i for i in model.graph.input if i.name not in inits]
-    if len(inputs) != 1:
-        raise ModelLoadError(f"{path.name} has {len(inputs)} inputs; edgekd takes one-input models today",
-                             "export the model with a single input")
-    dims = inputs[0].type.tensor_type.shape.dim
+    data_input = next(i for i in model.graph.input if i.name not in inits)
+    dims = data_input.type.tensor_type.shape.dim
     shape = tuple(int(d.dim_value) if d.HasField("dim_value") else 1 for d in dims)
     if len(shape) < 2 or any(d <= 0 for d in shape[1:]):
         raise ModelLoadError(f"{path.name}'s input has no fixed shape {shape}", "pass --input-shape")
@@ -81,4 +83,4 @@ def load_onnx_teacher(path: Path) -> tuple[OnnxTeacher, bytes, tuple[int, ...], 
     else:
         note = "the file hard-codes batch 1: the teacher runs sample by sample"
     original = data
-    return OnnxTeacher(original, batch_dynamic), original, (1, *shape[1:]), meta, note
+    return OnnxTeacher(original, batch_dynamic), original, (1, *shape[1:]), meta, note, data_name

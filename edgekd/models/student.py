@@ -12,6 +12,12 @@ from edgekd.models.loading import resolve_factory
 from edgekd.models.zoo import MODELS, build_model
 
 
+def in_channels(input_shape: tuple[int, ...]) -> int:
+    """The channel count a student's first layer reads: C of an (N, C, H, W) image or an (N, C, L) sequence; 1 for an
+    (N, L) input, which the 1-D students read as one channel."""
+    return int(input_shape[1]) if len(input_shape) >= 3 else 1
+
+
 def build_student(spec: str, in_channels: int, num_classes: int, width: int | None = None,
                   depth: int | None = None, layout: list[dict[str, Any]] | None = None,
                   kwargs: dict[str, Any] | None = None, stem_stride: int | None = None) -> tuple[nn.Module, dict[str, Any]]:

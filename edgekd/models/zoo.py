@@ -255,3 +255,11 @@ def build_model(name: str, in_channels: int, num_classes: int, width: int | None
 
 def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+def input_kind(name: str) -> str:
+    """What a zoo model takes: ``image`` (C, H, W) for the 2-D families, ``sequence`` (L,) or (C, L) for ``conv1d-*``."""
+    return str(getattr(MODELS.get(name.removeprefix("zoo:")), "input_kind", "image"))
+
+
+from edgekd.models import zoo1d as _zoo1d  # noqa: E402, F401 - registers the 1-D students (conv1d-*)

@@ -48,6 +48,11 @@ class Distill(Stage):
         student = None
         history: list[dict[str, Any]] = []
         if cfg.enabled:
+            from edgekd.data.datasets import is_image_shape
+
+            if cfg.augment and not is_image_shape(ctx.input_shape[1:]):
+                cfg = cfg.model_copy(update={"augment": False})
+                progress.log("distill: flips and shifts skipped (the input is not an image)")
             spec, stem = cfg.student, None
             if spec == "auto":  # sized by measurement on the first target (edgekd.models.sizing)
                 from edgekd.models.sizing import choose_student

@@ -63,7 +63,8 @@ class Export(Stage):
                     continue
             else:
                 module = ctx.student_module()
-                info = export_onnx(module, ctx.input_shape, path, cfg.opset, cfg.exporter, output_names=names)
+                info = export_onnx(module, ctx.input_shape, path, cfg.opset, cfg.exporter, output_names=names,
+                                   input_name=ctx.teacher.input_name)
             data, info["batch_dynamic"] = make_batch_dynamic(path.read_bytes())  # a batch-1 program exports batch 1
             with atomic_path(path) as tmp:
                 tmp.write_bytes(data)

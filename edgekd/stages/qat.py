@@ -42,11 +42,6 @@ class QAT(Stage):
         from edgekd.runtimes import make_runner
 
         q = ctx.cfg.quantize
-        if ctx.task.name != "classify":
-            from edgekd.errors import UsageError
-
-            raise UsageError(f"QAT is implemented for classifiers; this run's task is {ctx.task.name}",
-                             "use post-training quantization (drop --qat)")
         out = ctx.run.fresh_dir("quantize", "qat")
         fp = ctx.student_module()
         qcfg = QATConfig(**parse_bits(q.bits), act_quantizer=q.act_quantizer, first_last=q.first_last, keep_fp=q.keep_fp,

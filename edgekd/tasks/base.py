@@ -23,6 +23,8 @@ class Task:
     #: the primary metric's direction, and points per unit (budgets such as ``--max-drop`` are in points)
     higher_is_better: bool = True
     points_scale: float = 100.0
+    #: whether quantization-aware training (``--qat``: losses on logits, block outputs and attention) fits the task
+    trains_qat: bool = False
 
     @property
     def base(self) -> "Task":

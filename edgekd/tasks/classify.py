@@ -21,6 +21,7 @@ from edgekd.tasks.base import Task
 class Classification(Task):
     name = "classify"
     primary = "top1"
+    trains_qat = True
     agreement_name = "top-1 agreement"
 
     def probe(self, outputs: Any) -> dict[str, Any]:
@@ -48,7 +49,7 @@ class Classification(Task):
 
         ds = load_dataset(spec, channels=input_shape[1], size=tuple(input_shape[2:4]) if len(input_shape) == 4 else None,
                           val_fraction=val_fraction, seed=seed, mean=mean, std=std, limit=limit, resize=resize,
-                          test_limit=test_limit)
+                          test_limit=test_limit, sample_shape=tuple(input_shape[1:]))
         if tuple(ds.input_shape) != tuple(input_shape[1:]):
             raise DataError(f"data samples have shape {ds.input_shape}, the model wants {tuple(input_shape[1:])}",
                             "pass data of the model's input size or the right --input-shape")
@@ -62,9 +63,9 @@ class Classification(Task):
 
     def build_student(self, spec: str, input_shape: tuple[int, ...], info: dict[str, Any], width: int | None,
                       depth: int | None, stem_stride: int | None = None) -> tuple[Any, dict[str, Any]]:
-        from edgekd.models.student import build_student
+        from edgekd.models.student import build_student, in_channels
 
-        return build_student(spec, input_shape[1], info["num_classes"], width, depth, stem_stride=stem_stride)
+        return build_student(spec, in_channels(input_shape), info["num_classes"], width, depth, stem_stride=stem_stride)
 
     def predict(self, model: Any, x: np.ndarray, info: dict[str, Any] | None = None) -> np.ndarray:
         from edgekd.kd.trainer import predict_logits

@@ -72,7 +72,7 @@ class Outputs(Task):
 
         ds = load_dataset(spec, channels=input_shape[1], size=tuple(input_shape[2:4]) if len(input_shape) == 4 else None,
                           val_fraction=val_fraction, seed=seed, mean=mean, std=std, limit=limit, resize=resize,
-                          labels="targets", test_limit=test_limit)
+                          labels="targets", test_limit=test_limit, sample_shape=tuple(input_shape[1:]))
         if tuple(ds.input_shape) != tuple(input_shape[1:]):
             raise DataError(f"data samples have shape {ds.input_shape}, the model wants {tuple(input_shape[1:])}",
                             "pass data of the model's input size or the right --input-shape")
@@ -129,9 +129,9 @@ class Outputs(Task):
 
     def build_student(self, spec: str, input_shape: tuple[int, ...], info: dict[str, Any], width: int | None,
                       depth: int | None, stem_stride: int | None = None) -> tuple[Any, dict[str, Any]]:
-        from edgekd.models.student import build_student
+        from edgekd.models.student import build_student, in_channels
 
-        model, recipe = build_student(spec, input_shape[1], int(info["packed_dim"]), width, depth,
+        model, recipe = build_student(spec, in_channels(input_shape), int(info["packed_dim"]), width, depth,
                                       layout=info["outputs"], stem_stride=stem_stride)
         return model, recipe
 
