@@ -50,6 +50,9 @@ def main() -> None:
     ap.add_argument("--n-calib", type=int, default=256)
     ap.add_argument("--epochs", type=int, default=1000, help="function-matching epochs (the data-free default)")
     ap.add_argument("--qat-steps", type=int, default=300, help="W4A8 QAT-KD steps on each transfer set; 0 = skip")
+    ap.add_argument("--sources", nargs="*", default=None,
+                    help="only these transfer sets (real, noise, adi_it<N>): e.g. the QAT-KD rows of real and noise "
+                         "without synthesizing (default: all)")
     ap.add_argument("--report-only", action="store_true")
     ap.add_argument("--only-qat", action="store_true",
                     help="(re)compute only the missing W4A8 QAT-KD rows, each from a freshly loaded teacher")
@@ -76,6 +79,8 @@ def main() -> None:
                     "noise": rng.standard_normal((a.n, 1, 28, 28)).astype(np.float32)}
             for it in a.iterations:
                 src = f"adi_it{it}"
+                if a.sources is not None and src not in a.sources:
+                    continue
                 sets[src], meta = synth_cached(a.teacher, teacher, "adi", a.n, seed, it, student=adi_student(seed, a.student))
                 put(f"cost/{src}/s{seed}", meta["seconds_per_1000_images"])
                 put(f"confidence/{src}/s{seed}", meta["teacher_confidence_mean"])
@@ -85,6 +90,8 @@ def main() -> None:
                     preview_grid(RESULTS / f"datafree_samples_adi_{a.teacher}.png", x, predict_logits(teacher, x).argmax(1),
                                  MEAN, STD, title=f"ADI ({it} it/batch) from the {a.teacher} teacher; label = teacher top-1")
             for src in sets:
+                if a.sources is not None and src not in a.sources:
+                    continue
                 cx = sets[src][: a.n_calib]
                 if a.only_qat:  # a fresh teacher for the QAT row; nothing else is recomputed
                     teacher = load_model(str(REPO / a.weights), arch=a.teacher, input_shape="1x1x28x28").module.eval()

@@ -329,9 +329,9 @@ def check_backends_score(task: Task, profiles: list[Profile]) -> None:
 
 def fit_to_input(cfg: PipelineConfig, shape: tuple[int, ...]) -> PipelineConfig:
     """For a model whose input is not an image (audio, sequences, tabular rows): the default student becomes the 1-D
-    ``conv1d-s`` (said), and what only works on images is refused in one line — a 2-D zoo student named by the user,
-    ``--student auto`` (it sizes image students), data-free synthesis (it makes images), QAT (it quantizes Conv2d
-    and Linear). Image models pass unchanged."""
+    ``conv1d-s`` (said; ``--student auto`` times the 1-D presets), and what only works on images is refused in one
+    line — a 2-D zoo student named by the user, data-free synthesis (it makes images), QAT (it quantizes Conv2d and
+    Linear). Image models pass unchanged."""
     from edgekd.data.datasets import is_image_shape
     from edgekd.models.zoo import MODELS, input_kind
 
@@ -347,14 +347,11 @@ def fit_to_input(cfg: PipelineConfig, shape: tuple[int, ...]) -> PipelineConfig:
                          "quantization works on any input)")
     if not d.enabled or ":" in d.student:
         return cfg
-    if d.student == "auto":
-        raise UsageError(f"--student auto sizes image students today; {what}",
-                         "name a 1-D student: --student conv1d-s (or conv1d-xs, conv1d-m, conv1d-l)")
     if len(sample) > 2:
         raise UsageError(f"the zoo's students take images (C, H, W) or sequences (L,) / (C, L); {what}",
                          "pass your own student (--student file.py:factory), or --no-distill")
     name = d.student.removeprefix("zoo:")
-    if name in MODELS and input_kind(name) == "image":
+    if name != "auto" and name in MODELS and input_kind(name) == "image":
         if "student" in d.model_fields_set:
             raise UsageError(f"--student {d.student} takes images; {what}",
                              "use a 1-D student: --student conv1d-s (or conv1d-xs, conv1d-m, conv1d-l)")

@@ -14,7 +14,26 @@ def test_idx_folder_splits_and_normalises(idx_dir: Path) -> None:
     assert ds.meta["format"] == "idx" and ds.num_classes == 10
     assert (len(ds.train), len(ds.val), len(ds.test)) == (90, 30, 40)
     assert ds.train.x.shape[1:] == (1, 28, 28) and ds.train.x.dtype == np.float32
-    assert abs(float(ds.train.x.mean())) < 1e-4 and abs(float(ds.train.x.std()) - 1) < 1e-3
+    x = np.asarray(ds.train.x)
+    assert abs(float(x.mean())) < 1e-4 and abs(float(x.std()) - 1) < 1e-3
+
+
+def test_uint8_splits_stay_uint8_and_read_as_the_normalised_floats(idx_dir: Path) -> None:
+    from edgekd.data.datasets import NormalizedArray
+
+    ds = load_dataset(idx_dir, mean=[0.5], std=[0.25])
+    raw = read_idx(idx_dir / "t10k-images-idx3-ubyte.gz")
+    assert isinstance(ds.test.x, NormalizedArray) and ds.test.x.raw.dtype == np.uint8
+    assert ds.test.x.nbytes * 4 == np.asarray(ds.test.x).nbytes  # a quarter of the float32 split's memory
+    want = ((raw / 255.0 - 0.5) / 0.25).astype(np.float32)[:, None]
+    idx = np.array([7, 0, 3])
+    for got, ref in ((ds.test.x[2:9], want[2:9]), (ds.test.x[idx], want[idx]), (ds.test.x[5], want[5]),
+                     (ds.test.x[-1], want[-1]), (ds.test.x[1:4, 0], want[1:4, 0]), (np.asarray(ds.test.x), want)):
+        assert got.dtype == np.float32 and got.shape == ref.shape
+        np.testing.assert_allclose(got, ref, atol=1e-6)
+    head = ds.test.take(5)
+    assert isinstance(head.x, NormalizedArray) and len(head) == 5
+    np.testing.assert_allclose(head.x[:], want[:5], atol=1e-6)
 
 
 def test_split_is_deterministic_and_seeded(idx_dir: Path) -> None:

@@ -180,3 +180,15 @@ def test_what_cannot_be_bound_is_refused_in_one_line(pitch: dict, tmp_path: Path
     for w in words:
         assert w in lines[0], (w, lines[0])
     assert not (tmp_path / "r").exists()  # refused before the run directory is made
+
+
+def test_student_auto_times_the_1d_students_for_an_audio_model(pitch: dict, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    edgekd.distill(str(pitch["ts"]), inputs={"audio": "1x1024"}, consts={"sr": SR}, targets=["x86-cpu-vnni"],
+                   run_dir=str(run), data={"path": str(pitch["data"]), "limit": 200}, distill={"student": "auto", "epochs": 1},
+                   bench=BENCH)
+    choice = read_json(run / "01-distill" / "student_choice.json")
+    assert [c["name"] for c in choice["candidates"]] == ["conv1d-xs", "conv1d-s", "conv1d-m", "conv1d-l"]
+    assert choice["stem_scale"] == 1 and choice["student"] in {c["name"] for c in choice["candidates"]}
+    assert all(c["best_p50_ms"] > 0 and c["int8_p50_ms"] > 0 for c in choice["candidates"])  # timed, INT8 too
+    assert read_json(run / "01-distill" / "history.json")[0]["epoch"] == 1

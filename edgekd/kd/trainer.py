@@ -254,7 +254,7 @@ def _train_student(teacher: nn.Module, student: nn.Module, data: Dataset, cfg: D
             teacher_logits_t = torch.from_numpy(predict_logits(teacher, data.train.x))
         progress.log(f"distill: cached teacher logits for {n} samples in {time.time() - t0:.1f}s")
 
-    x_all = torch.from_numpy(data.train.x)
+    x_all = data.train.x  # indexed per batch: a uint8 split (NormalizedArray) is normalised batch by batch
     y_all = torch.from_numpy(data.train.y)
     step = start_epoch * steps_per_epoch
     for epoch in range(start_epoch, cfg.epochs):
@@ -268,7 +268,7 @@ def _train_student(teacher: nn.Module, student: nn.Module, data: Dataset, cfg: D
         with progress.bar(f"distill epoch {epoch + 1}/{cfg.epochs}", steps_per_epoch) if rank == 0 else contextlib.nullcontext(progress._NullBar()) as b:
             for i in range(0, len(perm), cfg.batch_size):
                 idx = perm[i : i + cfg.batch_size]
-                xb, yb = x_all[idx], y_all[idx]
+                xb, yb = torch.from_numpy(x_all[idx.numpy()]), y_all[idx]
                 if cfg.augment:
                     xb = augment_batch(xb)
                 y_soft = None

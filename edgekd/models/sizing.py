@@ -4,7 +4,8 @@ measurement on the run's first target, before any training.
 1. Candidates: the zoo's CNN presets (:data:`CANDIDATES`), built for the teacher's input channels and outputs, their
    stem stride scaled to the input: ``stem × 2^round(log2(side / 28))`` for inputs larger than the 28-px images the
    presets were designed at (a 224-px input gets 8× more stem stride, so the widest stage runs at 14–28 px). For a
-   detector (the ``detect`` task): the ``det-*`` presets, with the teacher's strides and output conventions.
+   detector (the ``detect`` task): the ``det-*`` presets, with the teacher's strides and output conventions. For an
+   input that is not an image (audio, sequences): the 1-D presets of :data:`CANDIDATES_1D`, unscaled.
 2. Each candidate (untrained: latency does not depend on the weights) and the teacher are exported to ONNX, the
    candidates also quantized with the target backend's own PTQ when the profile ships INT8, and all of them timed at
    batch 1 against each other in alternating rounds in one worker process (:mod:`edgekd.benchmark.alternating`).
@@ -27,6 +28,8 @@ from typing import Any
 
 #: zoo presets tried by ``--student auto``, smallest first
 CANDIDATES = ("resnet-xs", "mobilenet-xs", "resnet-s", "mobilenet-s", "mobilenet-m", "resnet-m", "resnet-l")
+#: for inputs that are not images ((L,) or (C, L)): the 1-D presets, at their own stem strides
+CANDIDATES_1D = ("conv1d-xs", "conv1d-s", "conv1d-m", "conv1d-l")
 
 
 def stem_scale(input_shape: tuple[int, ...]) -> int:
@@ -65,14 +68,17 @@ def choose_student(ctx, profile, work: Path) -> dict[str, Any]:  # noqa: ANN001
     calib_x = None
     if int8:
         calib_x, _ = task.calibration(ctx.data, load_recipe("small"), 64)
+    from edgekd.data.datasets import is_image_shape
+
     detect = task.name == "detect"  # detector students keep the teacher's strides: no stem scaling
-    candidates = tuple(DETECTORS.names()) if detect else CANDIDATES
-    scale = 1 if detect else stem_scale(shape)
+    image = is_image_shape(shape[1:])
+    candidates = tuple(DETECTORS.names()) if detect else CANDIDATES if image else CANDIDATES_1D
+    scale = stem_scale(shape) if image and not detect else 1
     rows: list[dict[str, Any]] = []
     artifacts: list[Path] = [teacher]
     with progress.bar("distill: sizing the student (candidates exported and timed)", len(candidates)) as bar:
         for name in candidates:
-            stem = None if detect else PRESETS[name].stem_stride * scale
+            stem = PRESETS[name].stem_stride * scale if image and not detect else None
             torch.manual_seed(0)
             model, _ = task.build_student(name, shape, ctx.info, None, None, stem_stride=stem if scale > 1 else None)
             model.eval()

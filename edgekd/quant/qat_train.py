@@ -158,7 +158,7 @@ def _train_qat(teacher: nn.Module, student: nn.Module, data: Dataset, cfg: QATTr
     opt = optimizer()
     xv, yv = data.val.x[: cfg.eval_samples], data.val.y[: cfg.eval_samples]
     curve: list[dict[str, Any]] = [{"step": 0, "val_top1": accuracy(predict_logits(student, xv), yv)}]
-    x_all, n = torch.from_numpy(data.train.x), len(data.train)
+    x_all, n = data.train.x, len(data.train)  # indexed per batch (a uint8 split is normalised batch by batch)
     errors_after_step1: dict[str, float] = {}
     t0 = time.time()
     with progress.bar(f"QAT ({'TI-' + ti.upper() if ti != 'none' else 'KD'})", cfg.steps) as bar:
@@ -182,8 +182,7 @@ def _train_qat(teacher: nn.Module, student: nn.Module, data: Dataset, cfg: QATTr
                 attn_iv.mode = ti_g_mode(step, s1) if ti == "g" else ti
             if phase1 and res_iv is not None:
                 res_iv.mode = residual_mode(ti, step, s1)
-            idx = torch.from_numpy(rng.integers(0, n, cfg.batch_size))
-            xb = x_all[idx]
+            xb = torch.from_numpy(np.ascontiguousarray(x_all[rng.integers(0, n, cfg.batch_size)]))
             with torch.no_grad():
                 zt = _logits(teacher(xb))
             student.train()
