@@ -27,11 +27,11 @@ def stem_kernel(stride: int) -> int:
     return 3 if stride <= 2 else stride + 1 - stride % 2
 
 
-def conv_bn(cin: int, cout: int, k: int = 3, stride: int = 1, groups: int = 1, act: bool = True) -> nn.Sequential:
-    layers: list[nn.Module] = [
-        nn.Conv2d(cin, cout, k, stride, k // 2, groups=groups, bias=False),
-        nn.BatchNorm2d(cout),
-    ]
+def conv_bn(cin: int, cout: int, k: int = 3, stride: int = 1, groups: int = 1, act: bool = True,
+            dim: int = 2) -> nn.Sequential:
+    """conv (no bias) → BatchNorm → [ReLU], in 2-D (images) or 1-D (``dim=1``: audio, sequences)."""
+    conv, bn = (nn.Conv2d, nn.BatchNorm2d) if dim == 2 else (nn.Conv1d, nn.BatchNorm1d)
+    layers: list[nn.Module] = [conv(cin, cout, k, stride, k // 2, groups=groups, bias=False), bn(cout)]
     if act:
         layers.append(nn.ReLU(inplace=True))
     return nn.Sequential(*layers)
@@ -40,11 +40,12 @@ def conv_bn(cin: int, cout: int, k: int = 3, stride: int = 1, groups: int = 1, a
 class BasicBlock(nn.Module):
     """He et al. 2016 basic residual block: y = ReLU(BN(conv(ReLU(BN(conv(x))))) + shortcut(x))."""
 
-    def __init__(self, cin: int, cout: int, stride: int = 1) -> None:
+    def __init__(self, cin: int, cout: int, stride: int = 1, dim: int = 2) -> None:
         super().__init__()
-        self.conv1 = conv_bn(cin, cout, 3, stride)
-        self.conv2 = conv_bn(cout, cout, 3, 1, act=False)
-        self.shortcut = nn.Identity() if stride == 1 and cin == cout else conv_bn(cin, cout, 1, stride, act=False)
+        self.conv1 = conv_bn(cin, cout, 3, stride, dim=dim)
+        self.conv2 = conv_bn(cout, cout, 3, 1, act=False, dim=dim)
+        self.shortcut = (nn.Identity() if stride == 1 and cin == cout
+                         else conv_bn(cin, cout, 1, stride, act=False, dim=dim))
         self.relu = nn.ReLU(inplace=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -58,20 +59,23 @@ class ResNet(nn.Module):
     the main lever for batch-1 latency on small CPUs.
     """
 
-    def __init__(self, in_channels: int, num_classes: int, width: int = 16, depth: int = 1, stem_stride: int = 1) -> None:
+    def __init__(self, in_channels: int, num_classes: int, width: int = 16, depth: int = 1, stem_stride: int = 1,
+                 dim: int = 2) -> None:
         super().__init__()
         w = [width, width * 2, width * 4]
-        self.stem = conv_bn(in_channels, w[0], stem_kernel(stem_stride), stem_stride)
+        # 1-D inputs (audio) get a stem kernel of 2s + 1 samples, images the 3×3 (or stride-wide) one
+        k = stem_kernel(stem_stride) if dim == 2 else (2 * stem_stride + 1 if stem_stride > 1 else 3)
+        self.stem = conv_bn(in_channels, w[0], k, stem_stride, dim=dim)
         stages = []
         cin = w[0]
         for i, cout in enumerate(w):
             blocks = []
             for j in range(depth):
-                blocks.append(BasicBlock(cin, cout, stride=2 if (i > 0 and j == 0) else 1))
+                blocks.append(BasicBlock(cin, cout, stride=2 if (i > 0 and j == 0) else 1, dim=dim))
                 cin = cout
             stages.append(nn.Sequential(*blocks))
         self.layer1, self.layer2, self.layer3 = stages
-        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.pool = nn.AdaptiveAvgPool2d(1) if dim == 2 else nn.AdaptiveAvgPool1d(1)
         self.fc = nn.Linear(cin, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

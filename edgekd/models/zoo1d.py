@@ -18,55 +18,20 @@ from typing import Callable
 import torch
 from torch import nn
 
-from edgekd.models.zoo import MODELS
+from edgekd.models.zoo import MODELS, ResNet
 
 #: what a zoo entry takes, read by :func:`edgekd.models.zoo.input_kind` (the 2-D families take images)
 SEQUENCE = "sequence"
 
 
-def conv_bn1d(cin: int, cout: int, k: int = 3, stride: int = 1, act: bool = True) -> nn.Sequential:
-    layers: list[nn.Module] = [nn.Conv1d(cin, cout, k, stride, k // 2, bias=False), nn.BatchNorm1d(cout)]
-    if act:
-        layers.append(nn.ReLU(inplace=True))
-    return nn.Sequential(*layers)
+class ResNet1d(ResNet):
+    """:class:`edgekd.models.zoo.ResNet` with ``dim=1``; an (N, L) input is read as one channel."""
 
-
-class BasicBlock1d(nn.Module):
-    """y = ReLU(BN(conv(ReLU(BN(conv(x))))) + shortcut(x)), in one dimension."""
-
-    def __init__(self, cin: int, cout: int, stride: int = 1) -> None:
-        super().__init__()
-        self.conv1 = conv_bn1d(cin, cout, 3, stride)
-        self.conv2 = conv_bn1d(cout, cout, 3, 1, act=False)
-        self.shortcut = nn.Identity() if stride == 1 and cin == cout else conv_bn1d(cin, cout, 1, stride, act=False)
-        self.relu = nn.ReLU(inplace=True)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.relu(self.conv2(self.conv1(x)) + self.shortcut(x))
-
-
-class ResNet1d(nn.Module):
     def __init__(self, in_channels: int, num_classes: int, width: int = 16, depth: int = 1, stem_stride: int = 4) -> None:
-        super().__init__()
-        w = [width, width * 2, width * 4]
-        self.stem = conv_bn1d(in_channels, w[0], 2 * stem_stride + 1 if stem_stride > 1 else 3, stem_stride)
-        stages = []
-        cin = w[0]
-        for i, cout in enumerate(w):
-            blocks = []
-            for j in range(depth):
-                blocks.append(BasicBlock1d(cin, cout, stride=2 if (i > 0 and j == 0) else 1))
-                cin = cout
-            stages.append(nn.Sequential(*blocks))
-        self.layer1, self.layer2, self.layer3 = stages
-        self.pool = nn.AdaptiveAvgPool1d(1)
-        self.fc = nn.Linear(cin, num_classes)
+        super().__init__(in_channels, num_classes, width, depth, stem_stride, dim=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dim() == 2:  # (N, L): one channel
-            x = x.unsqueeze(1)
-        x = self.layer3(self.layer2(self.layer1(self.stem(x))))
-        return self.fc(torch.flatten(self.pool(x), 1))
+        return super().forward(x.unsqueeze(1) if x.dim() == 2 else x)
 
 
 PRESETS_1D: dict[str, tuple[int, int, int]] = {  # name: (width, depth, stem stride)
