@@ -135,7 +135,7 @@ def train(model, folder: Path, schedule: list[tuple[int, int, float]], n: int) -
         ds = load_dataset(folder, channels=3, size=(side, side), limit=n, mean=norm and norm["mean"],
                           std=norm and norm["std"])
         norm = norm or {"mean": ds.meta["normalize"]["mean"], "std": ds.meta["normalize"]["std"]}
-        x, y = torch.from_numpy(ds.train.x), torch.from_numpy(ds.train.y).long()
+        x, y = torch.from_numpy(np.asarray(ds.train.x)), torch.from_numpy(ds.train.y).long()
         opt = torch.optim.SGD(model.parameters(), lr, momentum=0.9, weight_decay=5e-4)
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
         model.train()

@@ -17,6 +17,7 @@ import argparse
 import json
 import time
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -62,9 +63,9 @@ def main() -> None:
     torch.manual_seed(args.seed)
     ds = load_dataset("fashion-mnist", mean=MEAN, std=STD)
     # The teacher trains on train+val: edgekd's own val split is for the student; the test split stays held out.
-    x = torch.from_numpy(ds.train.x).clone()
+    x = torch.from_numpy(np.asarray(ds.train.x)).clone()
     y = torch.from_numpy(ds.train.y)
-    xt, yt = torch.from_numpy(ds.test.x), torch.from_numpy(ds.test.y)
+    xt, yt = torch.from_numpy(np.asarray(ds.test.x)), torch.from_numpy(ds.test.y)
     model = build_model(args.arch, 1, 10)
     if args.optimizer == "sgd":
         opt = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9, nesterov=True, weight_decay=args.wd)
