@@ -192,3 +192,22 @@ def test_student_auto_times_the_1d_students_for_an_audio_model(pitch: dict, tmp_
     assert choice["stem_scale"] == 1 and choice["student"] in {c["name"] for c in choice["candidates"]}
     assert all(c["best_p50_ms"] > 0 and c["int8_p50_ms"] > 0 for c in choice["candidates"])  # timed, INT8 too
     assert read_json(run / "01-distill" / "history.json")[0]["epoch"] == 1
+
+
+class Scaled(nn.Module):
+    """One required input and an optional one: runs as a one-input model unless a constant sets the option."""
+
+    def forward(self, x: torch.Tensor, scale: float = 2.0) -> torch.Tensor:
+        return x * scale
+
+
+@pytest.mark.parametrize("script", [False, True])
+def test_an_input_with_a_default_is_bound_only_when_named(script: bool) -> None:
+    from edgekd.models.inputs import BoundInputs, bind_torch, const_value
+
+    m = torch.jit.script(Scaled()) if script else Scaled()
+    same, name, pos = bind_torch(m, "scaled", {}, {})
+    assert same is m and name == "x" and pos == 0  # nothing to bind: the model as it was
+    bound, name, _ = bind_torch(m, "scaled", {}, {"scale": const_value("scale", "3")})
+    assert isinstance(bound, BoundInputs) and name == "x" and bound.keywords == ["scale"]
+    assert torch.equal(bound(torch.ones(2, 4)), torch.full((2, 4), 3.0))

@@ -80,16 +80,17 @@ def const_value(name: str, value: Any) -> np.ndarray:
 # ---------------------------------------------------------------------------------------------------- torch
 
 
-def torch_inputs(module: nn.Module, example: tuple[Any, ...] | None = None) -> list[tuple[str, str]] | None:
-    """The model's positional inputs as (name, kind), kind ``tensor`` / ``int`` / ``float``, from its TorchScript
-    schema, its ``forward`` signature, or a ``.pt2`` example; None when they cannot be told (``*args``)."""
+def torch_inputs(module: nn.Module, example: tuple[Any, ...] | None = None) -> list[tuple[str, str, bool]] | None:
+    """The model's positional inputs as (name, kind, required), kind ``tensor`` / ``int`` / ``float``, from its
+    TorchScript schema, its ``forward`` signature, or a ``.pt2`` example; None when they cannot be told (``*args``).
+    An input with a default is not required: the model runs without it unless ``--const`` sets it."""
     if isinstance(module, torch.jit.ScriptModule):
         try:
             args = module.forward.schema.arguments[1:]  # type: ignore[union-attr]
         except (AttributeError, RuntimeError):
             return None
         kinds = {"int": "int", "float": "float"}
-        return [(a.name, kinds.get(str(a.type), "tensor")) for a in args]
+        return [(a.name, kinds.get(str(a.type), "tensor"), not a.has_default_value()) for a in args]
     try:
         sig = inspect.signature(module.forward)
     except (TypeError, ValueError):
@@ -108,7 +109,7 @@ def torch_inputs(module: nn.Module, example: tuple[Any, ...] | None = None) -> l
             kind = "float"
         else:
             kind = "tensor"
-        out.append((p.name, kind))
+        out.append((p.name, kind, p.default is inspect.Parameter.empty))
     return out
 
 
@@ -117,15 +118,16 @@ class BoundInputs(nn.Module):
     to its constant (tensor constants are non-persistent buffers, so they follow ``.to()`` and are traced as graph
     constants; ``int``/``float`` inputs get Python numbers, as a TorchScript ``int`` argument needs)."""
 
-    def __init__(self, module: nn.Module, inputs: list[tuple[str, str]], data_name: str,
+    def __init__(self, module: nn.Module, inputs: list[tuple[str, str, bool]], data_name: str,
                  consts: dict[str, np.ndarray], dtypes: dict[str, torch.dtype] | None = None) -> None:
         super().__init__()
         self.module = module
-        self.order = [n for n, _ in inputs]
+        self.order = [n for n, _, required in inputs if required]  # passed by position
+        self.keywords = [n for n, _, required in inputs if not required]  # optional inputs a constant sets: by name
         self.data_name = data_name
         self._numbers: dict[str, int | float] = {}
         self._buffer_of: dict[str, str] = {}
-        for i, (n, kind) in enumerate(inputs):
+        for i, (n, kind, _) in enumerate(inputs):
             if n == data_name:
                 continue
             v = consts[n]
@@ -149,10 +151,11 @@ class BoundInputs(nn.Module):
             pass
         return self
 
+    def _value(self, n: str, x: torch.Tensor) -> Any:
+        return x if n == self.data_name else self._numbers[n] if n in self._numbers else getattr(self, self._buffer_of[n])
+
     def forward(self, x: torch.Tensor) -> Any:
-        args = [x if n == self.data_name else self._numbers[n] if n in self._numbers else getattr(self, self._buffer_of[n])
-                for n in self.order]
-        return self.module(*args)
+        return self.module(*(self._value(n, x) for n in self.order), **{n: self._value(n, x) for n in self.keywords})
 
 
 def choose_data_input(names: list[str], consts: dict[str, np.ndarray], inputs: dict[str, Any], where: str) -> str:
@@ -188,8 +191,8 @@ def choose_data_input(names: list[str], consts: dict[str, np.ndarray], inputs: d
 
 def bind_torch(module: nn.Module, where: str, inputs: dict[str, Any], consts: dict[str, np.ndarray],
                example: tuple[Any, ...] | None = None) -> tuple[nn.Module, str | None, int]:
-    """(the module as a one-input model, the data input's name, the data input's position). A one-input model with
-    nothing to bind comes back unchanged. ``example`` (a ``.pt2``'s example inputs) gives tensor constants their
+    """(the module as a one-input model, the data input's name, the data input's position in the signature). A
+    one-input model with nothing to bind comes back unchanged; so does one whose other inputs all have defaults. ``example`` (a ``.pt2``'s example inputs) gives tensor constants their
     dtype."""
     sig = torch_inputs(module, example)
     if sig is None:
@@ -197,16 +200,21 @@ def bind_torch(module: nn.Module, where: str, inputs: dict[str, Any], consts: di
             raise ModelLoadError(f"cannot tell the input names of {where} (its forward takes *args)",
                                  "wrap it in a module whose forward names its inputs")
         return module, None, 0
-    names = [n for n, _ in sig]
+    unknown = [n for n in [*consts, *inputs] if n not in {s_[0] for s_ in sig}]
+    if unknown:
+        raise ModelLoadError(f"{where} has no input {unknown[0]!r} (its inputs: {', '.join(s_[0] for s_ in sig)})",
+                             "use one of those names")
+    every = [n for n, _, _ in sig]
+    dtypes = {n: ex.dtype for (n, _, _), ex in zip(sig, example or ()) if isinstance(ex, torch.Tensor)}
+    # optional inputs (with a default) take part only when a constant or --input names them
+    sig = [s_ for s_ in sig if s_[2] or s_[0] in consts or s_[0] in inputs]
+    names = [n for n, _, _ in sig]
     if len(names) <= 1 and not consts:
         if inputs and names and next(iter(inputs)) != names[0]:
             raise ModelLoadError(f"{where} has no input {next(iter(inputs))!r} (its input: {names[0]})", "use that name")
-        return module, (names[0] if names else None), 0
+        return module, (names[0] if names else None), (every.index(names[0]) if names else 0)
     data = choose_data_input(names, consts, inputs, where)
-    dtypes = {}
-    if example is not None:
-        dtypes = {n: ex.dtype for (n, _), ex in zip(sig, example) if isinstance(ex, torch.Tensor)}
-    return BoundInputs(module, sig, data, consts, dtypes), data, names.index(data)
+    return BoundInputs(module, sig, data, consts, dtypes), data, every.index(data)
 
 
 # ---------------------------------------------------------------------------------------------------- ONNX
