@@ -164,17 +164,16 @@ class RunContext:
 
     def eval_file(self) -> Path:
         """The test split as an .npz for the benchmark worker (rewritten only when the split changes)."""
-        from edgekd.fileio import atomic_path
+        from edgekd.fileio import savez_streamed
 
         path = self.run.stage_dir("bench") / "eval.npz"
         want = f"{len(self.data.test)}:{self.data.meta['normalize']}:{self.task.name}:{self.data.test.y.shape}:{self.teacher.identity}"
         marker = path.with_suffix(".key")
         if not path.exists() or not marker.exists() or marker.read_text() != want:
             path.parent.mkdir(parents=True, exist_ok=True)
-            with atomic_path(path) as tmp:
-                with open(tmp, "wb") as f:  # task_info: what the torch-free worker needs to score the outputs
-                    np.savez(f, x=self.data.test.x, y=self.data.test.y, task_info=np.array(json.dumps(self.info)),
-                             task=np.array(self.task.name))
+            # task_info: what the torch-free worker needs to score the outputs; x streamed (a uint8 split stays uint8)
+            savez_streamed(path, x=self.data.test.x, y=self.data.test.y, task_info=np.array(json.dumps(self.info)),
+                           task=np.array(self.task.name))
             marker.write_text(want)
         return path
 

@@ -87,3 +87,26 @@ def sha256_path(path: str | Path) -> str:
 
 def sha256_json(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=_json_default).encode()).hexdigest()
+
+
+def savez_streamed(path: str | Path, chunk_bytes: int = 16 << 20, **arrays: Any) -> None:
+    """``np.savez(path, **arrays)`` (uncompressed, readable by ``np.load``), where an array may be any sliceable with
+    ``shape`` and ``dtype`` — a :class:`edgekd.data.datasets.NormalizedArray` — written about ``chunk_bytes`` at a
+    time, so a split kept as uint8 is never materialised as float whole (issue #19's memory goal). Atomic."""
+    import zipfile
+
+    import numpy as np
+
+    with atomic_path(path) as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
+        for name, a in arrays.items():
+            with zf.open(f"{name}.npy", "w", force_zip64=True) as f:
+                if isinstance(a, np.ndarray) or np.isscalar(a):
+                    np.lib.format.write_array(f, np.asanyarray(a), allow_pickle=False)
+                    continue
+                header = {"descr": np.lib.format.dtype_to_descr(np.dtype(a.dtype)), "fortran_order": False,
+                          "shape": tuple(a.shape)}
+                np.lib.format.write_array_header_2_0(f, header)
+                per_sample = max(1, int(np.prod(a.shape[1:], dtype=np.int64)) * np.dtype(a.dtype).itemsize)
+                step = max(1, chunk_bytes // per_sample)
+                for i in range(0, len(a), step):
+                    f.write(memoryview(np.ascontiguousarray(a[i : i + step], dtype=a.dtype)).cast("B"))

@@ -72,6 +72,11 @@ class NormalizedArray:
         return out if dtype is None else out.astype(dtype)
 
 
+def head(x: Any, n: int) -> Any:
+    """The first ``n`` samples of a split's ``x``, still lazy when it is a :class:`NormalizedArray`."""
+    return x.subset(slice(0, n)) if isinstance(x, NormalizedArray) else x[:n]
+
+
 @dataclass
 class ArraySplit:
     """One split: ``x`` float32 (N, C, H, W) already normalised — or (N, *input) for a model whose input is not an
@@ -86,8 +91,7 @@ class ArraySplit:
     def take(self, n: int | None) -> "ArraySplit":
         if n is None or n >= len(self):
             return self
-        x = self.x.subset(slice(0, n)) if isinstance(self.x, NormalizedArray) else self.x[:n]
-        return ArraySplit(x, self.y[:n])
+        return ArraySplit(head(self.x, n), self.y[:n])
 
     def batches(self, batch_size: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         for i in range(0, len(self), batch_size):
@@ -306,9 +310,10 @@ def _check_finite(x: np.ndarray, where: str) -> None:
 
 def _to_unit_float(x: np.ndarray) -> np.ndarray:
     """uint8 0..255 → [0, 1]; float data is taken as already in [0, 1] (or any range the user chose)."""
+    out = x.astype(np.float32)  # a copy; scaled in place, so a batch costs one float array, not two
     if x.dtype == np.uint8:
-        return x.astype(np.float32) / 255.0
-    return x.astype(np.float32)
+        out /= 255.0
+    return out
 
 
 # ---------------------------------------------------------------------------------------------------- splits

@@ -27,7 +27,7 @@ import os
 import sys
 import tempfile
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 
@@ -58,6 +58,20 @@ def ort_plan_layers(fp32_onnx: Path, s: OrtSettings) -> list[dict[str, str]]:
             if n.op_type in WEIGHTED_OPS and n.name and n.name not in heads]
 
 
+class Batches:
+    """``x`` in batches of ``batch``, sliced each time it is iterated (NNCF iterates its dataset once per pass), so a
+    uint8 split (:class:`edgekd.data.datasets.NormalizedArray`) is normalised one batch at a time."""
+
+    def __init__(self, x: Any, batch: int) -> None:
+        self.x, self.batch = x, batch
+
+    def __len__(self) -> int:
+        return -(-len(self.x) // self.batch)
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        return (self.x[i : i + self.batch] for i in range(0, len(self.x), self.batch))
+
+
 def ort_quantize(fp32_onnx: Path, out_path: Path, calib_x: np.ndarray, s: OrtSettings, batch: int = 32,
                  keep_float: Sequence[str] = ()) -> dict[str, object]:
     from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
@@ -76,7 +90,8 @@ def ort_quantize(fp32_onnx: Path, out_path: Path, calib_x: np.ndarray, s: OrtSet
 
     class Reader(CalibrationDataReader):
         def __init__(self) -> None:
-            self.batches = iter([{input_name: calib_x[i : i + batch]} for i in range(0, len(calib_x), batch)])
+            # sliced as read: a uint8 split (NormalizedArray) is normalised one batch at a time
+            self.batches = ({input_name: calib_x[i : i + batch]} for i in range(0, len(calib_x), batch))
 
         def get_next(self):  # noqa: ANN201
             return next(self.batches, None)
@@ -154,7 +169,7 @@ def nncf_quantize_openvino(fp32_onnx: Path, out_xml: Path, calib_x: np.ndarray, 
 
         raise ConfigError(f"layers to keep in float are not in the model: {', '.join(unknown[:3])}",
                           "name layers as `edgekd sensitivity` lists them (re-plan after changing the model)")
-    items = [calib_x[i : i + batch] for i in range(0, len(calib_x), batch)]
+    items = Batches(calib_x, batch)
     preset = nncf.QuantizationPreset.PERFORMANCE if s.preset == "performance" else nncf.QuantizationPreset.MIXED
     # NNCF draws its progress bars on stdout; stdout is for results, so send them to stderr (or nowhere if quiet).
     sink = open(os.devnull, "w") if progress.is_quiet() else sys.stderr  # noqa: SIM115

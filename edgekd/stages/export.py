@@ -33,7 +33,9 @@ class Export(Stage):
         cfg = ctx.cfg.export
         data = ctx.data
         out = ctx.run.fresh_dir("export")
-        x = data.test.x[: cfg.parity_samples]
+        from edgekd.data.datasets import head
+
+        x = head(data.test.x, cfg.parity_samples)  # read batch by batch (a uint8 split is not materialised whole)
         if len(x) < min(256, cfg.parity_samples):  # small test splits (data-free runs): top up from val, then train
             x = np.concatenate([x, data.val.x, data.train.x])[: cfg.parity_samples]
         if len(x) < min(256, cfg.parity_samples):
