@@ -206,12 +206,14 @@ def compare(run_a: str | Path, run_b: str | Path) -> dict[str, Any]:
 
 
 def inspect(model: str | Path, *, arch: str | None = None, input_shape: str | None = None,
-            allow_pickle: bool = False) -> dict[str, Any]:
-    """A model file's format, input shape, hash and module paths (for ``--feature`` and intervention points)."""
+            allow_pickle: bool = False, inputs: dict[str, Any] | None = None,
+            consts: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A model file's format, input shape, hash and module paths (for ``--feature`` and intervention points); a model
+    with several inputs needs them bound (``inputs``/``consts``, as for ``compress``)."""
     from edgekd.models.loading import load_model
 
-    lm = load_model(model, arch=arch, input_shape=input_shape, allow_pickle=allow_pickle)
-    return {"format": lm.format, "input_shape": lm.input_shape, "sha256": lm.sha256,
+    lm = load_model(model, arch=arch, input_shape=input_shape, allow_pickle=allow_pickle, inputs=inputs, consts=consts)
+    return {"format": lm.format, "input_shape": lm.input_shape, "sha256": lm.sha256, "input_name": lm.input_name,
             "modules": [(name, type(mod).__name__) for name, mod in lm.module.named_modules() if name]}
 
 

@@ -387,12 +387,15 @@ def targets(args: Optional[List[str]] = typer.Argument(None, help="a wildcard (e
 
 @app.command()
 def inspect(model: str = typer.Argument(...), arch: Optional[str] = typer.Option(None),
-            input_shape: Optional[str] = typer.Option(None), allow_pickle: bool = typer.Option(False, "--allow-pickle")) -> None:
+            input_shape: Optional[str] = typer.Option(None), input_: Optional[List[str]] = INPUT,
+            const: Optional[List[str]] = CONST, allow_pickle: bool = typer.Option(False, "--allow-pickle")) -> None:
     """Print a model's format, input shape and module paths (for --feature and intervention points)."""
     from edgekd import api
 
-    info = api.inspect(model, arch=arch, input_shape=input_shape, allow_pickle=allow_pickle)
+    info = api.inspect(model, arch=arch, input_shape=input_shape, allow_pickle=allow_pickle, **_bindings(input_, const))
     typer.echo(f"format: {info['format']}\ninput shape: {info['input_shape']}\nsha256: {info['sha256']}")
+    if input_ or const:
+        typer.echo(f"data input: {info['input_name']} (the others bound; module paths start with module.)")
     for name, kind in info["modules"]:
         typer.echo(f"  {name}: {kind}")
 

@@ -211,3 +211,16 @@ def test_an_input_with_a_default_is_bound_only_when_named(script: bool) -> None:
     bound, name, _ = bind_torch(m, "scaled", {}, {"scale": const_value("scale", "3")})
     assert isinstance(bound, BoundInputs) and name == "x" and bound.keywords == ["scale"]
     assert torch.equal(bound(torch.ones(2, 4)), torch.full((2, 4), 3.0))
+
+
+def test_inspect_binds_inputs_like_compress(pitch: dict, capsys) -> None:  # noqa: ANN001
+    from edgekd.cli import main
+
+    capsys.readouterr()
+    assert main(["-q", "inspect", str(pitch["ts"])]) == 2  # two inputs, none bound: refused, naming them
+    assert "audio, sr" in capsys.readouterr().err
+    assert main(["-q", "inspect", str(pitch["ts"]), "--const", f"sr={SR}"]) == 0  # the one input left feeds the data
+    out = capsys.readouterr().out
+    assert "input shape: None" in out and "data input: audio" in out and "module.conv" in out  # TorchScript: no shape
+    assert main(["-q", "inspect", str(pitch["ts"]), "--input", "audio=1x1024", "--const", f"sr={SR}"]) == 0
+    assert "input shape: (1, 1024)" in capsys.readouterr().out
