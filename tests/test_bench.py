@@ -119,3 +119,16 @@ def test_no_distill_times_each_file_once_in_alternating_rounds(tmp_path: Path, d
     ratios = sorted(a / b for a, b in zip(fp32["per_round_p50_ms"], int8["per_round_p50_ms"]))
     assert int8["speedup_vs_teacher_p50"] == pytest.approx(ratios[1]) and int8["speedup_range"] == pytest.approx([ratios[0], ratios[2]])
     assert fp32["artifact"] != int8["artifact"]
+
+
+def test_report_shows_batch_n_throughput_from_each_batchs_p50() -> None:
+    from edgekd.benchmark.tables import throughput_lines
+
+    rows = [{"target": "x86-cpu", "model": "teacher", "precision": "fp32",
+             "throughput_per_s": {"1": 1e3 / 2.0, "8": 8e3 / 12.0}},
+            {"target": "x86-cpu", "model": "student", "precision": "int8", "throughput_per_s": {"1": 1e3 / 0.5}}]
+    lines = throughput_lines(rows)
+    assert "| batch 1 | batch 8 |" in lines[3]
+    assert lines[5] == "| x86-cpu | teacher | fp32 | 500 | 667 |"  # 8 × 1000 / 12 ms
+    assert lines[6] == "| x86-cpu | student | int8 | 2,000 | – |"  # not measured at batch 8
+    assert throughput_lines([rows[1]]) == []  # batch 1 only: the latency table already says it

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from edgekd.benchmark.advice import recommendations, student_budget, student_drops
+from edgekd.benchmark.tables import thread_lines, throughput_lines
 from edgekd.fileio import read_json, write_json, write_text
 from edgekd.rundir import RunDir
 
@@ -87,23 +88,6 @@ def _speedup(r: dict[str, Any], flagged: bool = False) -> str:
     return text
 
 
-def thread_lines(rows: list[dict[str, Any]]) -> list[str]:
-    """The thread sweep (:mod:`edgekd.benchmark.threads`): batch-1 p50 per thread count, one process, alternating."""
-    swept = [r for r in rows if r.get("threads_sweep")]
-    if not swept:
-        return []
-    counts = sorted({int(t) for r in swept for t in r["threads_sweep"]["p50_ms"]})
-    out = ["", "Thread counts (batch-1 p50 ms; every artifact at every count in one process, alternating rounds; the "
-           "table above uses the profile's count):", "",
-           "| target | model | precision | " + " | ".join(f"{t} thr" for t in counts) + " | fastest | profile's |",
-           "|---|---|---|" + "---|" * (len(counts) + 2)]
-    for r in swept:
-        sw = r["threads_sweep"]
-        cells = " | ".join(_fmt(sw["p50_ms"].get(str(t)), ".3f") for t in counts)
-        out.append(f"| {r['target']} | {r['model']} | {r['precision']} | {cells} | {sw['best_threads']} | {r.get('threads')} |")
-    return out + [""]
-
-
 def markdown(run: RunDir, rows: list[dict[str, Any]]) -> str:
     m = run.manifest
     data = m.get("inputs", {}).get("data", {})
@@ -171,6 +155,7 @@ def markdown(run: RunDir, rows: list[dict[str, Any]]) -> str:
               f"count, the median of the per-round ratios (their range in brackets). {scored}", ""]
     lines += output_lines(rows)
     lines += thread_lines(rows)
+    lines += throughput_lines(rows)
     for stage_id, rec in sorted(m.get("stages", {}).items()):
         if stage_id.startswith("lower/") and rec.get("status") == "done":
             b = read_json(run.root / rec["outputs"]["build"])
