@@ -224,3 +224,23 @@ def test_inspect_binds_inputs_like_compress(pitch: dict, capsys) -> None:  # noq
     assert "input shape: None" in out and "data input: audio" in out and "module.conv" in out  # TorchScript: no shape
     assert main(["-q", "inspect", str(pitch["ts"]), "--input", "audio=1x1024", "--const", f"sr={SR}"]) == 0
     assert "input shape: (1, 1024)" in capsys.readouterr().out
+
+
+class _Payload:
+    """Unpickling this writes a marker file: proof that code from a data file ran."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self):  # noqa: ANN204
+        return (open, (self.marker, "w"))
+
+
+def test_a_pickled_npy_constant_is_refused_without_running_it(pitch: dict, tmp_path: Path, capsys) -> None:  # noqa: ANN001
+    marker = tmp_path / "ran"
+    np.save(tmp_path / "evil.npy", np.array([_Payload(str(marker))], dtype=object), allow_pickle=True)
+    code, err = _cli(capsys, "compress", str(pitch["ts"]), "-d", str(pitch["data"]), "--input", "audio=1x1024",
+                     "--const", f"sr={tmp_path / 'evil.npy'}", "-o", str(tmp_path / "r"))
+    lines = [ln for ln in err.splitlines() if ln.strip() and not ln.startswith("warning:")]
+    assert code == 2 and len(lines) == 1 and "evil.npy" in lines[0], err[-800:]
+    assert not marker.exists() and not (tmp_path / "r").exists()
