@@ -56,7 +56,7 @@ def const_value(name: str, value: Any) -> np.ndarray:
                 raise ModelLoadError(f"--const {name}: {path} does not exist", "pass a number, a list or a .npy file")
             try:
                 value = np.load(path, allow_pickle=False)
-            except ValueError as e:
+            except (ValueError, OSError, EOFError) as e:  # pickled (refused), damaged or truncated
                 raise ModelLoadError(f"--const {name}: cannot read {path.name}: {str(e)[:80]}",
                                      "save it with np.save (numeric arrays only)") from None
         else:
