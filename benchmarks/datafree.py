@@ -173,7 +173,8 @@ def qat_rows(res: dict[str, Any], a: argparse.Namespace) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--iterations", type=int, default=400, help="per batch, for the BN-inversion presets")
+    ap.add_argument("--iterations", type=int, default=300,
+                    help="per batch, for the BN-inversion presets (300: what results/datafree.* were made with)")
     ap.add_argument("--n-calib", type=int, default=256)
     ap.add_argument("--n-transfer", type=int, default=1024)
     ap.add_argument("--qat-steps", type=int, default=300)
@@ -444,11 +445,16 @@ def qat_bullet(res: dict[str, Any], a: argparse.Namespace) -> str:
     """The W4A8 QAT-KD column in words, from the numbers it has (issue #14: earlier runs could not train)."""
     cells = {src: [res[f"cnn/w4a8_qat/{src}/s{s}"]["qat_top1"] for s in a.seeds if f"cnn/w4a8_qat/{src}/s{s}" in res]
              for src in ("genie", "real", "noise")}
-    if not all(cells.values()):
+    missing = [src for src, v in cells.items() if not v]
+    cells = {src: v for src, v in cells.items() if v}
+    if not cells:
         return ("- W4A8 QAT-KD: being re-measured (the earlier runs trained a copy of a frozen teacher, so only the "
                 "quantizer step sizes moved; issue #14).\n")
-    return ("- **W4A8 QAT-KD** (300 steps on the 1024-image set, every student weight trainable): "
-            + ", ".join(f"{src} {_ms(v)} %" for src, v in cells.items()) + ".\n")
+    seeds = [s for s in a.seeds if all(f"cnn/w4a8_qat/{src}/s{s}" in res for src in cells)]
+    return (f"- **W4A8 QAT-KD** ({a.qat_steps} steps on the 1024-image set, every student weight trainable, seeds "
+            f"{', '.join(map(str, seeds))}): "
+            + ", ".join(f"{src} {_ms(v)} % ({', '.join(f'{100 * x:.2f}' for x in v)})" for src, v in cells.items())
+            + (f"; {', '.join(missing)} still to be re-measured" if missing else "") + ".\n")
 
 
 def kd_analysis(res: dict[str, Any], a: argparse.Namespace) -> str:
