@@ -331,7 +331,7 @@ def fit_to_input(cfg: PipelineConfig, shape: tuple[int, ...]) -> PipelineConfig:
     ``conv1d-s`` (said; ``--student auto`` times the 1-D presets), and what only works on images is refused in one
     line — a 2-D zoo student named by the user, data-free synthesis (it makes images), QAT (it quantizes Conv2d and
     Linear). Image models pass unchanged."""
-    from edgekd.data.datasets import is_image_shape
+    from edgekd.data.arrays import is_image_shape
     from edgekd.models.zoo import MODELS, input_kind
 
     sample = tuple(shape[1:])

@@ -91,7 +91,7 @@ def sha256_json(obj: Any) -> str:
 
 def savez_streamed(path: str | Path, chunk_bytes: int = 16 << 20, **arrays: Any) -> None:
     """``np.savez(path, **arrays)`` (uncompressed, readable by ``np.load``), where an array may be any sliceable with
-    ``shape`` and ``dtype`` — a :class:`edgekd.data.datasets.NormalizedArray` — written about ``chunk_bytes`` at a
+    ``shape`` and ``dtype`` — a :class:`edgekd.data.arrays.NormalizedArray` — written about ``chunk_bytes`` at a
     time, so a split kept as uint8 is never materialised as float whole (issue #19's memory goal). Atomic."""
     import zipfile
 

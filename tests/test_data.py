@@ -19,7 +19,7 @@ def test_idx_folder_splits_and_normalises(idx_dir: Path) -> None:
 
 
 def test_uint8_splits_stay_uint8_and_read_as_the_normalised_floats(idx_dir: Path) -> None:
-    from edgekd.data.datasets import NormalizedArray
+    from edgekd.data.arrays import NormalizedArray
 
     ds = load_dataset(idx_dir, mean=[0.5], std=[0.25])
     raw = read_idx(idx_dir / "t10k-images-idx3-ubyte.gz")

@@ -1,8 +1,9 @@
 """Datasets: Fashion-MNIST/MNIST IDX files, image folders (one subfolder per class) and ``.npz`` files.
 
-Everything is loaded into memory as float32 NCHW arrays (edge datasets for calibration and distillation are small;
-a 70k×28×28 set is 220 MB). Splits are deterministic: a seeded permutation carves ``val`` out of ``train``, and a
-``test`` split is carved the same way when the source has none. Inputs fed to every model are
+Everything is loaded into memory as NCHW arrays — uint8 images stay uint8 and are normalised batch by batch when read
+(:mod:`edgekd.data.arrays`), float data are normalised once — or, for a model whose input is not an image, as arrays
+of its per-sample shape. Splits are deterministic: a seeded permutation carves ``val`` out of ``train``, and a
+``test`` split is carved the same way when the source has none. Inputs fed to every image model are
 
     x_model = (x / 255 − mean) / std        (per channel)
 
@@ -21,60 +22,11 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 
 from edgekd import progress
+from edgekd.data.arrays import NormalizedArray, array_normalization, as_samples, head, is_image_shape, normalization
 from edgekd.errors import DataError
 
 FASHION_MNIST_DIRS = ("/usr/share/datasets/fashion-mnist",)
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
-
-
-class NormalizedArray:
-    """Samples kept as read — uint8 images, a quarter of float32's memory — and normalised when read: ``a[i:j]``,
-    ``a[idx]`` and ``a[i]`` return float32 ``(x / 255 − mean) / std`` for those samples only (issue #19: 1,600
-    RGB images at 224 px are 963 MB as float32, 241 MB as uint8). ``np.asarray(a)`` materialises every sample.
-    Consumers read batches by slicing, as they would an array; nothing writes into a split."""
-
-    dtype = np.dtype(np.float32)
-
-    def __init__(self, raw: np.ndarray, norm: Any) -> None:
-        self.raw = raw
-        self.norm = norm
-
-    @property
-    def shape(self) -> tuple[int, ...]:
-        return tuple(self.raw.shape)
-
-    @property
-    def ndim(self) -> int:
-        return self.raw.ndim
-
-    @property
-    def nbytes(self) -> int:
-        return int(self.raw.nbytes)
-
-    def __len__(self) -> int:
-        return len(self.raw)
-
-    def __getitem__(self, key: Any) -> np.ndarray:
-        if isinstance(key, tuple):  # a[i:j, c] and the like: the samples first, then the rest of the key
-            head, rest = key[0], key[1:]
-            out = self[head]
-            return out[rest] if isinstance(head, (int, np.integer)) else out[(slice(None), *rest)]
-        if isinstance(key, (int, np.integer)):
-            return self.norm(self.raw[[int(key)]])[0]
-        return self.norm(self.raw[key])
-
-    def subset(self, key: Any) -> "NormalizedArray":
-        """The same lazy view of some samples (``take``, seeded subsets) without normalising them."""
-        return NormalizedArray(self.raw[key], self.norm)
-
-    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
-        out = self.norm(self.raw)
-        return out if dtype is None else out.astype(dtype)
-
-
-def head(x: Any, n: int) -> Any:
-    """The first ``n`` samples of a split's ``x``, still lazy when it is a :class:`NormalizedArray`."""
-    return x.subset(slice(0, n)) if isinstance(x, NormalizedArray) else x[:n]
 
 
 @dataclass
@@ -245,49 +197,6 @@ def _to_nchw(x: np.ndarray, channels: int | None) -> np.ndarray:
     return x
 
 
-def is_image_shape(sample_shape: Sequence[int] | None) -> bool:
-    """Whether a model's per-sample input is an image (C, H, W): only then do resizing, channel conversion, per-channel
-    statistics, flips/shifts and image synthesis apply."""
-    return sample_shape is None or len(sample_shape) == 3
-
-
-def _as_samples(x: np.ndarray, sample_shape: Sequence[int], where: str) -> np.ndarray:
-    """Non-image data (audio, tabular rows, sequences): any array whose per-sample shape is the model's input; an
-    ``(N, L)`` array feeds a ``(1, L)`` input as it is (the singleton axis added)."""
-    want = tuple(int(d) for d in sample_shape)
-    if tuple(x.shape[1:]) == want:
-        return x
-    if x.ndim >= 2 and tuple(d for d in want if d != 1) == tuple(d for d in x.shape[1:] if d != 1) and \
-            int(np.prod(x.shape[1:])) == int(np.prod(want)):
-        return x.reshape((len(x), *want))  # the same values with singleton axes added or dropped
-    raise DataError(f"samples in {where} have shape {tuple(x.shape[1:])}; the model's input is {want} per sample",
-                    "save x as (N, " + ", ".join(map(str, want)) + "), or pass the right --input-shape")
-
-
-def array_normalization(sample_shape: Sequence[int], mean: Sequence[float] | None, std: Sequence[float] | None):  # noqa: ANN201
-    """(mean, std, where they came from, ``norm(a)``) for non-image inputs: the given statistics — one value, or one
-    per entry of the first per-sample axis — else none at all (the data are used as given: a waveform's or a feature
-    vector's scale is the model's, and statistics measured on the data would change what the teacher sees)."""
-    if mean is None or std is None:
-        def as_given(a: np.ndarray) -> np.ndarray:
-            return np.ascontiguousarray(_to_unit_float(a))
-
-        return None, None, "none: the input is not an image, so the data are used as given (uint8 scaled to 0..1)", as_given
-    if len(mean) not in (1, sample_shape[0]) or len(std) != len(mean):
-        raise DataError(f"--mean/--std have {len(mean)}/{len(std)} values; this input {tuple(sample_shape)} takes 1 or "
-                        f"{sample_shape[0]}", "pass one value, or one per entry of the first axis")
-    shape = (1, len(mean)) + (1,) * (len(sample_shape) - 1)
-    m, s = np.asarray(mean, np.float32).reshape(shape), np.asarray(std, np.float32).reshape(shape)
-
-    def norm(a: np.ndarray) -> np.ndarray:
-        out = np.ascontiguousarray(_to_unit_float(a))
-        out -= m
-        out /= s
-        return out
-
-    return list(mean), list(std), "given or recorded in the model file", norm
-
-
 def _check_labels(y: np.ndarray, where: str) -> np.ndarray:
     """Integer class ids ≥ 0, or a DataError: float labels are never cast (regression targets would become 0)."""
     if y.ndim != 1:
@@ -308,14 +217,6 @@ def _check_finite(x: np.ndarray, where: str) -> None:
             raise DataError(f"{where} holds {bad} NaN/inf value(s)", "clean the data (edgekd does not impute values)")
 
 
-def _to_unit_float(x: np.ndarray) -> np.ndarray:
-    """uint8 0..255 → [0, 1]; float data is taken as already in [0, 1] (or any range the user chose)."""
-    out = x.astype(np.float32)  # a copy; scaled in place, so a batch costs one float array, not two
-    if x.dtype == np.uint8:
-        out /= 255.0
-    return out
-
-
 # ---------------------------------------------------------------------------------------------------- splits
 
 
@@ -333,40 +234,6 @@ def split_indices(n: int, seed: int, val_fraction: float, test_fraction: float, 
         raise DataError(f"dataset {where} has too few samples ({n}) to split", "add samples")
     val_idx, train_idx = order[:n_val], order[n_val:]
     return test_idx, val_idx, (train_idx[:limit] if limit is not None else train_idx)
-
-
-def channel_stats(x: np.ndarray, chunk: int = 1024) -> tuple[list[float], list[float]]:
-    """Per-channel mean and std of NCHW samples on the 0..1 scale (uint8 / 255), in chunks: no float copy of the
-    whole split. Σx and Σx² in float64, std = √(E[x²] − E[x]²) + 1e-8."""
-    c = x.shape[1]
-    s1, s2 = np.zeros(c), np.zeros(c)
-    for i in range(0, len(x), chunk):
-        b = _to_unit_float(x[i : i + chunk]).astype(np.float64)
-        s1 += b.sum(axis=(0, 2, 3))
-        s2 += (b * b).sum(axis=(0, 2, 3))
-    n = len(x) * int(np.prod(x.shape[2:]))
-    mean = s1 / n
-    return mean.tolist(), (np.sqrt(np.maximum(s2 / n - mean * mean, 0.0)) + 1e-8).tolist()
-
-
-def normalization(x_train: np.ndarray, mean: Sequence[float] | None, std: Sequence[float] | None):  # noqa: ANN201
-    """(mean, std, where they came from, ``norm(a)``) for NCHW data in [0, 1]: the given statistics, else the
-    train split's own; ``norm`` maps uint8 or [0, 1] arrays to the model's input, (x − mean) / std."""
-    if mean is None or std is None:
-        mean, std = channel_stats(x_train)
-        source = "measured on the train split: no mean/std given or recorded in the model file"
-    else:
-        source = "given or recorded in the model file"
-    m = np.asarray(mean, np.float32).reshape(1, -1, 1, 1)
-    s = np.asarray(std, np.float32).reshape(1, -1, 1, 1)
-
-    def norm(a: np.ndarray) -> np.ndarray:  # in place on the float copy: one array of the split's size, not three
-        out = np.ascontiguousarray(_to_unit_float(a))  # a new array (astype copies), so it may be changed
-        out -= m
-        out /= s
-        return out
-
-    return mean, std, source, norm
 
 
 # ---------------------------------------------------------------------------------------------------- entry point
@@ -408,7 +275,7 @@ def load_dataset(
     ``.npz`` without ``y`` — and an IDX or image folder, whose labels are class ids — give targets of width 0.
     ``limit`` cuts the train split, ``test_limit`` the test split (of an image folder's own test set, a seeded
     sample); an image folder decodes only the images these splits use. ``sample_shape`` (the model's per-sample input)
-    that is not (C, H, W) takes the data as arrays of that shape (:func:`_as_samples`), with no image step."""
+    that is not (C, H, W) takes the data as arrays of that shape (:func:`edgekd.data.arrays.as_samples`), with no image step."""
     root = resolve_data_path(spec)
     classes: list[str] | None = None
     x_test = y_test = None
@@ -468,9 +335,9 @@ def load_dataset(
         if fmt == "image-folder":
             raise DataError(f"{root} is an image folder; the model's input is {tuple(sample_shape)} per sample, not an "
                             "image", "pass a .npz whose x is (N, " + ", ".join(map(str, sample_shape)) + ")")
-        x = _as_samples(x, sample_shape, root.name)
+        x = as_samples(x, sample_shape, root.name)
         if x_test is not None:
-            x_test = _as_samples(x_test, sample_shape, f"{root.name} (x_test)")
+            x_test = as_samples(x_test, sample_shape, f"{root.name} (x_test)")
     if targets and fmt != "npz":  # class ids of an IDX or image folder are not targets of a non-classifier
         y = np.zeros((len(y), 0), np.float32)
         y_test = None if y_test is None else np.zeros((len(y_test), 0), np.float32)

@@ -26,7 +26,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from edgekd import progress
-from edgekd.data.datasets import IMAGE_SUFFIXES, ArraySplit, Dataset, normalization, resolve_data_path, split_indices
+from edgekd.data.arrays import normalization
+from edgekd.data.datasets import IMAGE_SUFFIXES, ArraySplit, Dataset, resolve_data_path, split_indices
 from edgekd.errors import DataError
 
 PAD_VALUE = 114

@@ -68,7 +68,7 @@ def choose_student(ctx, profile, work: Path) -> dict[str, Any]:  # noqa: ANN001
     calib_x = None
     if int8:
         calib_x, _ = task.calibration(ctx.data, load_recipe("small"), 64)
-    from edgekd.data.datasets import is_image_shape
+    from edgekd.data.arrays import is_image_shape
 
     detect = task.name == "detect"  # detector students keep the teacher's strides: no stem scaling
     image = is_image_shape(shape[1:])

@@ -76,7 +76,7 @@ def select(data: Dataset, recipe: Recipe, count: int | None = None) -> tuple[np.
             picked += row[: n - len(picked)]
             depth += 1
         idx = np.array(picked)
-    from edgekd.data.datasets import NormalizedArray
+    from edgekd.data.arrays import NormalizedArray
 
     # a uint8 split stays lazy: the quantizers read the calibration set batch by batch
     return (split.x.subset(idx) if isinstance(split.x, NormalizedArray) else split.x[idx]), split.y[idx]

@@ -60,7 +60,7 @@ def ort_plan_layers(fp32_onnx: Path, s: OrtSettings) -> list[dict[str, str]]:
 
 class Batches:
     """``x`` in batches of ``batch``, sliced each time it is iterated (NNCF iterates its dataset once per pass), so a
-    uint8 split (:class:`edgekd.data.datasets.NormalizedArray`) is normalised one batch at a time."""
+    uint8 split (:class:`edgekd.data.arrays.NormalizedArray`) is normalised one batch at a time."""
 
     def __init__(self, x: Any, batch: int) -> None:
         self.x, self.batch = x, batch

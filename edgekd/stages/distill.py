@@ -48,7 +48,7 @@ class Distill(Stage):
         student = None
         history: list[dict[str, Any]] = []
         if cfg.enabled:
-            from edgekd.data.datasets import is_image_shape
+            from edgekd.data.arrays import is_image_shape
 
             if cfg.augment and not is_image_shape(ctx.input_shape[1:]):
                 cfg = cfg.model_copy(update={"augment": False})

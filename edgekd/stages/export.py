@@ -33,7 +33,7 @@ class Export(Stage):
         cfg = ctx.cfg.export
         data = ctx.data
         out = ctx.run.fresh_dir("export")
-        from edgekd.data.datasets import head
+        from edgekd.data.arrays import head
 
         x = head(data.test.x, cfg.parity_samples)  # read batch by batch (a uint8 split is not materialised whole)
         if len(x) < min(256, cfg.parity_samples):  # small test splits (data-free runs): top up from val, then train
