@@ -193,8 +193,10 @@ def main() -> None:
     ap.add_argument("--report-only", action="store_true", help="re-render the Markdown from the partial results")
     ap.add_argument("--only-qat", action="store_true",
                     help="(re)compute only the missing W4A8 QAT-KD rows, synthesizing just the sets they need")
+    ap.add_argument("--threads", type=int, default=2,
+                    help="torch threads (1 lets two benchmarks share the 2-core machine; timing rows then run alongside)")
     a = ap.parse_args()
-    torch.set_num_threads(2)
+    torch.set_num_threads(a.threads)
     res = load_partial()
     if a.report_only:
         report(res, a)

@@ -59,7 +59,7 @@ class Arm:
 ARMS = {
     "vit-ternary": Arm("examples/fmnist_vit_teacher.state_dict.pt", "vit-tiny", "ternary", ("kd", "g")),
     "vit-w4a4": Arm("examples/fmnist_vit_teacher.state_dict.pt", "vit-tiny", "w4a4", ("kd", "g")),
-    "vit6-ternary": Arm("examples/fmnist_vit_s_teacher.state_dict.pt", "vit-s", "ternary", ("kd", "g")),
+    "vit6-ternary": Arm("examples/fmnist_vit_d6_teacher.state_dict.pt", "vit-tiny-d6", "ternary", ("kd", "g")),
     "cnn-ternary": Arm("examples/fmnist_teacher.state_dict.pt", "resnet-l", "ternary", ("kd", "br", "rg")),
 }
 
@@ -100,12 +100,13 @@ def main() -> None:
                     help="val top-1 every 10 steps up to this step (step 1 and the start of step 2), then every --eval-every")
     ap.add_argument("--eval-images", type=int, default=5000)
     ap.add_argument("--report-only", action="store_true")
+    ap.add_argument("--threads", type=int, default=2, help="torch threads (the per-run seconds are recorded with it)")
     ap.add_argument("--name", default="ti_vs_qat_kd", help="results/NAME.{json,md}, NAME.partial.json, NAME_curves.png")
     a = ap.parse_args()
     partial = RESULTS / f"{a.name}.partial.json"
     res: dict[str, Any] = read_json(partial) if partial.exists() else {}
     if not a.report_only:
-        torch.set_num_threads(2)
+        torch.set_num_threads(a.threads)
         data = subset(load_dataset("fashion-mnist", mean=MEAN, std=STD), a.train_images)
         for name in a.arms:
             arm = ARMS[name]

@@ -133,44 +133,46 @@ def test_openvino_graph_edit_matches_nncf_ignored_scope(fragile, fm, tmp_path: P
 def test_plan_in_the_pipeline_round_trips_and_gates(fragile, fmnist: Path, tmp_path: Path) -> None:  # noqa: ANN001
     path, _, weak = fragile
     run = tmp_path / "run"
-    kw = dict(targets=["x86-cpu-vnni"], run_dir=str(run), **SMALL)
+    # OpenVINO: INT8 with the fragile layer in float is about 2x faster than FP32 there (benchmarks/results/planner.md),
+    # so the plan ships INT8 and the quantize stage's artifact is checked against what the plan scored
+    kw = dict(targets=["intel-cpu"], run_dir=str(run), **SMALL)
     edgekd.compress(path, quantize={"plan": {"max_drop": 1.0, "samples": 600, "rounds": 1, "iterations": 30}}, **kw)
-    plan = json.loads((run / "03-plan" / "x86-cpu-vnni" / "plan.json").read_text())
-    assert plan["chosen"]["precision"] in ("int8", "fp32")
-    if plan["chosen"]["precision"] == "int8":  # FP32 only if no INT8 plan is faster on this machine (then it says so)
-        assert weak in plan["chosen"]["keep_float"] and plan["chosen"]["drop"] <= 1.0
-    else:
-        assert "faster than FP32" in plan["reason"]
-    assert (run / "03-sensitivity" / "x86-cpu-vnni" / "sensitivity.png").stat().st_size > 1000
-    assert (run / "03-plan" / "x86-cpu-vnni" / "pareto.png").stat().st_size > 1000
+    plan = json.loads((run / "03-plan" / "intel-cpu" / "plan.json").read_text())
+    assert plan["chosen"]["precision"] == "int8", plan["reason"]
+    # OpenVINO names the convolution after its ONNX node ("node_Conv_142/WithoutBiases": the bias add split off)
+    assert [k.split("/")[0] for k in plan["chosen"]["keep_float"]] == [weak] and plan["chosen"]["drop"] <= 1.0
+    assert (run / "03-sensitivity" / "intel-cpu" / "sensitivity.png").stat().st_size > 1000
+    assert (run / "03-plan" / "intel-cpu" / "pareto.png").stat().st_size > 1000
     all_int8 = next(c for c in plan["candidates"] if c["name"] == "all int8")
     assert all_int8["drop"] > 30 and not all_int8["meets_accuracy"]
     man = json.loads((run / "manifest.json").read_text())
-    cal = json.loads((run / man["stages"]["quantize/x86-cpu-vnni"]["outputs"]["calibration"]).read_text())
-    if plan["chosen"]["precision"] == "int8":
-        assert cal["plan"]["drop"] == pytest.approx(plan["chosen"]["drop"]) and cal["kept_float"] == plan["chosen"]["keep_float"]
+    cal = json.loads((run / man["stages"]["quantize/intel-cpu"]["outputs"]["calibration"]).read_text())
+    # the shipped model is the one the plan scored (the sensitivity stage's calibration, reverted by graph edit): the
+    # same drop to the last digit, and no second calibration
+    assert cal["plan"]["drop"] == pytest.approx(plan["chosen"]["drop"], abs=1e-9)
+    assert cal["kept_float"] == plan["chosen"]["keep_float"] and cal["calibration_source"].startswith("sensitivity/")
     first_keys = {k: v["key"] for k, v in man["stages"].items()}
     # the same command again: the plan is read back from the run directory, nothing is re-measured
     edgekd.compress(path, quantize={"plan": {"max_drop": 1.0, "samples": 600, "rounds": 1, "iterations": 30}}, **kw)
     man2 = json.loads((run / "manifest.json").read_text())
-    for sid in ("sensitivity/x86-cpu-vnni", "plan/x86-cpu-vnni", "quantize/x86-cpu-vnni"):
+    for sid in ("sensitivity/intel-cpu", "plan/intel-cpu", "quantize/intel-cpu"):
         assert man2["stages"][sid]["key"] == first_keys[sid] and man2["stages"][sid]["finished"] == man["stages"][sid]["finished"]
     # a budget no plan can meet: one line naming the best plan found, exit 3, the sensitivity kept
     with pytest.raises(GateError, match="best found is"):
         edgekd.compress(path, quantize={"plan": {"max_drop": 1.0, "samples": 600, "rounds": 1, "iterations": 30,
                                                  "latency_budget_ms": 1e-6}}, **kw)
     man3 = json.loads((run / "manifest.json").read_text())
-    assert man3["stages"]["sensitivity/x86-cpu-vnni"]["finished"] == man["stages"]["sensitivity/x86-cpu-vnni"]["finished"]
-    assert json.loads((run / "03-plan" / "x86-cpu-vnni" / "plan.json").read_text())["chosen"] is None
+    assert man3["stages"]["sensitivity/intel-cpu"]["finished"] == man["stages"]["sensitivity/intel-cpu"]["finished"]
+    assert json.loads((run / "03-plan" / "intel-cpu" / "plan.json").read_text())["chosen"] is None
     from typer.testing import CliRunner
 
     from edgekd.cli import app
 
     # in this process: it holds the run directory's lock until it exits (a second process would be refused)
-    res = CliRunner().invoke(app, ["sensitivity", str(run), "-t", "x86-cpu-vnni", "--top", "3"])
+    res = CliRunner().invoke(app, ["sensitivity", str(run), "-t", "intel-cpu", "--top", "3"])
     assert res.exit_code == 0, res.output
     table = [ln for ln in res.stdout.splitlines() if ln.startswith("| ") and "layer" not in ln]
-    assert table[0].split("|")[1].strip() == weak and len(table) == 3
+    assert table[0].split("|")[1].strip().split("/")[0] == weak and len(table) == 3
 
 
 def test_plan_refuses_qat_in_one_line(tmp_path: Path) -> None:

@@ -223,6 +223,7 @@ PRESETS: dict[str, Preset] = {
     "mobilenet-m": Preset("mobilenet", 16, 2, 1),
     "mobilenet-se-s": Preset("mobilenet", 16, 1, 2, se=True),
     "vit-tiny": Preset("vit", 64, 4),
+    "vit-tiny-d6": Preset("vit", 64, 6),  # vit-tiny's width at 6 blocks: the deeper ViT of the TI benchmark
     "vit-s": Preset("vit", 96, 6),
 }
 

@@ -3,13 +3,15 @@ model when ``quantize.qat`` is set; FP32/FP16 targets copy the FP32 export (the 
 
 Gate: the INT8 student's agreement with its FP32 export on the val split (real data the student never trained on)
 must reach the task's threshold (``quantize.min_top1_agreement`` for a classifier); below it the stage fails with exit
-3, keeping ``calibration.json``. With a precision plan (``quantize.plan``) the layers it keeps in float stay float,
-and the gate is the plan's own budget: the primary metric may lose at most ``max_drop`` points on the val samples.
+3, keeping ``calibration.json``. With a precision plan (``quantize.plan``) the stage ships the plan's artifact as the
+planner scored it (the sensitivity stage's calibration, the plan's layers reverted to float), and the gate is the
+plan's own budget: the primary metric may lose at most ``max_drop`` points on the val samples.
 """
 
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 from typing import Any
 
 from edgekd import progress
@@ -26,7 +28,7 @@ class Quantize(Stage):
 
     def needs(self, ctx, profile):  # noqa: ANN001, ANN201
         return ([("export", None)] + ([("quantize/qat", None)] if ctx.cfg.quantize.qat != "none" else [])
-                + ([("plan", profile)] if ctx.planned(profile) else []))
+                + ([("sensitivity", profile), ("plan", profile)] if ctx.planned(profile) else []))
 
     def config(self, ctx, profile) -> dict[str, Any]:  # noqa: ANN001
         from edgekd.quant.calibration import load_recipe
@@ -68,8 +70,9 @@ class Quantize(Stage):
             plan = self.plan(ctx, p)
             keep = plan["chosen"]["keep_float"] if plan else []
             progress.log(f"quantize/{p.name}: int8 PTQ with {len(cx)} calibration samples ({recipe.name})"
-                         + (f", {len(keep)} layer(s) kept in float by the plan" if plan else ""))
-            q = get_backend(p.backend).quantize(fp32, out, cx, p, keep_float=keep)
+                         + (f" (the sensitivity stage's calibration), {len(keep)} layer(s) kept in float by the plan"
+                            if plan else ""))
+            q = plan_artifact(ctx, p, fp32, out, keep) if plan else get_backend(p.backend).quantize(fp32, out, cx, p)
             info = q.info
             outputs.update({k: ctx.run.rel(v) for k, v in q.files.items()})
             info.update(precision="int8", calibration={"recipe": recipe.model_dump(), "samples": int(len(cx)),
@@ -106,6 +109,29 @@ class Quantize(Stage):
         import json
 
         return json.loads(ctx.run.output(f"plan/{p.name}", "plan").read_text()) if ctx.planned(p) else None
+
+
+def plan_artifact(ctx, p, fp32: Path, out: Path, keep: list[str]):  # noqa: ANN001, ANN201
+    """The plan's INT8 model, exactly as the planner scored it: the sensitivity stage's one calibration with the
+    plan's layers put back in float by the same graph edit (:meth:`Backend.float_reverter`). Calibrating again
+    would reach the same ranges at the cost of a second PTQ run (most of a small model's quantize stage)."""
+    import json
+
+    from edgekd.backends import Quantized, get_backend
+
+    rec = json.loads(ctx.run.output(f"sensitivity/{p.name}", "int8_record").read_text())
+    src = ctx.run.output(f"sensitivity/{p.name}", "int8_model")
+    files = {k: out / name for k, name in rec["files"].items()}
+    if keep:
+        work = out / ".work"
+        get_backend(p.backend).float_reverter(src, fp32, work)(keep, files["model"])
+        shutil.rmtree(work, ignore_errors=True)
+    else:
+        for k, name in rec["files"].items():
+            shutil.copyfile(src.parent / name, files[k])
+    info = {**rec["info"], "kept_float": list(keep),
+            "calibration_source": f"sensitivity/{p.name}: its calibration, the plan's layers reverted to float"}
+    return Quantized(info, files, rec["check_backend"], rec["check_settings"])
 
 
 def plan_gate(ctx, plan: dict[str, Any], ref, got) -> dict[str, Any]:  # noqa: ANN001

@@ -42,6 +42,7 @@ class PlanTools:
         self.metric = Metric(task.primary, bool(task.higher_is_better), float(task.points_scale))
         self.check: tuple[str, dict[str, Any]] | None = None
         self.int8: Path | None = None
+        self.quantized = None  # the backend's Quantized record of the one calibration (calibrate)
         self._revert = None
         self._work = Path(".")
         self._fp32_rank: np.ndarray | None = None
@@ -51,6 +52,7 @@ class PlanTools:
         out_dir.mkdir(parents=True, exist_ok=True)
         with progress.muted():
             q = self.backend.quantize(self.fp32, out_dir, self.calib_x, self.profile)
+        self.quantized = q
         self.use_int8(q.files["model"], (q.check_backend, q.check_settings), out_dir.parent / "work")
         return q.files["model"]
 
@@ -174,10 +176,14 @@ class Sensitivity(Stage):
                "int8_drop": m.drop(fp32, int8), "layers": rows, "skipped": skipped, "seconds": round(time.time() - t0, 1),
                "check": {"backend": tools.check[0], "settings": tools.check[1]} if tools.check else None}
         write_json(out / "sensitivity.json", res)
+        q = tools.quantized
+        write_json(out / "int8" / "quantized.json",  # what the quantize stage ships the plan from (no new calibration)
+                   {"info": q.info, "files": {k: v.name for k, v in q.files.items()}, "check_backend": q.check_backend,
+                    "check_settings": q.check_settings})
         chart = out / "sensitivity.png"
         sensitivity_chart(res, chart)
         outputs = {"sensitivity": ctx.run.rel(out / "sensitivity.json"), "chart": ctx.run.rel(chart),
-                   "int8_model": ctx.run.rel(int8_path)}
+                   "int8_model": ctx.run.rel(int8_path), "int8_record": ctx.run.rel(out / "int8" / "quantized.json")}
         top = rows[0] if rows else None
         return StageResult(outputs, {"layers": len(rows), "fp32": fp32, "int8": int8, "int8_drop": res["int8_drop"],
                                      "most_sensitive": top["name"] if top else None,
