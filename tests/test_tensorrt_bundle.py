@@ -17,8 +17,9 @@ import pytest
 import yaml
 from onnx import TensorProto, helper, numpy_helper
 
-from edgekd.backends.tensorrt import (builder_config, choose_precision, lint_qdq, tensorrt_status, trtexec_args,
-                                      trtexec_timing_args, write_bundle)
+from edgekd.backends.tensorrt import builder_config, choose_precision, tensorrt_status, trtexec_args, trtexec_timing_args
+from edgekd.backends.tensorrt_bundle import write_bundle
+from edgekd.backends.tensorrt_lint import lint_qdq
 from edgekd.errors import TargetError
 from edgekd.fileio import sha256_file
 from edgekd.targets import list_profiles, load_profile_file, resolve

@@ -17,15 +17,13 @@ builds, checks and times by itself:
       README.md
 
 What is testable without TensorRT is kept in pure functions: :func:`trtexec_args`, :func:`builder_config`,
-:func:`lint_qdq` and :func:`choose_precision`. No stand-in for the ``tensorrt`` module exists anywhere: where it is
+:func:`~edgekd.backends.tensorrt_lint.lint_qdq` and :func:`choose_precision`; the bundle is
+written by :mod:`edgekd.backends.tensorrt_bundle`. No stand-in for the ``tensorrt`` module exists anywhere: where it is
 missing, engine building and timing are reported as not done, with the reason.
 """
 
 from __future__ import annotations
 
-import shlex
-import shutil
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -33,11 +31,8 @@ import numpy as np
 
 from edgekd.backends import Backend, LowerInputs, Quantized, register
 from edgekd.backends.gate import decide
-from edgekd.fileio import sha256_file, write_json, write_text
 from edgekd.targets import Profile
 
-#: ops that exist only in ONNX Runtime's contrib domain; TensorRT's parser rejects them
-ORT_ONLY_DOMAINS = ("com.microsoft",)
 
 
 def tensorrt_status() -> tuple[bool, str]:
@@ -181,111 +176,6 @@ def choose_precision(fp16: dict[str, float], int8: dict[str, float], min_speedup
                   min_speedup, "fp16")
 
 
-# ------------------------------------------------------------------------------------------ the TensorRT-ready lint
-
-
-@dataclass
-class LintReport:
-    errors: list[str] = field(default_factory=list)
-    warnings: list[str] = field(default_factory=list)
-    stats: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def ok(self) -> bool:
-        return not self.errors
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"ok": self.ok, "errors": self.errors, "warnings": self.warnings, "stats": self.stats}
-
-
-def lint_qdq(model_path: str | Path, max_opset: int) -> LintReport:
-    """Check that a Q/DQ ONNX graph builds as *explicit* INT8 in TensorRT (TensorRT developer guide, "Explicit
-    Quantization"): signed int8 Q/DQ with zero-point 0 (TensorRT supports symmetric quantization only), per-tensor
-    scales on activations, per-channel weight scales on the output-channel axis (0 for Conv, the N axis for
-    MatMul/Gemm), positive finite scales, an opset between 13 (per-channel Q/DQ) and what the profile's TensorRT
-    parses, and no ONNX Runtime-only ops (e.g. MatMulNBits)."""
-    import onnx
-    from onnx import TensorProto, numpy_helper
-
-    m = onnx.load(str(model_path))
-    rep = LintReport()
-    g = m.graph
-    opset = next((o.version for o in m.opset_import if o.domain in ("", "ai.onnx")), None)
-    rep.stats["opset"] = opset
-    if opset is None or opset < 13:
-        rep.errors.append(f"opset {opset} < 13: per-channel QuantizeLinear/DequantizeLinear needs opset ≥ 13")
-    elif opset > max_opset:
-        rep.errors.append(f"opset {opset} is newer than this TensorRT parses (≤ {max_opset}): export with --opset {max_opset}")
-    inits = {t.name: t for t in g.initializer}
-    consts = dict(inits)
-    for n in g.node:
-        if n.op_type == "Constant" and n.attribute:
-            consts[n.output[0]] = n.attribute[0].t
-    producers = {o: n for n in g.node for o in n.output}
-    foreign = sorted({f"{n.domain}::{n.op_type}" for n in g.node if n.domain in ORT_ONLY_DOMAINS})
-    if foreign:
-        rep.errors.append(f"ONNX Runtime-only ops TensorRT cannot parse: {', '.join(foreign)} (use the int8 Q/DQ form)")
-    n_q = n_dq = 0
-    for n in g.node:
-        if n.op_type not in ("QuantizeLinear", "DequantizeLinear"):
-            continue
-        n_q += n.op_type == "QuantizeLinear"
-        n_dq += n.op_type == "DequantizeLinear"
-        scale = consts.get(n.input[1]) if len(n.input) > 1 else None
-        if scale is None:
-            rep.errors.append(f"{n.name or n.op_type}: scale is not a constant (TensorRT needs build-time scales)")
-            continue
-        s = numpy_helper.to_array(scale)
-        if not (np.isfinite(s).all() and (s > 0).all()):
-            rep.errors.append(f"{n.name}: scales must be positive and finite")
-        if len(n.input) < 3 or not n.input[2]:
-            if n.op_type == "QuantizeLinear":
-                rep.errors.append(f"{n.name}: no zero-point, so the output is uint8 by the ONNX default; TensorRT needs int8")
-        else:
-            zp = consts.get(n.input[2])
-            if zp is None:
-                rep.errors.append(f"{n.name}: zero-point is not a constant")
-            else:
-                if zp.data_type != TensorProto.INT8:
-                    rep.errors.append(f"{n.name}: {TensorProto.DataType.Name(zp.data_type).lower()} zero-point; TensorRT "
-                                      "supports signed int8 only (quantize with activation_type=int8)")
-                if np.any(numpy_helper.to_array(zp) != 0):
-                    rep.errors.append(f"{n.name}: non-zero zero-point (asymmetric); TensorRT supports symmetric only")
-        axis = next((a.i for a in n.attribute if a.name == "axis"), 1)
-        per_channel = s.size > 1
-        is_weight = n.op_type == "DequantizeLinear" and (n.input[0] in inits or
-                                                          (n.input[0] in producers and producers[n.input[0]].op_type == "QuantizeLinear"
-                                                           and producers[n.input[0]].input[0] in inits))
-        if per_channel and not is_weight:
-            rep.errors.append(f"{n.name}: per-channel scales on an activation; TensorRT needs per-tensor activation scales")
-        if is_weight:
-            src = n.input[0]
-            if src in producers and producers[src].op_type == "QuantizeLinear":
-                src = producers[src].input[0]
-            w = inits.get(src)
-            consumers = [c for c in g.node if n.output[0] in c.input]
-            for c in consumers:
-                if c.op_type in ("Conv", "ConvTranspose") and c.input[1] == n.output[0]:
-                    want = 1 if c.op_type == "ConvTranspose" else 0
-                    if per_channel and axis != want:
-                        rep.errors.append(f"{n.name}: per-channel weight scales on axis {axis}; {c.op_type} needs axis {want}")
-                elif c.op_type in ("MatMul", "Gemm") and len(c.input) > 1 and c.input[1] == n.output[0] and w is not None:
-                    trans_b = next((a.i for a in c.attribute if a.name == "transB"), 0) if c.op_type == "Gemm" else 0
-                    want = 0 if trans_b else len(w.dims) - 1
-                    if per_channel and axis % max(1, len(w.dims)) != want:
-                        rep.errors.append(f"{n.name}: per-channel weight scales on axis {axis}; {c.op_type} needs the output axis {want}")
-            if not per_channel:
-                rep.warnings.append(f"{n.name}: per-tensor weight scale (per-channel keeps more accuracy)")
-    convs = [n for n in g.node if n.op_type in ("Conv", "MatMul", "Gemm")]
-    quantized = [n for n in convs if len(n.input) > 1 and n.input[1] in producers and producers[n.input[1]].op_type == "DequantizeLinear"]
-    rep.stats.update(quantize_linear=n_q, dequantize_linear=n_dq, compute_ops=len(convs), quantized_compute_ops=len(quantized))
-    if n_dq == 0:
-        rep.warnings.append("no Q/DQ nodes: the engine will be FP16/FP32, not INT8")
-    elif len(quantized) < len(convs):
-        rep.warnings.append(f"{len(convs) - len(quantized)} of {len(convs)} Conv/MatMul/Gemm ops have float weights and run in FP16")
-    return rep
-
-
 # ------------------------------------------------------------------------------------------ engine build (needs TRT)
 
 
@@ -328,138 +218,6 @@ def build_engine(onnx_path: Path, engine_path: Path, profile: Profile, precision
     return {"engine": engine_path.name, "precision": precision, "tensorrt": trt.__version__, "builder": bc}
 
 
-# ------------------------------------------------------------------------------------------ the bundle
-
-
-BUILD_SH = """#!/usr/bin/env bash
-# Build, time and gate TensorRT engines for {profile} on the device (made by edgekd {version}).
-# Needs: trtexec (JetPack: /usr/src/tensorrt/bin/trtexec) and python3. Re-running reuses timing.cache.
-set -euo pipefail
-cd "$(dirname "$0")"
-TRTEXEC="${{TRTEXEC:-$(command -v trtexec || echo /usr/src/tensorrt/bin/trtexec)}}"
-want_trt="{trt_version}"; want_cc="{compute_capability}"
-have_trt="$("$TRTEXEC" --help 2>&1 | sed -n 's/.*TensorRT version: *\\([0-9.]*\\).*/\\1/p; s/.*TensorRT v\\([0-9]\\+\\).*/\\1/p' | head -1)"
-have_cc="$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader 2>/dev/null | head -1 || true)"
-echo "TensorRT wanted ${{want_trt}}, found ${{have_trt:-unknown}}; compute capability wanted ${{want_cc}}, found ${{have_cc:-unknown}}"
-if [ -n "$have_cc" ] && [ "$want_cc" != "any" ] && [ "$have_cc" != "$want_cc" ]; then
-  echo "error: this GPU has compute capability $have_cc, the bundle is for $want_cc (profile {profile}); engines are GPU-specific (hint: make the bundle with the profile of this GPU: edgekd targets)" >&2
-  exit 2
-fi
-{build_cmds}
-{time_cmds}
-python3 gate.py
-cp "model.$(python3 -c 'import json; print(json.load(open("device_result.json"))["chosen"])').engine" model.engine
-echo "model.engine is ready"
-"""
-
-#: the device half of the gate: the same :func:`edgekd.backends.gate.decide` (its source is copied in), fed with the
-#: engines' measured p50 and the accuracies recorded when the bundle was made
-GATE_MAIN = """
-
-def p50(path):
-    t = sorted(r["computeMs"] if "computeMs" in r else r["latencyMs"] for r in json.load(open(path)))
-    return t[len(t) // 2]
-
-
-if __name__ == "__main__":
-    import json
-    import os
-
-    m = json.load(open("manifest.json"))
-    res = {"fp16_p50_ms": p50("times.fp16.json")}
-    if os.path.exists("model.int8.onnx"):
-        res["int8_p50_ms"] = p50("times.int8.json")
-        exp, g = m["expected_accuracy"], m["gate"]
-        res["chosen"], res["reason"] = decide((exp.get("fp16") or exp.get("fp32") or {}).get("top1"),
-                                              (exp.get("int8") or {}).get("top1"), res["fp16_p50_ms"], res["int8_p50_ms"],
-                                              g["accuracy_budget_points"], g["int8_min_speedup"], "fp16")
-    else:
-        res["chosen"], res["reason"] = "fp16", "no INT8 model in the bundle (the accuracy half chose FP16)"
-    json.dump(res, open("device_result.json", "w"), indent=1)
-    print(json.dumps(res, indent=1))
-"""
-
-
-def gate_script() -> str:
-    """``gate.py`` for the bundle: :func:`edgekd.backends.gate.decide`, verbatim, plus the device-side main."""
-    import inspect
-
-    from edgekd.backends import gate
-
-    return "import json\n\n\n" + inspect.getsource(gate.decide) + GATE_MAIN
-
-
-def _input_name(onnx_path: Path) -> str:
-    import onnx
-
-    g = onnx.load(str(onnx_path), load_external_data=False).graph
-    init = {i.name for i in g.initializer}
-    return next(i for i in g.input if i.name not in init).name
-
-
-def write_bundle(profile: Profile, int8_onnx: Path | None, fp32_onnx: Path, out_dir: Path, input_shape: list[int],
-                 samples: tuple[np.ndarray, np.ndarray] | None, expected: dict[str, Any], version: str) -> dict[str, Any]:
-    """Write the build-on-device bundle (see the module docstring); returns the manifest."""
-    import yaml
-
-    out_dir.mkdir(parents=True, exist_ok=True)
-    files: dict[str, Path] = {}
-    shutil.copyfile(fp32_onnx, out_dir / "model.fp32.onnx")
-    files["fp32_onnx"] = out_dir / "model.fp32.onnx"
-    if int8_onnx is not None:
-        shutil.copyfile(int8_onnx, out_dir / "model.int8.onnx")
-        files["int8_onnx"] = out_dir / "model.int8.onnx"
-    input_name = _input_name(fp32_onnx)
-    write_text(out_dir / "profile.yaml", yaml.safe_dump(profile.model_dump(exclude={"source"}), sort_keys=False))
-    files["profile"] = out_dir / "profile.yaml"
-    if samples is not None:
-        with open(out_dir / "samples.npz", "wb") as f:
-            np.savez(f, x=samples[0].astype(np.float32), y=samples[1].astype(np.int64))
-        files["samples"] = out_dir / "samples.npz"
-    precisions = ["fp16"] + (["int8"] if int8_onnx is not None else [])
-    cmds = {p: trtexec_args(profile, "model.int8.onnx" if p == "int8" else "model.fp32.onnx", f"model.{p}.engine", p,
-                            input_name, input_shape) for p in precisions}
-    timing = {p: trtexec_timing_args(profile, f"model.{p}.engine", input_name, input_shape, min(profile.measure.batch_sizes),
-                                     f"times.{p}.json") for p in precisions}
-    build_cmds = "\n".join('"$TRTEXEC" ' + " ".join(shlex.quote(a) for a in c[1:]) for c in cmds.values())
-    time_cmds = "\n".join('"$TRTEXEC" ' + " ".join(shlex.quote(a) for a in c[1:]) for c in timing.values())
-    sh = BUILD_SH.format(profile=profile.name, version=version, trt_version=profile.device.tensorrt or "any",
-                         compute_capability=profile.device.compute_capability or "any", build_cmds=build_cmds,
-                         time_cmds=time_cmds)
-    write_text(out_dir / "build.sh", sh)
-    (out_dir / "build.sh").chmod(0o755)
-    files["build_script"] = out_dir / "build.sh"
-    write_text(out_dir / "gate.py", gate_script())
-    files["gate"] = out_dir / "gate.py"
-    lint = lint_qdq(out_dir / "model.int8.onnx", profile.tensorrt.max_opset).as_dict() if int8_onnx is not None else None
-    manifest = {
-        "edgekd_bundle": 1, "edgekd_version": version, "target": profile.name, "device": profile.device.model_dump(),
-        "tensorrt_wanted": profile.device.tensorrt, "compute_capability_wanted": profile.device.compute_capability,
-        "onnx": {k: {"file": v.name, "sha256": sha256_file(v)} for k, v in files.items() if k.endswith("onnx")},
-        "input": {"name": input_name, "shape": input_shape, "batch_sizes": profile.measure.batch_sizes},
-        "trtexec": {p: c for p, c in cmds.items()}, "builder_config": {p: builder_config(profile, p) for p in precisions},
-        "gate": {"int8_min_speedup": profile.tensorrt.int8_min_speedup,
-                 "accuracy_budget_points": profile.tensorrt.accuracy_budget_points,
-                 "accuracy_reason": expected.get("gate_reason", "no accuracy data")},
-        "qdq_lint": lint, "expected_accuracy": expected,
-        "expected_accuracy_method": "ONNX Runtime with graph optimisations off (reference kernels run the Q/DQ math "
-                                    "as written, which is what TensorRT's explicit INT8 computes, up to rounding)",
-        "samples": "samples.npz" if samples is not None else None,
-    }
-    write_json(out_dir / "manifest.json", manifest)
-    files["manifest"] = out_dir / "manifest.json"
-    readme = (f"# TensorRT bundle for {profile.name}\n\nCopy this folder to the device and run `./build.sh`. It builds "
-              f"FP16{' and INT8' if int8_onnx is not None else ''} engines with trtexec (timing cache kept in "
-              "`timing.cache`), times them, keeps INT8 only if it beats FP16 by "
-              f"{profile.tensorrt.int8_min_speedup}× (`manifest.json` → gate), and copies the winner to `model.engine`.\n\n"
-              "Check accuracy on the device (no torch needed): `pip install 'edgekd[runtime]'`, then\n"
-              "`edgekd bench model.engine --profile profile.yaml --data samples.npz` and compare with "
-              "`expected_accuracy` in manifest.json.\n")
-    write_text(out_dir / "README.md", readme)
-    files["readme"] = out_dir / "README.md"
-    return {"manifest": manifest, "files": files}
-
-
 def lower_tensorrt(model: Path, profile: Profile, out_dir: Path, *, fp32_onnx: Path, input_shape: list[int],
                    samples: tuple[np.ndarray, np.ndarray] | None = None, expected: dict[str, Any] | None = None,
                    precision: str = "int8") -> dict[str, Any]:
@@ -468,6 +226,8 @@ def lower_tensorrt(model: Path, profile: Profile, out_dir: Path, *, fp32_onnx: P
     from edgekd import __version__
 
     int8 = model if precision == "int8" else None  # the accuracy half of the gate already chose fp16 otherwise
+    from edgekd.backends.tensorrt_bundle import write_bundle
+
     res = write_bundle(profile, int8, fp32_onnx, out_dir, input_shape, samples, expected or {}, __version__)
     manifest, files = res["manifest"], res["files"]
     ok, reason = tensorrt_status()
