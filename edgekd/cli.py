@@ -6,7 +6,6 @@ the traceback. Ctrl-C keeps every finished stage; re-running resumes.
 
 from __future__ import annotations
 
-import math
 import os
 import signal
 import sys
@@ -17,7 +16,7 @@ from typing import Any, List, Optional
 
 import typer
 
-from edgekd import progress
+from edgekd import cli_args, progress
 from edgekd.errors import EdgekdError, Interrupted, UsageError
 from edgekd.rundir import FILESYSTEM_ERRNOS, filesystem_error
 
@@ -31,61 +30,6 @@ def _root(quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress o
           debug: bool = typer.Option(False, "--debug", help="show tracebacks")) -> None:
     progress.set_quiet(quiet)
     _STATE["debug"] = debug
-
-
-def _targets(values: Optional[List[str]]) -> Optional[list[str]]:
-    if not values:
-        return None
-    return [t.strip() for v in values for t in v.split(",") if t.strip()]
-
-
-def _floats(text: Optional[str], flag: str = "--mean/--std") -> Optional[list[float]]:
-    if not text:
-        return None
-    try:
-        vals = [float(v) for v in text.split(",")]
-    except ValueError:
-        raise UsageError(f"{flag} {text!r} is not a comma-separated list of numbers", f"e.g. {flag.split('/')[0]} 0.286 "
-                         "or 0.485,0.456,0.406") from None
-    if not all(math.isfinite(v) for v in vals):
-        raise UsageError(f"{flag} {text!r} holds a non-finite number", "pass finite numbers on the 0..1 scale")
-    return vals
-
-
-def _sets(values: Optional[List[str]]) -> dict[str, Any]:
-    """``--set section.key=value`` (repeatable) → ``{"section__key": value}``, the value read as YAML (``0.5``,
-    ``true``, ``[a, b]``, ``null``); every config key is reachable, and the config model rejects unknown ones."""
-    import yaml
-
-    out: dict[str, Any] = {}
-    for v in values or []:
-        key, sep, raw = v.partition("=")
-        parts = key.strip().split(".")
-        if not sep or not all(p.isidentifier() for p in parts):
-            raise UsageError(f"--set {v!r} is not SECTION.KEY=VALUE", "e.g. --set quantize.plan.max_drop=0.5 "
-                             "(keys as in pipeline.yaml, dots between sections)")
-        try:
-            out["__".join(parts)] = yaml.safe_load(raw) if raw.strip() else None
-        except yaml.YAMLError:
-            raise UsageError(f"--set {v!r}: the value is not valid YAML", "quote it, e.g. --set data.path='my dir'") from None
-    for a in out:
-        clash = next((b for b in out if b.startswith(a + "__")), None)
-        if clash:
-            raise UsageError(f"--set gives both {a.replace('__', '.')} and a key inside it ({clash.replace('__', '.')})",
-                             "set the keys inside the section one by one")
-    return out
-
-
-def _features(values: Optional[List[str]]) -> Optional[list[dict[str, Any]]]:
-    if not values:
-        return None
-    out = []
-    for v in values:
-        s, sep, t = v.partition(":")
-        if not sep or not s or not t:
-            raise typer.BadParameter(f"--feature {v!r}: write STUDENT_PATH:TEACHER_PATH, e.g. layer2:layer2")
-        out.append({"student": s, "teacher": t})
-    return out
 
 
 def _print_summary(report: dict[str, Any]) -> None:
@@ -114,26 +58,12 @@ TASK = typer.Option(None, "--task", help="auto (default) | classify | detect | o
                     "and scored (detect: dense detectors, mAP; outputs: embeddings, regression, multi-label, several heads)")
 
 
-def _bindings(inputs: Optional[List[str]], consts: Optional[List[str]]) -> dict[str, Any]:
-    """``--input NAME=SHAPE`` / ``--const NAME=VALUE`` → the config's ``inputs`` / ``consts`` (a ``.npy`` path made
-    absolute, so that ``edgekd bench RUN`` finds it from any folder)."""
-    from edgekd.models.inputs import parse_assignments
-
-    out: dict[str, Any] = {}
-    if inputs:
-        out["inputs"] = parse_assignments(inputs, "--input")
-    if consts:
-        out["consts"] = {n: str(Path(v).expanduser().resolve()) if v.endswith(".npy") else v
-                         for n, v in parse_assignments(consts, "--const").items()}
-    return out
-
-
 def _common(model: Optional[str], config: Optional[Path], target: Optional[List[str]], data: Optional[str], run_dir: Optional[Path],
             arch: Optional[str], input_shape: Optional[str], allow_pickle: bool, inputs: Optional[List[str]] = None,
             consts: Optional[List[str]] = None, **kw: Any) -> dict[str, Any]:
-    out: dict[str, Any] = {"model": model, "config": config, "targets": _targets(target), "run_dir": str(run_dir) if run_dir else None,
+    out: dict[str, Any] = {"model": model, "config": config, "targets": cli_args.targets_list(target), "run_dir": str(run_dir) if run_dir else None,
                            "arch": arch, "input_shape": input_shape, "allow_pickle": allow_pickle or None,
-                           **_bindings(inputs, consts)}
+                           **cli_args.bindings(inputs, consts)}
     if data is not None:
         out["data__path"] = data
     out.update(kw)
@@ -195,19 +125,19 @@ def compress(
     """Run every stage: distill → export → quantize → lower → bench, then print the report."""
     from edgekd import api
 
-    sets = _sets(set_)
+    sets = cli_args.sets(set_)
     if latency_budget_ms is not None and max_drop is None and config is None and "quantize__plan__max_drop" not in sets:
         raise UsageError("--latency-budget-ms is a budget of the precision planner, which needs an accuracy budget too",
                          "add --max-drop POINTS (e.g. --max-drop 1.0)")
 
     kw = _common(model, config, target, data, run_dir, arch, input_shape, allow_pickle, input_, const, task=task,
                  metric=metric, distill__student=student, distill__loss=loss, distill__epochs=epochs, distill__batch_size=batch_size,
-                 distill__lr=lr, distill__features=_features(feature), distill__augment=augment, distill__mixup=mixup,
+                 distill__lr=lr, distill__features=cli_args.features(feature), distill__augment=augment, distill__mixup=mixup,
                  distill__enabled=False if no_distill else None, quantize__precision=precision,
                  quantize__calibration=calibration, quantize__qat=qat, quantize__bits=bits, quantize__ti_mode=ti_mode,
                  quantize__qat_steps=qat_steps, quantize__keep_fp=keep_fp or None, quantize__plan__max_drop=max_drop,
                  quantize__plan__latency_budget_ms=latency_budget_ms, bench__threads=threads, data__limit=data_limit,
-                 data__eval_limit=eval_limit, data__mean=_floats(mean, "--mean"), data__std=_floats(std, "--std"),
+                 data__eval_limit=eval_limit, data__mean=cli_args.floats(mean, "--mean"), data__std=cli_args.floats(std, "--std"),
                  data__resize=resize, tracking__mlflow=True if (mlflow or mlflow_uri) else None,
                  tracking__mlflow_uri=mlflow_uri, synth__method=synth,
                  synth__n=synth_n, synth__iterations=synth_iterations, synth__lr=synth_lr,
@@ -239,8 +169,8 @@ def synth_cmd(
     from edgekd import api
 
     res = api.synth(model, out=out, n=n, method=method, iterations=iterations, batch_size=batch_size, lr=lr, seed=seed,
-                    arch=arch, input_shape=input_shape, allow_pickle=allow_pickle, mean=_floats(mean, "--mean"),
-                    std=_floats(std, "--std"))
+                    arch=arch, input_shape=input_shape, allow_pickle=allow_pickle, mean=cli_args.floats(mean, "--mean"),
+                    std=cli_args.floats(std, "--std"))
     if res.get("written"):
         typer.echo(f"{res['method']}: {res['n']} images in {res['seconds']:.1f} s ({res['seconds_per_1000_images']:.1f} s per 1000) "
                    f"→ {res['out']} (+ {Path(res['preview']).name})")
@@ -266,7 +196,7 @@ def _stage_cmd(stage: str):  # noqa: ANN202
 
         kw = _common(model, config, target, data, run_dir, arch, input_shape, allow_pickle, input_, const, task=task,
                      metric=metric)
-        kw = {**_sets(set_), **{k: v for k, v in kw.items() if v is not None}}
+        kw = {**cli_args.sets(set_), **{k: v for k, v in kw.items() if v is not None}}
         m, c, rd = kw.pop("model", None), kw.pop("config", None), kw.pop("run_dir", None)
         if m is None and c is None and rd is None:
             raise typer.BadParameter("pass a model file, --config, or --run-dir of an existing run")
@@ -392,7 +322,7 @@ def inspect(model: str = typer.Argument(...), arch: Optional[str] = typer.Option
     """Print a model's format, input shape and module paths (for --feature and intervention points)."""
     from edgekd import api
 
-    info = api.inspect(model, arch=arch, input_shape=input_shape, allow_pickle=allow_pickle, **_bindings(input_, const))
+    info = api.inspect(model, arch=arch, input_shape=input_shape, allow_pickle=allow_pickle, **cli_args.bindings(input_, const))
     typer.echo(f"format: {info['format']}\ninput shape: {info['input_shape']}\nsha256: {info['sha256']}")
     if input_ or const:
         typer.echo(f"data input: {info['input_name']} (the others bound; module paths start with module.)")

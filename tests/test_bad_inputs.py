@@ -285,7 +285,7 @@ def test_bad_mean_std(capsys, tmp_path, flag, value) -> None:  # noqa: ANN001
 
 def test_set_reaches_every_config_key_and_refuses_bad_ones(capsys, tmp_path) -> None:  # noqa: ANN001
     from edgekd.api import _config, _nest
-    from edgekd.cli import _sets
+    from edgekd.cli_args import sets as _sets
 
     teacher = str(REPO / "examples" / "fmnist_teacher.pt2")
     cfg = _config(teacher, None, **_nest(_sets(["quantize.plan.max_drop=0.5", "quantize.plan.ranking_samples=500",
