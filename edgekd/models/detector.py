@@ -78,28 +78,31 @@ class Detector(nn.Module):
             feats.append(x)
         lat = [lateral(feats[k]) for lateral, k in zip(self.lateral, self.level_stage)]
         for i in range(len(lat) - 2, -1, -1):  # top-down: coarse levels refine the finer ones
-            lat[i] = lat[i] + F.interpolate(lat[i + 1], size=lat[i].shape[-2:], mode="nearest")
+            size = (int(lat[i].shape[-2]), int(lat[i].shape[-1]))  # ints: a constant Resize target when exported
+            lat[i] = lat[i] + F.interpolate(lat[i + 1], size=size, mode="nearest")
         return lat
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        boxes, scores = [], []
+        regs, logits, grids, strides = [], [], [], []
         for level, (f, s) in enumerate(zip(self.features(x), self.strides)):
             h = self.head(f)
-            n, _, fh, fw = h.shape
-            dist = F.softplus(self.reg(h) * self.scale[level]) * s  # (B, 4, h, w): l, t, r, b
+            # the feature map's size as Python ints: the grid below is then a constant of the exported graph (ONNX
+            # Runtime folds it), not ~50 Shape/Gather/Range/Expand nodes per level computed at every call — 13 % of
+            # an INT8 det-s's batch-1 latency on ONNX Runtime (0.253 → 0.219 ms). The input size is fixed anyway.
+            fh, fw = int(h.shape[-2]), int(h.shape[-1])
+            regs.append((self.reg(h) * self.scale[level]).flatten(2))  # (B, 4, h·w): l, t, r, b before softplus
+            logits.append(self.cls(h).flatten(2))
             ys = (torch.arange(fh, dtype=x.dtype, device=x.device) + 0.5) * s
             xs = (torch.arange(fw, dtype=x.dtype, device=x.device) + 0.5) * s
-            px, py = xs.view(1, 1, fw).expand(1, fh, fw), ys.view(1, fh, 1).expand(1, fh, fw)
-            x1, y1 = px - dist[:, 0], py - dist[:, 1]
-            x2, y2 = px + dist[:, 2], py + dist[:, 3]
-            if self.box_format == "cxcywh":
-                b = torch.stack([(x1 + x2) / 2, (y1 + y2) / 2, x2 - x1, y2 - y1], 1)
-            else:
-                b = torch.stack([x1, y1, x2, y2], 1)
-            c = self.cls(h)
-            boxes.append(b.reshape(n, 4, fh * fw))
-            scores.append((torch.sigmoid(c) if self.scores == "probabilities" else c).reshape(n, self.num_classes, fh * fw))
-        out = torch.cat([torch.cat(boxes, 2), torch.cat(scores, 2)], 1)
+            grids.append(torch.stack([xs.view(1, fw).expand(fh, fw).reshape(-1), ys.view(fh, 1).expand(fh, fw).reshape(-1)]))
+            strides.append(torch.full((fh * fw,), float(s), dtype=x.dtype, device=x.device))
+        p = torch.cat(grids, 1).unsqueeze(0)  # (1, 2, N): p_x, p_y of every location, level by level
+        dist = F.softplus(torch.cat(regs, 2)) * torch.cat(strides).view(1, 1, -1)  # (B, 4, N): l, t, r, b in pixels
+        lt, rb = dist[:, :2], dist[:, 2:]
+        # element-wise only (no MatMul): PTQ keeps everything after the last weighted layer in float (ptq.float_tail)
+        b = torch.cat([p + (rb - lt) / 2, lt + rb], 1) if self.box_format == "cxcywh" else torch.cat([p - lt, p + rb], 1)
+        c = torch.cat(logits, 2)
+        out = torch.cat([b, torch.sigmoid(c) if self.scores == "probabilities" else c], 1)
         return out if self.channels_first else out.transpose(1, 2)
 
 
