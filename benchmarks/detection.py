@@ -65,6 +65,18 @@ def pipeline_run(seed: int, run_dir: Path, data: Path) -> dict[str, Path]:
             "intel-cpu": run_dir / "04-lower" / "intel-cpu" / "model.xml", "teacher fp32": run_dir / "02-export" / "teacher.onnx"}
 
 
+def export_teacher_today(out: Path, input_shape: list[int]) -> None:
+    """The committed teacher's weights (``fmnist_detector.state_dict.pt``) in a det-m built by today's code, exported."""
+    import torch
+
+    from edgekd.exporters.onnx_export import export_onnx
+    from edgekd.models.detector import build_detector
+
+    m = build_detector("det-m", 1, 10, strides=(8, 16)).eval()
+    m.load_state_dict(torch.load(REPO / "examples" / "fmnist_detector.state_dict.pt", weights_only=True))
+    export_onnx(m, tuple(input_shape), out, 17, "legacy")
+
+
 def spread(values: list[float]) -> str:
     return f"{statistics.median(values):.3f} ({min(values):.3f}–{max(values):.3f})"
 
@@ -103,6 +115,11 @@ def main() -> None:
     fp32 = runs[a.seeds[0]]["teacher fp32"]
     ort_default(fp32, work / "ort_default.onnx", cx)
     nncf_default(fp32, work / "nncf_default.xml", cx)
+    # the same teacher weights in today's Detector code, whose decode is a constant grid (edgekd/models/detector.py):
+    # the committed .pt2 keeps the graph it was exported with, so this row shows how much of a student's speed-up
+    # comes from the lighter decode rather than from the smaller network
+    new_decode = work / "teacher_today_decode.onnx"
+    export_teacher_today(new_decode, lm.input_shape)
     ort_profile = resolve("auto")  # what the demo's `auto` target takes on this CPU
     ort_quantize(fp32, work / "edgekd_ort.onnx", cx, ort_profile.onnxruntime)
     nncf_quantize_openvino(fp32, work / "edgekd_ov.xml", cx, resolve("intel-cpu").openvino)
@@ -110,6 +127,8 @@ def main() -> None:
     items: list[dict[str, Any]] = []
     for rt in ("onnxruntime", "openvino"):
         items.append({"runtime": rt, "artifact": "teacher FP32 (reference)", "group": "teacher", "path": fp32})
+        items.append({"runtime": rt, "artifact": "teacher FP32, same weights, today's decode", "group": "teacher-decode",
+                      "path": new_decode})
         peer = ("peer: ORT quantize_static defaults", work / "ort_default.onnx") if rt == "onnxruntime" else \
             ("peer: nncf.quantize defaults", work / "nncf_default.xml")
         items.append({"runtime": rt, "artifact": peer[0], "group": "peer", "path": peer[1]})
@@ -155,10 +174,14 @@ def main() -> None:
         drops = [100 * (f["metrics"]["map"] - q["metrics"]["map"]) for f, q in zip(s32, s8)]
         for t in a.threads:
             speed = [ref["p50_ms"][str(t)] / q["p50_ms"][str(t)] for q in s8]
-            goals.append([rt, t, "INT8 student within 1.0 mAP point of its FP32",
+            same = next(it for it in sel if it["group"] == "teacher-decode")
+            speed_same = [same["p50_ms"][str(t)] / q["p50_ms"][str(t)] for q in s8]
+            goals.append([rt, t, "INT8 student within 1.0 mAP point of its FP32 (FP32 − INT8; negative: INT8 higher)",
                           ", ".join(f"{d:+.2f}" for d in drops) + " pt", "yes" if max(drops) <= 1.0 else "no"])
             goals.append([rt, t, "INT8 student ≥ 3× faster than the FP32 teacher", ", ".join(f"{v:.2f}×" for v in speed),
                           "yes" if min(speed) >= 3.0 else "no"])
+            goals.append([rt, t, "the same, against the teacher's weights with today's decode",
+                          ", ".join(f"{v:.2f}×" for v in speed_same), "yes" if min(speed_same) >= 3.0 else "no"])
             peer = next(it for it in sel if it["group"] == "peer")
             ours = next(it for it in sel if it["group"] == "edgekd-teacher")
             goals.append([rt, t, "edgekd INT8 of the teacher ≥ the peer default's mAP and not slower",
@@ -190,7 +213,7 @@ def plot(items: list[dict[str, Any]], threads: int) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    colors = {"teacher": "black", "peer": "tab:red", "edgekd-teacher": "tab:orange", "student-fp32": "tab:blue",
+    colors = {"teacher": "black", "teacher-decode": "tab:gray", "peer": "tab:red", "edgekd-teacher": "tab:orange", "student-fp32": "tab:blue",
               "student-int8": "tab:green"}
     seen = set()
     for it in items:
