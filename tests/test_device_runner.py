@@ -15,7 +15,8 @@ import yaml
 from onnx import TensorProto, helper, numpy_helper
 
 from edgekd.benchmark.advice import recommendations
-from edgekd.benchmark.report import compare, latency_png
+from edgekd.benchmark.charts import latency_png
+from edgekd.benchmark.report import compare
 from edgekd.benchmark.stats import latency_stats
 from edgekd.benchmark.tegrastats import parse_line, summarize
 from edgekd.rundir import RunDir

@@ -104,7 +104,7 @@ def bench_artifact(artifact: str | Path, profile: str, data: str | Path | None =
     result."""
     from edgekd.benchmark.subprocess_worker import run_worker
     from edgekd.benchmark.envinfo import capture
-    from edgekd.benchmark.report import latency_png
+    from edgekd.benchmark.charts import latency_png
 
     art = Path(artifact)
     if not art.is_file():
@@ -125,7 +125,7 @@ def bench_artifact(artifact: str | Path, profile: str, data: str | Path | None =
     res.update(profile=prof.name, artifact=str(art), environment=capture())
     l1 = res["latency"].get("1", {})
     acc = res.get("accuracy", {})
-    from edgekd.benchmark.report import METRIC_LABELS
+    from edgekd.benchmark.charts import METRIC_LABELS
     from edgekd.tasks import get_task
     primary = acc.get("metric_primary") or get_task(task).primary  # the user metric's, when it scored
     label = METRIC_LABELS.get(primary, primary)
