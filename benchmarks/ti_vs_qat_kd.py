@@ -148,6 +148,13 @@ def seeds_in(res: dict[str, Any], name: str, lr: float) -> list[int]:
     return sorted({int(k.rsplit("/s", 1)[1]) for k in res if k.startswith(prefix)})
 
 
+def sections_in(res: dict[str, Any]) -> list[tuple[str, float]]:
+    """Every (arm, learning rate) with a stored run, arms in ``ARMS`` order: the report renders all of them, whichever
+    arms and rates the invocation that renders it ran (arms are run in separate invocations on a 2-core machine)."""
+    found = {(k.split("/")[0], float(k.split("/")[1][2:])) for k in res if k.count("/") == 3 and k.split("/")[0] in ARMS}
+    return sorted(found, key=lambda t: (list(ARMS).index(t[0]), t[1]))
+
+
 def summarize(res: dict[str, Any], name: str, lr: float, seeds: list[int]) -> dict[str, Any]:
     arm = ARMS[name]
     runs = {v: {s: res[f"{name}/lr{lr:g}/{v}/s{s}"] for s in seeds if f"{name}/lr{lr:g}/{v}/s{s}" in res} for v in arm.variants}
@@ -176,37 +183,36 @@ def summarize(res: dict[str, Any], name: str, lr: float, seeds: list[int]) -> di
 def report(res: dict[str, Any], a: argparse.Namespace) -> None:
     quarter = a.steps // 4
     sections, summary, goal_rows = [], {}, []
-    for name in a.arms:
+    for name, lr in sections_in(res):
         arm = ARMS[name]
-        for lr in a.lrs:
-            sm = summarize(res, name, lr, seeds_in(res, name, lr))
-            if not sm["seeds"]:
-                continue
-            summary[f"{name}/lr{lr:g}"] = sm
-            rows, mse_rows = [], []
-            for v, st in sm["variants"].items():
-                reach = ", ".join("never" if s is None else str(s) for s in st["steps_to_kd_final"])
-                d = st["test_minus_kd_points"]
-                rows.append([LABEL[v], _ms(st["test_top1"]), _ms(st["final_val_top1"]), _ms(st["early_step2_val"]), reach,
-                             "–" if v == "kd" else f"{statistics.mean(d):+.2f} ± {statistics.stdev(d) if len(d) > 1 else 0:.2f}",
-                             f"{st['seconds']:.0f}"])
-                for when, key in (("after step 1", "block_mse_after_step1"), ("end", "block_mse")):
-                    if st[key]:
-                        mse_rows.append([LABEL[v], when, *(f"{x:.4f}" for x in st[key].values())])
-                if v != "kd" and arm.arch.startswith("vit"):
-                    reached = [s is not None and s <= quarter for s in st["steps_to_kd_final"]]
-                    level = statistics.mean(d) >= 0
-                    goal_rows.append([name, f"{lr:g}", LABEL[v], f"{sum(reached)}/{len(reached)}",
-                                      f"{statistics.mean(d):+.2f}", "met" if all(reached) and level else "not met"])
-            blocks = list(next(iter(sm["variants"].values()))["block_mse"])
-            fp = 100 * res.get(f"{name}/fp32_test_top1", float("nan"))
-            sections.append(
-                f"## {name}: {arm.arch} {arm.bits} (FP32 teacher {fp:.2f} %), lr {lr:g}, seeds {sm['seeds']}\n\n"
-                + md_table(["method", "test top-1 %", "final val top-1 %", "mean val % over step 2's first 100 steps",
-                            "steps to the same seed's final QAT-KD val (per seed)", "test Δ vs QAT-KD, pt (paired)",
-                            "s per run"], rows)
-                + "\n\nPer-block MSE to the teacher (512 val images, student's own path, mean over seeds):\n\n"
-                + md_table(["method", "when", *blocks], mse_rows) + "\n")
+        sm = summarize(res, name, lr, seeds_in(res, name, lr))
+        if not sm["seeds"]:
+            continue
+        summary[f"{name}/lr{lr:g}"] = sm
+        rows, mse_rows = [], []
+        for v, st in sm["variants"].items():
+            reach = ", ".join("never" if s is None else str(s) for s in st["steps_to_kd_final"])
+            d = st["test_minus_kd_points"]
+            rows.append([LABEL[v], _ms(st["test_top1"]), _ms(st["final_val_top1"]), _ms(st["early_step2_val"]), reach,
+                         "–" if v == "kd" else f"{statistics.mean(d):+.2f} ± {statistics.stdev(d) if len(d) > 1 else 0:.2f}",
+                         f"{st['seconds']:.0f}"])
+            for when, key in (("after step 1", "block_mse_after_step1"), ("end", "block_mse")):
+                if st[key]:
+                    mse_rows.append([LABEL[v], when, *(f"{x:.4f}" for x in st[key].values())])
+            if v != "kd" and arm.arch.startswith("vit"):
+                reached = [s is not None and s <= quarter for s in st["steps_to_kd_final"]]
+                level = statistics.mean(d) >= 0
+                goal_rows.append([name, f"{lr:g}", LABEL[v], f"{sum(reached)}/{len(reached)}",
+                                  f"{statistics.mean(d):+.2f}", "met" if all(reached) and level else "not met"])
+        blocks = list(next(iter(sm["variants"].values()))["block_mse"])
+        fp = 100 * res.get(f"{name}/fp32_test_top1", float("nan"))
+        sections.append(
+            f"## {name}: {arm.arch} {arm.bits} (FP32 teacher {fp:.2f} %), lr {lr:g}, seeds {sm['seeds']}\n\n"
+            + md_table(["method", "test top-1 %", "final val top-1 %", "mean val % over step 2's first 100 steps",
+                        "steps to the same seed's final QAT-KD val (per seed)", "test Δ vs QAT-KD, pt (paired)",
+                        "s per run"], rows)
+            + "\n\nPer-block MSE to the teacher (512 val images, student's own path, mean over seeds):\n\n"
+            + md_table(["method", "when", *blocks], mse_rows) + "\n")
     if not sections:
         print("no results yet")
         return
@@ -214,8 +220,8 @@ def report(res: dict[str, Any], a: argparse.Namespace) -> None:
     env = res.get("environment", {})
     cpu = env.get("cpu", {})
     md = ("# Teacher Intervention vs QAT-KD where QAT converges slowly (real Fashion-MNIST)\n\n"
-          f"`python benchmarks/ti_vs_qat_kd.py --arms {' '.join(a.arms)} --seeds S… --lrs "
-          f"{' '.join(f'{x:g}' for x in a.lrs)} --steps {a.steps}` (seeds per section below) on {cpu.get('model', '?')} "
+          f"`python benchmarks/ti_vs_qat_kd.py --arms ARM --lrs LR --seeds S… --steps {a.steps}` (arm, learning rate and "
+          f"seeds per section below) on {cpu.get('model', '?')} "
           f"({cpu.get('logical_cores', '?')} logical cores, ISA {', '.join(cpu.get('isa', []))}), torch "
           f"{env.get('versions', {}).get('torch', '?')}. {a.train_images} training images, "
           f"batch {a.batch}, {a.steps} steps, TI step 1 = {int(a.ti_frac * a.steps)} steps; the TI paper's loss set for every "
@@ -237,7 +243,7 @@ def _plot(res: dict[str, Any], a: argparse.Namespace) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    panels = [(n, lr) for n in a.arms for lr in a.lrs if summarize(res, n, lr, seeds_in(res, n, lr))["seeds"]]
+    panels = [(n, lr) for n, lr in sections_in(res) if summarize(res, n, lr, seeds_in(res, n, lr))["seeds"]]
     if not panels:
         return
     cols = min(4, len(panels))
