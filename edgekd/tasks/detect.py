@@ -141,9 +141,11 @@ class Detect(Task):
         from edgekd.kd.detection_losses import DetectionKD, FCOSLoss
         from edgekd.kd.trainer import train_student
 
-        if cfg.mixup > 0 or cfg.features:
-            raise ConfigError("distill.mixup and features are not supported for detectors yet (mixed images have "
-                              "no boxes; neck features need module paths)", "remove them")
+        if cfg.mixup > 0:
+            raise ConfigError("distill.mixup is not supported for detectors (a mixed image has no boxes to keep)",
+                              "remove distill.mixup")
+        # distill.features (FitNets on module paths, e.g. the FPN outputs `lateral.0:lateral.0`) goes through the
+        # trainer as for any task: the teacher is loaded with its module hierarchy, an adapter maps the channels
         update: dict[str, Any] = {"ce_weight": 0.0}
         if "lr" not in cfg.model_fields_set:
             update["lr"] = DETECT_LR
