@@ -324,6 +324,87 @@ def test_detector_run_reports_map_recomputed_from_the_artifacts(det_data: Path, 
     assert par["agreement"] == pytest.approx(1 - max(0.0, par["map_drop_points"]) / 100) and par["agreement"] >= 0.99
 
 
+def split_output_teacher(path: Path) -> Path:
+    """The committed detector's weights in a det-m that returns (scores (B, N, C), boxes (B, N, 4)) apart, in that
+    order — an SSD/RetinaNet-style export — saved as a .pt2 with the committed file's metadata."""
+    import zipfile
+
+    from edgekd.models.detector import build_detector
+
+    meta = json.loads(next(zipfile.ZipFile(TEACHER).read(n) for n in zipfile.ZipFile(TEACHER).namelist()
+                           if n.endswith("edgekd.json")))
+    meta["edgekd"].pop("output", None)
+    m = build_detector("det-m", 1, 10, strides=(8, 16), channels_first=False, parts=["scores", "boxes"]).eval()
+    m.load_state_dict(torch.load(ROOT / "examples" / "fmnist_detector.state_dict.pt", weights_only=True))
+    ep = torch.export.export(m, (torch.randn(2, 1, 96, 96),), dynamic_shapes={"x": {0: torch.export.Dim("batch", min=1, max=4096)}})
+    torch.export.save(ep, str(path), extra_files={"edgekd.json": json.dumps(meta)})
+    return path
+
+
+def test_a_detector_returning_boxes_and_scores_apart_is_distilled_and_scored(det_data: Path, tmp_path: Path) -> None:
+    """A two-output detector (scores, boxes): --task auto picks detect, the teacher's test mAP equals the same
+    weights' single-tensor export's on the same images (the outputs split, nothing else), the student returns the
+    two outputs under the teacher's names and order, and the report's INT8 mAP equals mAP recomputed from the
+    deployed file with a plain ONNX Runtime session."""
+    import onnx
+
+    from edgekd.runtimes import open_session
+    from edgekd.tasks.detection_metrics import score_dense
+
+    teacher = split_output_teacher(tmp_path / "split_det.pt2")
+    run = tmp_path / "run"
+    r = subprocess.run([sys.executable, "-m", "edgekd.cli", "compress", str(teacher), "--data", str(det_data),
+                        "--target", "x86-cpu-vnni", "--student", "det-xs", "--epochs", "2", "--batch-size", "32",
+                        "--run-dir", str(run)], capture_output=True, text=True, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "task: detect" in r.stdout + r.stderr
+    z = np.load(run / "05-bench" / "eval.npz")
+    info = json.loads(str(z["task_info"]))
+    assert [p["kind"] for p in info["layout"]["parts"]] == ["scores", "boxes"] and not info["layout"]["channels_first"]
+    # the same weights as one dense tensor: the committed detector, exported by the same pipeline code
+    from edgekd.exporters.onnx_export import export_onnx
+    from edgekd.models.loading import load_model
+
+    lm = load_model(str(TEACHER))
+    export_onnx(lm.module, (1, 1, 96, 96), tmp_path / "dense.onnx", 17, "legacy", program=lm.program)
+    dense_info = {**info, "layout": dense_layout((1, 14, 180), 10)}
+    want_teacher = score_dense(open_session("onnxruntime", tmp_path / "dense.onnx", {}).infer(z["x"]), z["y"], dense_info)["map"]
+    report = json.loads((run / "report.json").read_text())
+    rows = {(row["model"], row["precision"]): row for row in report["rows"]}
+    assert rows[("teacher", "fp32")]["metric"] == pytest.approx(want_teacher, abs=1e-6) and want_teacher > 0.25
+    deployed = run / "04-lower" / "x86-cpu-vnni" / "model.onnx"
+    g = onnx.load(str(deployed)).graph
+    assert [o.name for o in g.output] == ["scores", "boxes"]
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(deployed), providers=["CPUExecutionProvider"])
+    assert [o.shape for o in sess.run(None, {sess.get_inputs()[0].name: z["x"][:3]})] == [(3, 180, 10), (3, 180, 4)]
+    got = score_dense(open_session("onnxruntime", deployed, {}).infer(z["x"]), z["y"], info)["map"]
+    assert rows[("student", "int8")]["metric"] == pytest.approx(got, abs=1e-6)
+
+
+def test_an_onnx_teachers_outputs_all_reach_the_task_under_their_names(tmp_path: Path) -> None:
+    """An ONNX teacher with two outputs hands both to the task, named as in the graph (before, only the first
+    was read: a second output was dropped unseen)."""
+    from edgekd.exporters.onnx_export import export_onnx
+    from edgekd.models.detector import build_detector
+    from edgekd.models.loading import load_model
+    from edgekd.tasks import get_task
+
+    m = build_detector("det-xs", 1, 3, strides=(8, 16), channels_first=False, parts=["boxes", "scores"]).eval()
+    export_onnx(m, (1, 1, 64, 64), tmp_path / "two.onnx", 17, "legacy", output_names=["bboxes", "cls_scores"])
+    lm = load_model(str(tmp_path / "two.onnx"))
+    out = lm.module(torch.zeros(2, 1, 64, 64))
+    assert isinstance(out, tuple) and out.names == ["bboxes", "cls_scores"]
+    with torch.no_grad():
+        want = m(torch.zeros(2, 1, 64, 64))
+    torch.testing.assert_close(out[1], want[1], atol=1e-5, rtol=1e-5)
+    info = get_task("detect").probe(out)
+    assert [(p["name"], p["kind"]) for p in info["layout"]["parts"]] == [("bboxes", "boxes"), ("cls_scores", "scores")]
+    assert get_task("detect").output_names(info) == ["bboxes", "cls_scores"]
+    assert [o["name"] for o in get_task("outputs").probe(out)["outputs"]] == ["bboxes", "cls_scores"]
+
+
 def test_detect_int8_gate_is_the_val_map_drop() -> None:
     from edgekd.config import QuantizeConfig
     from edgekd.tasks import get_task

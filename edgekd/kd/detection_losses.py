@@ -31,9 +31,15 @@ from edgekd.kd.losses import LogitLoss
 
 def dense_parts(out: torch.Tensor, layout: dict[str, Any], box_format: str = "cxcywh",
                 scores: str = "probabilities") -> tuple[torch.Tensor, torch.Tensor]:
-    """(B, ·, ·) dense outputs → boxes xyxy (B, N, 4) and class probabilities (B, N, C)."""
-    o = out.transpose(1, 2) if layout.get("channels_first", True) else out
-    b, s = o[..., :4], o[..., 4:]
+    """(B, ·, ·) dense outputs — or a two-output detector's (boxes, scores) in its ``layout["parts"]`` order — →
+    boxes xyxy (B, N, 4) and class probabilities (B, N, C)."""
+    cf = layout.get("channels_first", True)
+    if isinstance(out, (tuple, list)):
+        parts = {p["kind"]: (o.transpose(1, 2) if cf else o) for p, o in zip(layout["parts"], out)}
+        b, s = parts["boxes"], parts["scores"]
+    else:
+        o = out.transpose(1, 2) if cf else out
+        b, s = o[..., :4], o[..., 4:]
     if box_format == "cxcywh":
         b = torch.cat([b[..., :2] - b[..., 2:] / 2, b[..., :2] + b[..., 2:] / 2], -1)
     if scores == "logits":
@@ -64,6 +70,8 @@ class DetectionKD(LogitLoss):
     """Dense detection distillation (see the module docstring); ``gt`` adds the ground-truth term."""
 
     ce_weight = 0.0
+    #: the trainer passes a two-output detector's (boxes, scores) whole, not its first output
+    takes_structure = True
 
     def __init__(self, layout: dict[str, Any], decode: dict[str, Any], box_weight: float = 2.0,
                  gt: "FCOSLoss | None" = None, gt_weight: float = 0.0) -> None:
@@ -71,9 +79,10 @@ class DetectionKD(LogitLoss):
         self.layout, self.box_format, self.scores = layout, decode.get("box_format", "cxcywh"), decode.get("scores", "probabilities")
         self.box_weight, self.gt, self.gt_weight = box_weight, gt, gt_weight
 
-    def forward(self, zs: torch.Tensor, zt: torch.Tensor, y: torch.Tensor, progress: float = 1.0) -> torch.Tensor:
+    def forward(self, zs: Any, zt: Any, y: torch.Tensor, progress: float = 1.0) -> torch.Tensor:
         bs, ps = dense_parts(zs, self.layout, self.box_format, self.scores)
-        bt, pt = dense_parts(zt.detach(), self.layout, self.box_format, self.scores)
+        zt = [t.detach() for t in zt] if isinstance(zt, (tuple, list)) else zt.detach()
+        bt, pt = dense_parts(zt, self.layout, self.box_format, self.scores)
         w = pt.max(-1).values
         norm = w.sum().clamp_min(1.0)
         cls = quality_focal_bce(ps, pt.clamp(0, 1)).sum() / norm

@@ -206,6 +206,9 @@ def _train_student(teacher: nn.Module, student: nn.Module, data: Dataset, cfg: D
             teacher(probe)
         feature_kd = FeatureKD(pairs, s_rec.pop(), t_rec.pop())  # type: ignore[union-attr]
     objective = DistillObjective(loss_fn, cfg.ce_weight, feature_kd)
+    # a loss that reads several outputs (a detector's boxes and scores) gets them all; others the first (the logits
+    # of a model that also returns auxiliary outputs)
+    whole = bool(getattr(loss_fn, "takes_structure", False))
     use_teacher = cfg.loss != "ce" or bool(pairs)
 
     params = list(student.parameters()) + list(objective.parameters())
@@ -284,10 +287,10 @@ def _train_student(teacher: nn.Module, student: nn.Module, data: Dataset, cfg: D
                     else:
                         with torch.no_grad():
                             zt = teacher(xb)
-                            zt = zt[0] if isinstance(zt, (tuple, list)) else zt
+                            zt = zt[0] if isinstance(zt, (tuple, list)) and not whole else zt
                         t_feats = t_rec.pop() if t_rec else None
                 zs = student_ddp(xb)
-                zs = zs[0] if isinstance(zs, (tuple, list)) else zs
+                zs = zs[0] if isinstance(zs, (tuple, list)) and not whole else zs
                 s_feats = s_rec.pop() if s_rec else None
                 loss, parts = objective(zs, zt, yb, (epoch + i / max(1, len(perm))) / cfg.epochs, s_feats, t_feats, y_soft)
                 if not torch.isfinite(loss):

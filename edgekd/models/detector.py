@@ -16,7 +16,8 @@ Backbone: a stride-2 stem and MobileNetV2 inverted-residual (depthwise) stages, 
 level; neck: an FPN-lite top-down path (1×1 laterals, nearest upsampling, sum); head: one depthwise-separable conv
 block shared by the levels, then 1×1 convs for classes and box.
 
-``channels_first=False`` returns (B, N, 4 + C); ``box_format="xyxy"`` writes corners; ``scores="logits"`` skips the
+``channels_first=False`` returns (B, N, 4 + C); ``parts=["boxes", "scores"]`` (either order) returns the two as separate
+tensors, (B, N, 4) and (B, N, C) (channels first: (B, 4, N), (B, C, N)); ``box_format="xyxy"`` writes corners; ``scores="logits"`` skips the
 sigmoid: a student takes the teacher's output conventions (:meth:`edgekd.tasks.detect.Detect.build_student`).
 """
 
@@ -37,7 +38,7 @@ DETECTORS: Registry[Callable[..., nn.Module]] = Registry("detector")
 class Detector(nn.Module):
     def __init__(self, in_channels: int, num_classes: int, width: int = 16, depth: int = 1,
                  strides: Sequence[int] = (8, 16), *, channels_first: bool = True, box_format: str = "cxcywh",
-                 scores: str = "probabilities") -> None:
+                 scores: str = "probabilities", parts: Sequence[str] | None = None) -> None:
         super().__init__()
         strides = [int(s) for s in strides]
         if not strides or strides != sorted(strides) or any(s < 4 or s & (s - 1) for s in strides):
@@ -45,6 +46,9 @@ class Detector(nn.Module):
         self.strides = strides
         self.num_classes = num_classes
         self.channels_first, self.box_format, self.scores = channels_first, box_format, scores
+        if parts is not None and sorted(parts) != ["boxes", "scores"]:
+            raise ValueError(f"parts names the two outputs of a split detector, 'boxes' and 'scores'; got {parts}")
+        self.parts = list(parts) if parts is not None else None
         self.stem = conv_bn(in_channels, width, 3, 2)  # stride 2
         stages: list[nn.Module] = []
         chans: list[int] = []
@@ -102,7 +106,11 @@ class Detector(nn.Module):
         # element-wise only (no MatMul): PTQ keeps everything after the last weighted layer in float (ptq.float_tail)
         b = torch.cat([p + (rb - lt) / 2, lt + rb], 1) if self.box_format == "cxcywh" else torch.cat([p - lt, p + rb], 1)
         c = torch.cat(logits, 2)
-        out = torch.cat([b, torch.sigmoid(c) if self.scores == "probabilities" else c], 1)
+        sc = torch.sigmoid(c) if self.scores == "probabilities" else c
+        if self.parts is not None:  # two outputs, as a teacher that returns boxes and scores apart does
+            by_kind = {"boxes": b, "scores": sc} if self.channels_first else {"boxes": b.transpose(1, 2), "scores": sc.transpose(1, 2)}
+            return tuple(by_kind[k] for k in self.parts)
+        out = torch.cat([b, sc], 1)
         return out if self.channels_first else out.transpose(1, 2)
 
 

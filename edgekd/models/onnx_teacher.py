@@ -37,13 +37,31 @@ class OnnxTeacher(nn.Module):
         self.input_name = self.session.get_inputs()[0].name
         self.batch_dynamic = batch_dynamic
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor) -> "torch.Tensor | NamedOutputs":
+        """The first output for a one-output model; every output, by the graph's order and names, otherwise (a
+        model's outputs decide how it is scored: a second output is never dropped unseen)."""
         a = np.ascontiguousarray(x.detach().cpu().numpy(), np.float32)
         if self.batch_dynamic:
-            out = self.session.run(None, {self.input_name: a})[0]
+            outs = self.session.run(None, {self.input_name: a})
         else:
-            out = np.concatenate([self.session.run(None, {self.input_name: a[i : i + 1]})[0] for i in range(len(a))])
-        return torch.from_numpy(out)
+            runs = [self.session.run(None, {self.input_name: a[i : i + 1]}) for i in range(len(a))]
+            outs = [np.concatenate([r[k] for r in runs]) for k in range(len(runs[0]))]
+        tensors = [torch.from_numpy(np.asarray(o)) for o in outs]
+        if len(tensors) == 1:
+            return tensors[0]
+        return NamedOutputs(tensors, [o.name for o in self.session.get_outputs()])
+
+
+class NamedOutputs(tuple):
+    """A model's several outputs as a tuple (what every tuple-reading path expects) that also carries their names
+    (``names``), so that a student's outputs are exported under the teacher's names."""
+
+    names: list[str]
+
+    def __new__(cls, items: list[torch.Tensor], names: list[str]) -> "NamedOutputs":
+        obj = super().__new__(cls, items)
+        obj.names = list(names)
+        return obj
 
 
 def load_onnx_teacher(path: Path, inputs: dict[str, Any] | None = None, consts: dict[str, np.ndarray] | None = None,

@@ -1,5 +1,7 @@
 """``--task auto``: decide how a model is scored from its outputs and the data's labels, or refuse in one line.
 
+    boxes (batch, N, 4) and scores (batch, N, C) apart,
+    and COCO / YOLO box data                                → detect
     several outputs (tuple / dict)                         → outputs
     one (batch, a, b) output and COCO / YOLO box data      → detect
     one output that is not (batch, K ≥ 2)                  → outputs   (a scalar regression, a map, a sequence)
@@ -49,6 +51,14 @@ def label_summary(path: str) -> dict[str, Any]:
 
 def choose_task(outputs: Any, data_path: str | None) -> tuple[str, str]:
     """(task name, why) for a model's outputs on a dummy batch and the data it will be scored on."""
+    if isinstance(outputs, (tuple, list, dict)) and len(outputs) == 2 and data_path is not None:
+        from edgekd.data.detection import is_detection_data
+        from edgekd.tasks.detection_metrics import split_layout
+
+        parts = list(outputs.values()) if isinstance(outputs, dict) else list(outputs)
+        shapes = [tuple(getattr(o, "shape", ())) for o in parts]
+        if split_layout(shapes, ["a", "b"]) is not None and is_detection_data(data_path):
+            return "detect", f"it returns boxes and scores {shapes} and the data hold boxes"
     if isinstance(outputs, (tuple, list, dict)) and len(outputs) != 1:
         return "outputs", f"the model returns {len(outputs)} outputs"
     out = next(iter(outputs.values())) if isinstance(outputs, dict) else outputs

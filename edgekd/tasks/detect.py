@@ -2,7 +2,10 @@
 
     model output  one tensor (B, 4 + C, N) or (B, N, 4 + C): boxes (cx, cy, w, h — or x1, y1, x2, y2) in input
                   pixels, then per-class scores (probabilities or logits), for N locations — the layout of
-                  Ultralytics' YOLOv8/11 exports and of edgekd's detectors (:mod:`edgekd.models.detector`)
+                  Ultralytics' YOLOv8/11 exports and of edgekd's detectors (:mod:`edgekd.models.detector`); or
+                  the two apart, boxes (B, N, 4) and scores (B, N, C) (or channels first), in either order — as
+                  SSD/RetinaNet-style exports return them; the student then returns them apart too, under the
+                  teacher's names
     data          COCO JSON or YOLO txt (:mod:`edgekd.data.detection`), letterboxed, targets (N, M, 5)
     score         mAP@[.5:.95] (primary, ``map``), mAP@.5, mAP@.75, AR@100 by pycocotools, after numpy decoding
                   and class-aware NMS (:mod:`edgekd.tasks.detection_metrics`): the torch-free worker scores too
@@ -28,7 +31,8 @@ import numpy as np
 
 from edgekd.tasks import register
 from edgekd.tasks.base import Task
-from edgekd.tasks.detection_metrics import DEFAULT_DECODE, dense_layout, detections_as_truth, score_dense, split_dense
+from edgekd.tasks.detection_metrics import (DEFAULT_DECODE, dense_layout, detections_as_truth, score_dense, split_dense,
+                                             split_layout)
 
 #: the student when the run names none (the config default, resnet-s, is a classifier)
 DEFAULT_STUDENT = "det-s"
@@ -49,13 +53,24 @@ class Detect(Task):
         from edgekd.errors import ModelLoadError
 
         hint = ("return one (batch, 4 + classes, anchors) tensor of boxes and class scores before NMS, as a YOLOv8 "
-                "export does")
+                "export does, or two: boxes (batch, anchors, 4) and scores (batch, anchors, classes)")
+        names = getattr(outputs, "names", None)  # an ONNX teacher's output names (NamedOutputs)
         if isinstance(outputs, dict):
-            outputs = list(outputs.values())
+            names, outputs = [str(k) for k in outputs], list(outputs.values())
         if isinstance(outputs, (tuple, list)):
+            if len(outputs) == 2:
+                split = split_layout([tuple(getattr(o, "shape", ())) for o in outputs], names or ["boxes", "scores"])
+                if split is None:
+                    raise ModelLoadError("the detector's two outputs have shapes "
+                                         f"{[tuple(getattr(o, 'shape', ())) for o in outputs]}, not boxes and scores of "
+                                         "the same locations", hint)
+                if names is None:  # a tuple: the outputs named by what they hold
+                    for part in split["parts"]:
+                        part["name"] = part["kind"]
+                return {"layout": split, "num_classes": split["num_classes"], "decode": dict(DEFAULT_DECODE)}
             if len(outputs) != 1:
                 raise ModelLoadError(f"the detector returns {len(outputs)} outputs; edgekd's detect task reads one "
-                                     "dense tensor", hint)
+                                     "dense tensor or boxes and scores", hint)
             outputs = outputs[0]
         shape = tuple(getattr(outputs, "shape", ()))
         if len(shape) != 3 or min(shape[1:]) < 5:
@@ -64,7 +79,18 @@ class Detect(Task):
         return {"layout": layout, "num_classes": layout["num_classes"], "decode": dict(DEFAULT_DECODE)}
 
     def output_names(self, info: dict[str, Any]) -> list[str]:
-        return ["detections"]
+        parts = info.get("layout", {}).get("parts")
+        return [p["name"] for p in parts] if parts else ["detections"]
+
+    def named_outputs(self, outputs: np.ndarray, targets: np.ndarray,
+                      info: dict[str, Any] | None = None) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        parts = (info or {}).get("layout", {}).get("parts")
+        if not parts:
+            return super().named_outputs(outputs, targets, info)
+        boxes, scores = split_dense(outputs, info["layout"])  # type: ignore[index]
+        cf = info["layout"]["channels_first"]  # type: ignore[index]
+        arrays = {"boxes": boxes, "scores": scores}
+        return {p["name"]: (arrays[p["kind"]].transpose(0, 2, 1) if cf else arrays[p["kind"]]) for p in parts}, targets
 
     def load_data(self, spec: str, *, input_shape: tuple[int, ...], info: dict[str, Any], mean: Any, std: Any,
                   val_fraction: float, seed: int, limit: int | None, resize: str = "stretch",
@@ -107,8 +133,12 @@ class Detect(Task):
 
     # ------------------------------------------------------------------ training (torch)
     def predict(self, model: Any, x: np.ndarray, info: dict[str, Any] | None = None) -> np.ndarray:
-        from edgekd.kd.trainer import predict_logits
+        """The dense output as is; a two-output detector's boxes and scores flattened and packed side by side in
+        its own order, as the runtimes return them (:func:`edgekd.runtimes.packed`)."""
+        from edgekd.kd.trainer import predict_logits, predict_outputs
 
+        if info and info.get("layout", {}).get("parts"):
+            return predict_outputs(model, x)
         return predict_logits(model, x)
 
     def build_student(self, spec: str, input_shape: tuple[int, ...], info: dict[str, Any], width: int | None,
@@ -132,6 +162,8 @@ class Detect(Task):
             dec = info["decode"]
             kwargs = {"strides": list(info["strides"]), "channels_first": bool(info["layout"]["channels_first"]),
                       "box_format": dec["box_format"], "scores": dec["scores"]}
+            if info["layout"].get("parts"):  # the teacher's two outputs, in its order
+                kwargs["parts"] = [p["kind"] for p in info["layout"]["parts"]]
             return build_student(spec, input_shape[1], int(info["num_classes"]), width, depth, kwargs=kwargs)
         return build_student(spec, input_shape[1], int(info["num_classes"]), width, depth)
 
@@ -159,6 +191,11 @@ class Detect(Task):
         # raw weights' val mAP swings between 0.010 and 0.230 from epoch to epoch), plus EMA 0.998: 0.264, smooth
         if "ema" not in cfg.model_fields_set:
             update["ema"] = DETECT_EMA
+        if info.get("layout", {}).get("parts"):
+            if cfg.teacher_cache == "on":  # the cache holds one output per sample
+                raise ConfigError("distill.teacher_cache 'on' keeps one output of the teacher; this detector returns "
+                                  "boxes and scores apart", "set distill.teacher_cache: auto")
+            update["teacher_cache"] = "off"
         if "augment" not in cfg.model_fields_set and not gt_weight:
             update["augment"] = True
         if cfg.augment and gt_weight:

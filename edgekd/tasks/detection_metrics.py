@@ -94,9 +94,42 @@ def dense_layout(shape: tuple[int, ...], num_classes: int | None = None) -> dict
     return {"channels_first": cf, "anchors": b if cf else a, "num_classes": c}
 
 
+def split_layout(shapes: list[tuple[int, ...]], names: list[str]) -> dict[str, Any] | None:
+    """How a detector that returns boxes and scores as two tensors lays them out, or None if its two outputs are not
+    that: ``(B, N, 4)`` and ``(B, N, C)`` (or channels first, ``(B, 4, N)`` and ``(B, C, N)``), in either order. The
+    layout is :func:`dense_layout`'s plus ``parts``, the outputs in the model's order (name and kind); the arrays
+    runtimes return for such a model are the two outputs flattened and packed side by side (B, 4N + CN)."""
+    if len(shapes) != 2 or any(len(s) != 3 for s in shapes):
+        return None
+    for cf in (False, True):
+        ch, loc = (1, 2) if cf else (2, 1)
+        if shapes[0][loc] != shapes[1][loc]:
+            continue
+        kinds = ["boxes" if int(s[ch]) == 4 else "scores" for s in shapes]
+        if sorted(kinds) != ["boxes", "scores"]:
+            continue
+        c = int(next(s[ch] for s, k in zip(shapes, kinds) if k == "scores"))
+        return {"channels_first": cf, "anchors": int(shapes[0][loc]), "num_classes": c,
+                "parts": [{"name": n, "kind": k} for n, k in zip(names, kinds)]}
+    return None
+
+
 def split_dense(out: np.ndarray, layout: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
-    """(B, ·, ·) dense outputs → boxes (B, N, 4) as given and scores (B, N, C)."""
+    """(B, ·, ·) dense outputs → boxes (B, N, 4) as given and scores (B, N, C); for a two-output detector
+    (:func:`split_layout`), its packed (B, 4N + CN) outputs."""
     o = np.asarray(out, np.float32)
+    if "parts" in layout and o.ndim == 2:
+        n, c, cf = int(layout["anchors"]), int(layout["num_classes"]), bool(layout["channels_first"])
+        got, start = {}, 0
+        for part in layout["parts"]:
+            d = 4 if part["kind"] == "boxes" else c
+            a = o[:, start : start + n * d]
+            start += n * d
+            got[part["kind"]] = a.reshape(len(o), d, n).transpose(0, 2, 1) if cf else a.reshape(len(o), n, d)
+        if start != o.shape[1]:
+            raise ValueError(f"packed detections have {o.shape[1]} values an image; boxes and scores of "
+                             f"{n} locations make {start}")
+        return got["boxes"], got["scores"]
     if layout["channels_first"]:
         o = o.transpose(0, 2, 1)
     return o[..., :4], o[..., 4:]

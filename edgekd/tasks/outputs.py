@@ -44,7 +44,8 @@ class Outputs(Task):
         if isinstance(outputs, dict):
             structure, items = "dict", [(str(k), v) for k, v in outputs.items()]
         elif isinstance(outputs, (tuple, list)):
-            structure, items = "tuple", [(f"output_{i}", v) for i, v in enumerate(outputs)]
+            names = getattr(outputs, "names", None) or [f"output_{i}" for i in range(len(outputs))]  # an ONNX graph's
+            structure, items = "tuple", list(zip(names, outputs))
         else:
             structure, items = "tensor", [("output", outputs)]
         if not items:
