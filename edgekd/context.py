@@ -237,8 +237,11 @@ def open_run(cfg: PipelineConfig) -> RunContext:
     info = task.probe(raw_outputs)
     check_backends_score(task, profiles)
     if cfg.quantize.qat != "none" and not task.trains_qat:
-        raise UsageError(f"QAT is implemented for classifiers; this run's task is {task.name}",
+        raise UsageError(f"QAT is implemented for classifiers and detectors; this run's task is {task.name}",
                          "use post-training quantization (drop --qat)")
+    if cfg.quantize.qat == "ti" and task.base.name != "classify":
+        raise UsageError(f"Teacher Intervention is built and measured for classifiers; this run's task is {task.name}",
+                         "use --qat kd (QAT with the task's own distillation loss)")
     real = load_real_data(cfg, lm, shape, task, info) if cfg.data.path is not None else None
     if name.endswith("?"):  # fewer label classes than outputs: is it a classifier? its own predictions tell
         from edgekd.tasks.auto import confirm_classifier

@@ -405,6 +405,47 @@ def test_an_onnx_teachers_outputs_all_reach_the_task_under_their_names(tmp_path:
     assert [o["name"] for o in get_task("outputs").probe(out)["outputs"]] == ["bboxes", "cls_scores"]
 
 
+def test_detector_qat_kd_trains_with_the_detection_loss_and_ships_qdq(det_data: Path, tmp_path: Path) -> None:
+    """QAT-KD of a detector (issue #17 §2): the fake-quant student learns from its FP self with the dense detection
+    KD, selected on val mAP; every weight moves; the Q/DQ export agrees with torch's fake-quant model on the task's
+    agreement; the deployed file is that Q/DQ graph and the report's mAP is recomputed from it."""
+    import onnx
+
+    from edgekd.runtimes import open_session
+    from edgekd.tasks.detection_metrics import score_dense
+
+    run = tmp_path / "run"
+    r = subprocess.run([sys.executable, "-m", "edgekd.cli", "compress", str(TEACHER), "--data", str(det_data),
+                        "--target", "x86-cpu-vnni", "--student", "det-xs", "--epochs", "1", "--batch-size", "32",
+                        "--qat", "kd", "--set", "quantize.qat_steps=40", "--set", "quantize.qat_batch_size=16",
+                        "--run-dir", str(run), "--quiet"], capture_output=True, text=True, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    qat = json.loads((run / "03-quantize" / "qat" / "qat.json").read_text())
+    tr = qat["training"]
+    assert tr["val_metric"] == "map" and "val_map" in tr["curve"][-1] and 0 <= tr["final_val_map"] <= 1
+    assert tr["weights_changed"] > 0.9 * tr["total_params"], (tr["weights_changed"], tr["total_params"])
+    losses = [c["loss_task"] for c in tr["curve"] if "loss_task" in c]
+    assert losses and all(math.isfinite(v) for v in losses)
+    ref = qat["parity_vs_torch_fakequant_test"]["onnxruntime-reference"]
+    assert ref["agreement"] >= 0.995, ref
+    deployed = run / "04-lower" / "x86-cpu-vnni" / "model.onnx"
+    ops = {n.op_type for n in onnx.load(str(deployed)).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    z = np.load(run / "05-bench" / "eval.npz")
+    info = json.loads(str(z["task_info"]))
+    rows = {(row["model"], row["precision"]): row for row in json.loads((run / "report.json").read_text())["rows"]}
+    got = score_dense(open_session("onnxruntime", deployed, {}).infer(z["x"]), z["y"], info)["map"]
+    assert rows[("student", "int8")]["metric"] == pytest.approx(got, abs=1e-6)
+
+
+def test_teacher_intervention_on_a_detector_is_refused_in_one_line(det_data: Path, tmp_path: Path) -> None:
+    r = subprocess.run([sys.executable, "-m", "edgekd.cli", "compress", str(TEACHER), "--data", str(det_data),
+                        "--qat", "ti", "--run-dir", str(tmp_path / "run"), "--quiet"], capture_output=True, text=True)
+    lines = [ln for ln in (r.stdout + r.stderr).splitlines() if ln.startswith("error")]
+    assert r.returncode == 2 and len(lines) == 1 and "Teacher Intervention" in lines[0] and "--qat kd" in r.stderr + r.stdout
+    assert "Traceback" not in r.stderr and not (tmp_path / "run").exists()
+
+
 def test_detect_int8_gate_is_the_val_map_drop() -> None:
     from edgekd.config import QuantizeConfig
     from edgekd.tasks import get_task

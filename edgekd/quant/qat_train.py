@@ -86,8 +86,13 @@ def block_errors(student: nn.Module, teacher: nn.Module, blocks: list[str], x: n
     return {b: float(F.mse_loss(s[b], t[b])) for b in blocks}
 
 
-def train_qat(teacher: nn.Module, student: nn.Module, data: Dataset, cfg: QATTrainConfig) -> dict[str, Any]:
+def train_qat(teacher: nn.Module, student: nn.Module, data: Dataset, cfg: QATTrainConfig,
+              task_loss: Any = None, val_metric: "tuple[str, Any] | None" = None) -> dict[str, Any]:
     """Train ``student`` (fake-quantized) from ``teacher``; returns the accuracy-vs-step curve and diagnostics.
+
+    A task other than classification passes its own distillation loss (``task_loss(zs, zt, y, progress)``, e.g.
+    :class:`edgekd.kd.detection_losses.DetectionKD`, replacing the logit KD term; the feature terms stay) and its
+    val metric (``(name, fn(model, x, y))``; the curve's ``val_<name>``, top-1 by default).
 
     The teacher is used frozen and handed back unchanged (:func:`edgekd.models.freeze.frozen`), so further
     students can be built from the same object. The result records how many student parameters were trainable
@@ -95,7 +100,7 @@ def train_qat(teacher: nn.Module, student: nn.Module, data: Dataset, cfg: QATTra
     check_student(student, teacher)
     before = {n: p.detach().clone() for n, p in student.named_parameters()}
     with frozen(teacher):
-        res = _train_qat(teacher, student, data, cfg)
+        res = _train_qat(teacher, student, data, cfg, task_loss, val_metric)
     after = dict(student.named_parameters())
     res["trainable_params"] = sum(p.numel() for p in after.values() if p.requires_grad)
     res["total_params"] = sum(p.numel() for p in after.values())
@@ -110,7 +115,12 @@ def _lr(cfg: QATTrainConfig, step: int, total: int) -> float:
     return lr_at(step, total, warmup, cfg.lr)
 
 
-def _train_qat(teacher: nn.Module, student: nn.Module, data: Dataset, cfg: QATTrainConfig) -> dict[str, Any]:
+def _top1(model: nn.Module, x: np.ndarray, y: np.ndarray) -> float:
+    return accuracy(predict_logits(model, x), y)
+
+
+def _train_qat(teacher: nn.Module, student: nn.Module, data: Dataset, cfg: QATTrainConfig, task_loss: Any,
+               val_metric: "tuple[str, Any] | None") -> dict[str, Any]:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
@@ -157,7 +167,10 @@ def _train_qat(teacher: nn.Module, student: nn.Module, data: Dataset, cfg: QATTr
 
     opt = optimizer()
     xv, yv = data.val.x[: cfg.eval_samples], data.val.y[: cfg.eval_samples]
-    curve: list[dict[str, Any]] = [{"step": 0, "val_top1": accuracy(predict_logits(student, xv), yv)}]
+    metric_name, metric = val_metric or ("top1", _top1)
+    vk = f"val_{metric_name}"
+    whole = bool(getattr(task_loss, "takes_structure", False))  # a detector's (boxes, scores) stay together
+    curve: list[dict[str, Any]] = [{"step": 0, vk: metric(student, xv, yv)}]
     x_all, n = data.train.x, len(data.train)  # indexed per batch (a uint8 split is normalised batch by batch)
     errors_after_step1: dict[str, float] = {}
     t0 = time.time()
@@ -182,15 +195,22 @@ def _train_qat(teacher: nn.Module, student: nn.Module, data: Dataset, cfg: QATTr
                 attn_iv.mode = ti_g_mode(step, s1) if ti == "g" else ti
             if phase1 and res_iv is not None:
                 res_iv.mode = residual_mode(ti, step, s1)
-            xb = torch.from_numpy(np.ascontiguousarray(x_all[rng.integers(0, n, cfg.batch_size)]))
+            idx = rng.integers(0, n, cfg.batch_size)
+            xb = torch.from_numpy(np.ascontiguousarray(x_all[idx]))
             with torch.no_grad():
-                zt = _logits(teacher(xb))
+                zt = teacher(xb) if whole else _logits(teacher(xb))
             student.train()
             _freeze_bn(student)
-            zs = _logits(student(xb))
+            zs = student(xb) if whole else _logits(student(xb))
             scores = [(attn_iv.s_scores[a], attn_iv.t_scores[a]) for a in attn] if attn_iv is not None else []
-            terms = loss_terms(loss_set, zs, zt, signals, scores, temperature=cfg.temperature,
-                               feature_weight=cfg.feature_weight, attn_weight=cfg.attn_weight)
+            if task_loss is None:
+                terms = loss_terms(loss_set, zs, zt, signals, scores, temperature=cfg.temperature,
+                                   feature_weight=cfg.feature_weight, attn_weight=cfg.attn_weight)
+            else:  # the task's own KD on its outputs, the block features as for a classifier
+                yb = torch.from_numpy(np.asarray(data.train.y[idx]))
+                terms = {"task": task_loss(zs, zt, yb, (step + 1) / cfg.steps),
+                         "feature": (cfg.feature_weight * signals.mse("hidden/") if signals is not None and
+                                     cfg.feature_weight > 0 else torch.zeros(()))}
             if res_iv is not None:  # the replaced branches learn locally, as TI's Q/K learn from the score loss
                 local = res_iv.pop_local()
                 if local:
@@ -205,7 +225,7 @@ def _train_qat(teacher: nn.Module, student: nn.Module, data: Dataset, cfg: QATTr
             every = 10 if step + 1 <= cfg.eval_dense_until else cfg.eval_every
             if (step + 1) % every == 0 or step + 1 == cfg.steps:
                 interventions_off()
-                curve.append({"step": step + 1, "val_top1": accuracy(predict_logits(student, xv), yv), "loss": loss.item(),
+                curve.append({"step": step + 1, vk: metric(student, xv, yv), "loss": loss.item(),
                               **{f"loss_{k}": float(v.detach()) for k, v in terms.items()}})
     interventions_off()
     errors = block_errors(student, teacher, blocks, data.val.x[:512]) if blocks else {}
@@ -213,6 +233,6 @@ def _train_qat(teacher: nn.Module, student: nn.Module, data: Dataset, cfg: QATTr
         if iv is not None:
             iv.close()
     student.eval()
-    return {"curve": curve, "final_val_top1": curve[-1]["val_top1"], "block_mse": errors,
+    return {"curve": curve, f"final_{vk}": curve[-1][vk], "val_metric": metric_name, "block_mse": errors,
             "block_mse_after_step1": errors_after_step1, "ti": ti, "ti_steps": s1, "loss_set": loss_set,
             "residual_branches": [b.out for b in branches], "steps": cfg.steps, "seconds": round(time.time() - t0, 2)}

@@ -54,14 +54,15 @@ class QAT(Stage):
                               blocks=q.ti_blocks, eval_every=max(1, q.qat_steps // 12), seed=ctx.cfg.distill.seed,
                               loss_set=q.qat_loss_set)
         progress.log(f"quantize/qat: {q.bits} QAT-{'TI-' + ti.upper() if ti != 'none' else 'KD'} for {q.qat_steps} steps")
-        res = train_qat(fp, student, ctx.data, tcfg)
+        res = train_qat(fp, student, ctx.data, tcfg, **ctx.task.qat_objective(ctx.info))
         with atomic_path(out / "student_q.pt") as tmp:
             torch.save({"edgekd": {"bits": q.bits, "plan": plan}, "state_dict": student.state_dict()}, tmp)
         set_export_mode(student, True)
-        info = export_onnx(student, ctx.input_shape, out / "model.onnx", ctx.cfg.export.opset, "legacy")
+        info = export_onnx(student, ctx.input_shape, out / "model.onnx", ctx.cfg.export.opset, "legacy",
+                           output_names=ctx.task.output_names(ctx.info), input_name=ctx.teacher.input_name)
         x = ctx.data.test.x
         with torch.no_grad():
-            ref = parity.run_batched(lambda b: student(torch.from_numpy(b)).numpy(), x)
+            ref = ctx.task.predict(student, x, ctx.info)  # the task's packing (a detector's boxes and scores)
         set_export_mode(student, False)
         # Gated: the graph's reference semantics (ORT with graph optimisations off runs the Q/DQ math as written) and
         # OpenVINO. Reported: ORT's optimised int8 kernels, whose fused requantisation rounds differently (an
@@ -81,10 +82,11 @@ class QAT(Stage):
                                      "kernel for sub-8-bit convolutions exists in ORT/OpenVINO"}
         write_json(out / "qat.json", report)
         for backend, st in checks.items():
-            if "top1_agreement" in st and backend != "onnxruntime-optimized":
+            if ("agreement" in st or "top1_agreement" in st) and backend != "onnxruntime-optimized":
                 parity.check(st, what=f"QAT Q/DQ model on {backend} vs torch fake-quant", atol=None,
                              min_agreement=q.qat_parity_min_agreement)
-        metrics = {"bits": q.bits, "ti": ti, "final_val_top1": res["final_val_top1"],
-                   **{f"{b}_top1_agreement": c.get("top1_agreement") for b, c in checks.items()}}
+        vk = f"val_{res['val_metric']}"
+        metrics = {"bits": q.bits, "ti": ti, f"final_{vk}": res[f"final_{vk}"],
+                   **{f"{b}_agreement": c.get("agreement", c.get("top1_agreement")) for b, c in checks.items()}}
         return StageResult({"model": ctx.run.rel(out / "model.onnx"), "student_q": ctx.run.rel(out / "student_q.pt"),
                             "qat": ctx.run.rel(out / "qat.json")}, metrics)

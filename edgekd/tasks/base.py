@@ -26,6 +26,11 @@ class Task:
     #: whether quantization-aware training (``--qat``: losses on logits, block outputs and attention) fits the task
     trains_qat: bool = False
 
+    def qat_objective(self, info: dict[str, Any]) -> dict[str, Any]:
+        """What QAT trains and selects on beyond a classifier's logit KD and top-1: ``task_loss`` and ``val_metric``
+        for :func:`edgekd.quant.qat_train.train_qat` (none: the classifier's)."""
+        return {}
+
     @property
     def base(self) -> "Task":
         """The task itself, without a user metric (:mod:`edgekd.tasks.user_metric`)."""

@@ -47,6 +47,7 @@ class Detect(Task):
     name = "detect"
     primary = "map"
     agreement_name = "mAP@.5 vs reference detections"
+    trains_qat = True
 
     # ------------------------------------------------------------------ the model and its data
     def probe(self, outputs: Any) -> dict[str, Any]:
@@ -216,6 +217,16 @@ class Detect(Task):
 
         res = train_student(teacher, student, data, cfg, ckpt_dir, loss_fn=loss, val_metric=(self.primary, val))
         return res
+
+    def qat_objective(self, info: dict[str, Any]) -> dict[str, Any]:
+        """QAT-KD of a detector: the dense detection KD (:class:`DetectionKD`) from the FP student to its
+        fake-quantized copy, selected on val mAP."""
+        from edgekd.kd.detection_losses import DetectionKD
+
+        def val(model: Any, x: np.ndarray, y: np.ndarray) -> float:
+            return self.score(self.predict(model, x, info), y, info)[self.primary]
+
+        return {"task_loss": DetectionKD(info["layout"], info["decode"]), "val_metric": (self.primary, val)}
 
     def evaluate(self, model: Any, x: np.ndarray, y: np.ndarray, info: dict[str, Any] | None = None) -> dict[str, float]:
         return self.score(self.predict(model, x, info), y, info)
