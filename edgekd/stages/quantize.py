@@ -69,10 +69,14 @@ class Quantize(Stage):
                               f"{recipe.source} split has {len(cx)}; ranges come from those {len(cx)}")
             plan = self.plan(ctx, p)
             keep = plan["chosen"]["keep_float"] if plan else []
+            recorded = bool(plan) and "int8_record" in (ctx.run.record(f"sensitivity/{p.name}") or {}).get("outputs", {})
             progress.log(f"quantize/{p.name}: int8 PTQ with {len(cx)} calibration samples ({recipe.name})"
-                         + (f" (the sensitivity stage's calibration), {len(keep)} layer(s) kept in float by the plan"
-                            if plan else ""))
-            q = plan_artifact(ctx, p, fp32, out, keep) if plan else get_backend(p.backend).quantize(fp32, out, cx, p)
+                         + (" (the sensitivity stage's calibration)" if recorded else "")
+                         + (f", {len(keep)} layer(s) kept in float by the plan" if plan else ""))
+            if recorded:
+                q = plan_artifact(ctx, p, fp32, out, keep)
+            else:  # no plan, or a sensitivity stage from an edgekd that did not record its calibration: calibrate
+                q = get_backend(p.backend).quantize(fp32, out, cx, p, keep_float=keep)
             info = q.info
             outputs.update({k: ctx.run.rel(v) for k, v in q.files.items()})
             info.update(precision="int8", calibration={"recipe": recipe.model_dump(), "samples": int(len(cx)),
