@@ -5,6 +5,8 @@
         --label-smoothing 0 --out examples/fmnist_vit_teacher.pt2      # the small ViT teacher for TI benchmarks
     python examples/train_teacher.py --arch mobilenet-se-s --epochs 12 \
         --out examples/fmnist_mobilenet_se_teacher.pt2                  # depthwise + squeeze-excite (90.32 %, 4.5 min)
+    python examples/train_teacher.py --arch vit-tiny-d6 --optimizer adamw --lr 2e-3 --wd 0.05 --epochs 15 \
+        --label-smoothing 0 --out examples/fmnist_vit_d6_teacher.pt2    # the 6-block ViT of the TI benchmark's deeper arm
 
 Takes about 20 minutes on 2 CPU cores. The result is committed, so the demo and CI never retrain it. The file is a
 ``torch.export`` program (safe to load, no pickle) and carries the input shape, class count and the preprocessing
