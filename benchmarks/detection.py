@@ -23,6 +23,7 @@ the rounds and their min–max are reported, at each thread count. The CPU is re
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import subprocess
 import sys
@@ -53,16 +54,28 @@ def outputs_of(backend: str, path: Path, x: np.ndarray) -> np.ndarray:
     return run_batched(make_runner(backend, path, settings), x)
 
 
-def pipeline_run(seed: int, run_dir: Path, data: Path) -> dict[str, Path]:
-    """``edgekd compress`` of the demo config with ``distill.seed`` = seed; returns its artifacts."""
-    if not (run_dir / "04-lower" / "intel-cpu" / "model.xml").exists():
+def pipeline_run(seed: int, run_dir: Path, data: Path) -> dict[str, Any]:
+    """``edgekd compress`` of the demo config with ``distill.seed`` = seed; returns its artifacts. A target whose
+    INT8 gate fails (exit 3; the run keeps what passed and writes its report) is a result, not a crash: its quantized
+    model (``03-quantize/<target>``) is scored and timed, labelled as not shipped, with the val mAP drop that failed."""
+    if not (run_dir / "report.json").exists():
         code = ("import sys; from edgekd import api, progress; progress.set_quiet(True); "
                 "api.compress(config=sys.argv[1], data={'path': sys.argv[2]}, run_dir=sys.argv[3], "
                 "distill__seed=int(sys.argv[4]))")
-        subprocess.run([sys.executable, "-c", code, str(CONFIG), str(data), str(run_dir), str(seed)], check=True, cwd=REPO)
-    ort = next(p for p in sorted((run_dir / "04-lower").glob("*/model.onnx")))  # the demo's `auto` CPU target
-    return {"student fp32": run_dir / "02-export" / "student.onnx", "ort": ort,
-            "intel-cpu": run_dir / "04-lower" / "intel-cpu" / "model.xml", "teacher fp32": run_dir / "02-export" / "teacher.onnx"}
+        r = subprocess.run([sys.executable, "-c", code, str(CONFIG), str(data), str(run_dir), str(seed)], cwd=REPO)
+        if r.returncode not in (0, 3):
+            raise SystemExit(f"the pipeline run of seed {seed} failed with exit {r.returncode}")
+    quantized = sorted(d for d in (run_dir / "03-quantize").iterdir() if d.name != "qat")
+    ort_dir = next(d for d in quantized if (d / "model.onnx").exists())  # the demo's `auto` CPU target
+    out: dict[str, Any] = {"student fp32": run_dir / "02-export" / "student.onnx",
+                           "teacher fp32": run_dir / "02-export" / "teacher.onnx", "gate_failed": {}}
+    for key, target, name in (("ort", ort_dir.name, "model.onnx"), ("intel-cpu", "intel-cpu", "model.xml")):
+        shipped = run_dir / "04-lower" / target / name
+        out[key] = shipped if shipped.exists() else run_dir / "03-quantize" / target / name
+        if not shipped.exists():
+            par = json.loads((run_dir / "03-quantize" / target / "calibration.json").read_text())["parity_int8_vs_fp32_val"]
+            out["gate_failed"][key] = float(par["map_drop_points"])
+    return out
 
 
 def export_teacher_today(out: Path, input_shape: list[int]) -> None:
@@ -137,8 +150,11 @@ def main() -> None:
         for s in a.seeds:
             items.append({"runtime": rt, "artifact": f"edgekd student FP32 (seed {s})", "group": "student-fp32", "seed": s,
                           "path": runs[s]["student fp32"]})
-            items.append({"runtime": rt, "artifact": f"edgekd student INT8 (seed {s})", "group": "student-int8", "seed": s,
-                          "path": runs[s]["ort" if rt == "onnxruntime" else "intel-cpu"]})
+            key = "ort" if rt == "onnxruntime" else "intel-cpu"
+            failed = runs[s]["gate_failed"].get(key)
+            items.append({"runtime": rt, "artifact": f"edgekd student INT8 (seed {s})" + (
+                          f", not shipped: the INT8 gate failed on val ({failed:+.2f} pt)" if failed is not None else ""),
+                          "group": "student-int8", "seed": s, "path": runs[s][key], "gate_failed_val_drop": failed})
     for it in items:
         it["metrics"] = task.score(outputs_of(it["runtime"], it["path"], x), y, info)
         print(f"{it['runtime']:12s} {it['artifact']:40s} mAP {it['metrics']['map']:.4f}", flush=True)
@@ -176,8 +192,11 @@ def main() -> None:
             speed = [ref["p50_ms"][str(t)] / q["p50_ms"][str(t)] for q in s8]
             same = next(it for it in sel if it["group"] == "teacher-decode")
             speed_same = [same["p50_ms"][str(t)] / q["p50_ms"][str(t)] for q in s8]
-            goals.append([rt, t, "INT8 student within 1.0 mAP point of its FP32 (FP32 − INT8; negative: INT8 higher)",
-                          ", ".join(f"{d:+.2f}" for d in drops) + " pt", "yes" if max(drops) <= 1.0 else "no"])
+            gate = [q["gate_failed_val_drop"] for q in s8 if q.get("gate_failed_val_drop") is not None]
+            goals.append([rt, t, "INT8 student within 1.0 mAP point of its FP32 (FP32 − INT8 on test; negative: INT8 higher)",
+                          ", ".join(f"{d:+.2f}" for d in drops) + " pt" + (
+                              f"; the val gate failed on {len(gate)} seed(s) ({', '.join(f'{g:+.2f}' for g in gate)} pt)"
+                              if gate else ""), "yes" if max(drops) <= 1.0 and not gate else "no"])
             goals.append([rt, t, "INT8 student ≥ 3× faster than the FP32 teacher", ", ".join(f"{v:.2f}×" for v in speed),
                           "yes" if min(speed) >= 3.0 else "no"])
             goals.append([rt, t, "the same, against the teacher's weights with today's decode",
