@@ -83,7 +83,8 @@ def run_one(arm: Arm, variant: str, lr: float, seed: int, data: Dataset, a: argp
     return {"curve": [{"step": c["step"], "val_top1": c["val_top1"]} for c in res["curve"]],
             "test_top1": accuracy(predict_logits(student, data.test.x), data.test.y),
             "block_mse": res["block_mse"], "block_mse_after_step1": res["block_mse_after_step1"], "ti_steps": res["ti_steps"],
-            "weights_changed": res["weights_changed"], "total_params": res["total_params"], "seconds": round(time.time() - t0, 1)}
+            "weights_changed": res["weights_changed"], "total_params": res["total_params"], "seconds": round(time.time() - t0, 1),
+            "threads": a.threads}
 
 
 def main() -> None:
@@ -176,7 +177,8 @@ def summarize(res: dict[str, Any], name: str, lr: float, seeds: list[int]) -> di
                                       for b in blocks} if all(r["block_mse_after_step1"] for r in rs) else {},
             "block_mse": {b: statistics.mean(r["block_mse"][b] for r in rs) for b in blocks},
             "test_minus_kd_points": [100 * (runs[v][s]["test_top1"] - runs["kd"][s]["test_top1"]) for s in paired],
-            "seconds": statistics.mean(r["seconds"] for r in rs)}
+            "seconds": statistics.mean(r["seconds"] for r in rs),
+            "threads": sorted({r.get("threads", 2) for r in rs})}  # runs before the field existed used 2
     return out
 
 
@@ -195,7 +197,7 @@ def report(res: dict[str, Any], a: argparse.Namespace) -> None:
             d = st["test_minus_kd_points"]
             rows.append([LABEL[v], _ms(st["test_top1"]), _ms(st["final_val_top1"]), _ms(st["early_step2_val"]), reach,
                          "–" if v == "kd" else f"{statistics.mean(d):+.2f} ± {statistics.stdev(d) if len(d) > 1 else 0:.2f}",
-                         f"{st['seconds']:.0f}"])
+                         f"{st['seconds']:.0f} ({'/'.join(map(str, st['threads']))} thr.)"])
             for when, key in (("after step 1", "block_mse_after_step1"), ("end", "block_mse")):
                 if st[key]:
                     mse_rows.append([LABEL[v], when, *(f"{x:.4f}" for x in st[key].values())])
@@ -228,7 +230,9 @@ def report(res: dict[str, Any], a: argparse.Namespace) -> None:
           "variant; AdamW, linear warm-up 10 % then linear decay; val top-1 on "
           f"{a.eval_images} val images every 10 steps up to step {a.eval_dense_until}, then every {a.eval_every}; test = "
           "the 10k test images. Curves: "
-          f"`results/{a.name}_curves.png`. Protocol: the docstring of `benchmarks/ti_vs_qat_kd.py`.\n\n"
+          f"`results/{a.name}_curves.png`. Protocol: the docstring of `benchmarks/ti_vs_qat_kd.py`. \"s per run\" is the "
+          "wall time of one run at the torch threads shown; some arms shared the machine with other jobs, so it "
+          "compares methods within a section, not sections.\n\n"
           f"## Goal: TI reaches QAT-KD's final val top-1 within {quarter} steps (¼) on every seed and ends at least level "
           "(mean paired test Δ ≥ 0), on at least one transformer arm\n\n"
           + md_table(["arm", "lr", "method", f"seeds reaching QAT-KD's final within {quarter} steps",
