@@ -405,6 +405,7 @@ def test_an_onnx_teachers_outputs_all_reach_the_task_under_their_names(tmp_path:
     assert [o["name"] for o in get_task("outputs").probe(out)["outputs"]] == ["bboxes", "cls_scores"]
 
 
+@pytest.mark.slow  # distillation, QAT and both runtimes end to end (≈1–3 min on 2 cores): `make test-slow`
 def test_detector_qat_kd_trains_with_the_detection_loss_and_ships_qdq(det_data: Path, tmp_path: Path) -> None:
     """QAT-KD of a detector (issue #17 §2): the fake-quant student learns from its FP self with the dense detection
     KD, selected on val mAP; every weight moves; the Q/DQ export agrees with torch's fake-quant model on the task's
