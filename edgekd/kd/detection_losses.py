@@ -34,6 +34,8 @@ def dense_parts(out: torch.Tensor, layout: dict[str, Any], box_format: str = "cx
     """(B, ·, ·) dense outputs — or a two-output detector's (boxes, scores) in its ``layout["parts"]`` order — →
     boxes xyxy (B, N, 4) and class probabilities (B, N, C)."""
     cf = layout.get("channels_first", True)
+    if isinstance(out, (tuple, list)) and "parts" not in layout:
+        out = out[0]  # one dense tensor returned in a tuple (the task probed the first output)
     if isinstance(out, (tuple, list)):
         parts = {p["kind"]: (o.transpose(1, 2) if cf else o) for p, o in zip(layout["parts"], out)}
         b, s = parts["boxes"], parts["scores"]
