@@ -135,8 +135,11 @@ def test_plan_in_the_pipeline_round_trips_and_gates(fragile, fmnist: Path, tmp_p
     run = tmp_path / "run"
     # OpenVINO: INT8 with the fragile layer in float is about 2x faster than FP32 there (benchmarks/results/planner.md),
     # so the plan ships INT8 and the quantize stage's artifact is checked against what the plan scored
+    # one timing round is noisy on a shared machine: a 1.25× margin keeps the one-layer plan unless a superset of it
+    # is clearly faster (a clean-clone CI run once shipped a 3-layer superset of it, faster by noise)
     kw = dict(targets=["intel-cpu"], run_dir=str(run), **SMALL)
-    edgekd.compress(path, quantize={"plan": {"max_drop": 1.0, "samples": 600, "rounds": 1, "iterations": 30}}, **kw)
+    pcfg = {"max_drop": 1.0, "samples": 600, "rounds": 1, "iterations": 30, "min_speedup": 1.25}
+    edgekd.compress(path, quantize={"plan": pcfg}, **kw)
     plan = json.loads((run / "03-plan" / "intel-cpu" / "plan.json").read_text())
     assert plan["chosen"]["precision"] == "int8", plan["reason"]
     # OpenVINO names the convolution after its ONNX node ("node_Conv_142/WithoutBiases": the bias add split off)
@@ -153,14 +156,13 @@ def test_plan_in_the_pipeline_round_trips_and_gates(fragile, fmnist: Path, tmp_p
     assert cal["kept_float"] == plan["chosen"]["keep_float"] and cal["calibration_source"].startswith("sensitivity/")
     first_keys = {k: v["key"] for k, v in man["stages"].items()}
     # the same command again: the plan is read back from the run directory, nothing is re-measured
-    edgekd.compress(path, quantize={"plan": {"max_drop": 1.0, "samples": 600, "rounds": 1, "iterations": 30}}, **kw)
+    edgekd.compress(path, quantize={"plan": pcfg}, **kw)
     man2 = json.loads((run / "manifest.json").read_text())
     for sid in ("sensitivity/intel-cpu", "plan/intel-cpu", "quantize/intel-cpu"):
         assert man2["stages"][sid]["key"] == first_keys[sid] and man2["stages"][sid]["finished"] == man["stages"][sid]["finished"]
     # a budget no plan can meet: one line naming the best plan found, exit 3, the sensitivity kept
     with pytest.raises(GateError, match="best found is"):
-        edgekd.compress(path, quantize={"plan": {"max_drop": 1.0, "samples": 600, "rounds": 1, "iterations": 30,
-                                                 "latency_budget_ms": 1e-6}}, **kw)
+        edgekd.compress(path, quantize={"plan": {**pcfg, "latency_budget_ms": 1e-6}}, **kw)
     man3 = json.loads((run / "manifest.json").read_text())
     assert man3["stages"]["sensitivity/intel-cpu"]["finished"] == man["stages"]["sensitivity/intel-cpu"]["finished"]
     assert json.loads((run / "03-plan" / "intel-cpu" / "plan.json").read_text())["chosen"] is None
@@ -214,3 +216,20 @@ def test_an_int8_plan_must_beat_fp32_by_the_margin() -> None:
     assert c.precision == "int8" and "(2.00×)" in why
     c, _ = choose(*cands(0.196), max_drop=1.0, latency_budget_ms=None, timed=True, min_speedup=1.0)
     assert c.precision == "int8"  # no margin: the faster median wins
+
+
+def test_a_plan_keeping_more_layers_in_float_must_win_by_the_margin() -> None:
+    """Two INT8 plans within budget: the one with more layers in float is chosen only when it is faster than the other
+    by more than min_speedup (timing noise at one round once made a 3-layer superset of the 1-layer plan win)."""
+    from edgekd.quant.planner import Candidate, choose
+
+    fp32 = Candidate("fp32", "fp32", [], 0.902, 0.0, "f.onnx", p50_ms=0.400, meets_accuracy=True)
+
+    def pick(three_ms: float) -> Candidate:
+        one = Candidate("keep 1", "int8", ["a"], 0.90, 0.4, "1.onnx", p50_ms=0.200, meets_accuracy=True)
+        three = Candidate("keep 3", "int8", ["a", "b", "c"], 0.901, 0.2, "3.onnx", p50_ms=three_ms, meets_accuracy=True)
+        return choose([one, three], fp32, max_drop=1.0, latency_budget_ms=None, timed=True, min_speedup=1.05)[0]
+
+    assert pick(0.195).name == "keep 1"  # 1.03× faster: noise
+    assert pick(0.150).name == "keep 3"  # 1.33× faster: real
+    assert pick(0.205).name == "keep 1"

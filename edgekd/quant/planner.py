@@ -129,7 +129,8 @@ def greedy_candidates(order: list[str], quantize: Quantizer, score: Scorer, work
 
 def choose(candidates: list[Candidate], fp32: Candidate, max_drop: float, latency_budget_ms: float | None,
            timed: bool, min_speedup: float = 1.0) -> tuple[Candidate, str]:
-    """The plan: the fastest candidate within both budgets (FP32 included: it meets any accuracy budget), or, when
+    """The plan: the fastest candidate within both budgets (FP32 included: it meets any accuracy budget; an INT8 plan
+    keeping more layers in float must beat one keeping fewer by ``min_speedup``, as INT8 must beat FP32), or, when
     latency cannot be measured here, the accuracy-meeting INT8 candidate with the fewest layers in float. Raises
     :class:`GateError` naming the best plan found when no candidate meets both budgets."""
     pool = [c for c in candidates if c.meets_accuracy] + [fp32]
@@ -148,6 +149,12 @@ def choose(candidates: list[Candidate], fp32: Candidate, max_drop: float, latenc
                         f"{best.name} at {best.drop:.2f} pt, {best.p50_ms:.3f} ms",
                         "raise --latency-budget-ms or --max-drop, or choose a smaller student")
     c = min(ok, key=lambda c: c.p50_ms)  # type: ignore[arg-type, return-value]
+    if c is not fp32:
+        # the same margin between INT8 plans: one that keeps more layers in float wins only when it is faster than the
+        # plans keeping fewer by more than the timing noise; otherwise the fewest layers in float (the plan closest to
+        # all-INT8, the search's own preference), ties broken by speed
+        near = [x for x in ok if x.precision == "int8" and x.p50_ms <= c.p50_ms * min_speedup]  # type: ignore[operator]
+        c = min(near, key=lambda x: (len(x.keep_float), x.p50_ms))
     if c is fp32:
         int8s = [x for x in ok if x.precision == "int8"]
         why = ("no INT8 candidate is within the accuracy budget" if not int8s else
