@@ -19,6 +19,12 @@ class TinyNet(nn.Module):
         return self.head(torch.flatten(self.features(x), 1))
 
 
+#: CLI flags that cut the benchmark stage's timing to one short round, for tests that check messages, reports and
+#: metrics, not latency (tests/test_bench.py checks the timing protocol itself)
+FAST_BENCH = ("--set", "bench.iterations=20", "--set", "bench.warmup=2", "--set", "bench.warmup_seconds=0.05",
+              "--set", "bench.rounds=1")
+
+
 def make_net() -> nn.Module:
     torch.manual_seed(0)
     return TinyNet()

@@ -25,6 +25,7 @@ import pytest
 import torch
 
 from conftest import REPO
+from helpers import FAST_BENCH
 from edgekd.cli import main
 
 MAX_LINE = 200
@@ -555,7 +556,7 @@ def test_atomic_writes_follow_the_umask(tmp_path: Path) -> None:
 def test_tiny_data_shrinking_is_said(capsys, tmp_path, fmnist) -> None:  # noqa: ANN001
     code, _, err = cli(capsys, "compress", str(REPO / "examples" / "fmnist_teacher.pt2"), "-t", "x86-cpu", "--data",
                        "fashion-mnist", "--data-limit", "120", "--eval-limit", "40", "--student", "resnet-xs", "--epochs",
-                       "1", "-o", str(tmp_path / "r"))
+                       "1", "-o", str(tmp_path / "r"), *FAST_BENCH)
     assert code == 0, err[-2000:]
     assert "calibration asked for 300 samples" in err
     report = (tmp_path / "r" / "report.md").read_text()

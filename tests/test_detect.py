@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 
+from helpers import FAST_BENCH
 from edgekd.tasks.detection_metrics import (batched_nms, box_iou, coco_map, decode, dense_layout, ground_truth,
                                             nms, xyxy_to_cxcywh)
 
@@ -300,7 +301,7 @@ def test_detector_run_reports_map_recomputed_from_the_artifacts(det_data: Path, 
     run = tmp_path / "run"
     r = subprocess.run([sys.executable, "-m", "edgekd.cli", "compress", str(TEACHER), "--data", str(det_data),
                         "--target", "x86-cpu-vnni", "--student", "det-xs", "--epochs", "2", "--batch-size", "32",
-                        "--run-dir", str(run), "--quiet"], capture_output=True, text=True, cwd=tmp_path)
+                        "--run-dir", str(run), *FAST_BENCH, "--quiet"], capture_output=True, text=True, cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-2000:]
     report = json.loads((run / "report.json").read_text())
     rows = {(row["model"], row["precision"]): row for row in report["rows"]}
@@ -355,7 +356,7 @@ def test_a_detector_returning_boxes_and_scores_apart_is_distilled_and_scored(det
     run = tmp_path / "run"
     r = subprocess.run([sys.executable, "-m", "edgekd.cli", "compress", str(teacher), "--data", str(det_data),
                         "--target", "x86-cpu-vnni", "--student", "det-xs", "--epochs", "2", "--batch-size", "32",
-                        "--run-dir", str(run)], capture_output=True, text=True, cwd=tmp_path)
+                        "--run-dir", str(run), *FAST_BENCH], capture_output=True, text=True, cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-2000:]
     assert "task: detect" in r.stdout + r.stderr
     z = np.load(run / "05-bench" / "eval.npz")

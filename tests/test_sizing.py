@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 
 import edgekd
+from helpers import FAST_BENCH
 from edgekd.benchmark.threads import candidate_threads
 from edgekd.models.sizing import CANDIDATES, stem_scale
 from edgekd.models.zoo import build_model
@@ -120,7 +121,7 @@ def test_student_auto_sizes_a_detector_from_the_det_presets(tmp_path: Path) -> N
     run = tmp_path / "run"
     r = subprocess.run([sys.executable, "-m", "edgekd.cli", "compress", str(repo / "examples" / "fmnist_detector.pt2"),
                         "--data", str(data), "--target", "x86-cpu-vnni", "--student", "auto", "--epochs", "1",
-                        "--batch-size", "32", "--run-dir", str(run), "--quiet"], capture_output=True, text=True)
+                        "--batch-size", "32", "--run-dir", str(run), "--quiet", *FAST_BENCH], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-2000:]
     choice = json.loads((run / "01-distill" / "student_choice.json").read_text())
     rows = {c["name"]: c for c in choice["candidates"]}
