@@ -111,6 +111,11 @@ class PlanConfig(Strict):
     iterations: int = Field(300, ge=10, description="timed batch-1 calls per candidate and round")
     min_speedup: float = Field(1.05, ge=1, description="an INT8 plan ships only if at least this many times faster "
                                "than FP32 at batch 1 (FP32 loses nothing; a 1–2 % gain is within timing noise)")
+    speed_probe: int = Field(3, ge=0, description="layers the runtime's kernel profile finds slower in INT8 than in "
+                             "float (a 1- or 3-channel stem), each tried in float on top of the plan and timed with "
+                             "the other candidates; 0 = off (ONNX Runtime targets only)")
+    speed_margin: float = Field(1.25, ge=0, description="a layer is tried in float for speed when its INT8 kernel "
+                                "takes more than this many times its float kernel's time in the profile")
     rank_all: bool = Field(False, description="rank every layer even when all-INT8 already meets max_drop (by "
                            "default the ranking is skipped then: the plan is all-INT8 or FP32, whichever is faster)")
 

@@ -16,7 +16,9 @@ OPT_LEVELS = {"disable": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC", "extend
 
 
 def ort_session(path: str | Path, threads: int | None = None, graph_optimization: str = "all",
-                providers: list[str] | None = None, optimized_model_path: str | None = None) -> Any:
+                providers: list[str] | None = None, optimized_model_path: str | None = None,
+                profile_prefix: str | None = None) -> Any:
+    """An ONNX Runtime session; ``profile_prefix``: write a kernel profile there (``end_profiling()`` returns it)."""
     import onnxruntime as ort
 
     so = ort.SessionOptions()
@@ -27,6 +29,9 @@ def ort_session(path: str | Path, threads: int | None = None, graph_optimization
     so.log_severity_level = 3
     if optimized_model_path:
         so.optimized_model_filepath = optimized_model_path
+    if profile_prefix:
+        so.enable_profiling = True
+        so.profile_file_prefix = profile_prefix
     return ort.InferenceSession(str(path), so, providers=providers or ["CPUExecutionProvider"])
 
 

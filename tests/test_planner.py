@@ -190,7 +190,8 @@ def test_no_layer_is_ranked_when_all_int8_already_meets_the_budget(demo_teacher:
     ranking (most of the planner's time) is skipped and says so; quantize.plan.rank_all ranks every layer anyway."""
     run = tmp_path / "run"
     kw = dict(targets=["x86-cpu-vnni"], run_dir=str(run), **SMALL)
-    plan_cfg = {"max_drop": 5.0, "samples": 400, "ranking_samples": 100, "rounds": 1, "iterations": 30}
+    plan_cfg = {"max_drop": 5.0, "samples": 400, "ranking_samples": 100, "rounds": 1, "iterations": 30,
+                "speed_probe": 0}  # the speed candidates: test_a_layer_slower_in_int8_is_tried_in_float_and_timed
     edgekd.compress(demo_teacher, quantize={"plan": plan_cfg}, **kw)
     sens = json.loads((run / "03-sensitivity" / "x86-cpu-vnni" / "sensitivity.json").read_text())
     assert sens["int8_drop"] <= 5.0 and sens["layers"] == [] and "not ranked" in sens["skipped"]
@@ -233,3 +234,49 @@ def test_a_plan_keeping_more_layers_in_float_must_win_by_the_margin() -> None:
     assert pick(0.195).name == "keep 1"  # 1.03× faster: noise
     assert pick(0.150).name == "keep 3"  # 1.33× faster: real
     assert pick(0.205).name == "keep 1"
+
+
+def test_kernel_profile_attributes_every_layer_of_both_graphs(fragile, fm, tmp_path: Path) -> None:  # noqa: ANN001
+    """ONNX Runtime's profile of the optimized FP32 graph (convolutions fused with their ReLU into NCHWc nodes named
+    after the tensor they write) and of the INT8 graph (QLinearConv named after the layer plus _token_N) is mapped
+    back to every weighted layer; with margin 0 every layer is listed, with the ratio of its two times."""
+    from edgekd.quant.layer_speed import kernel_times, layer_of, per_layer, slower_in_int8
+
+    path, _, _ = fragile
+    cx, x, _ = fm
+    s = resolve("x86-cpu-vnni").onnxruntime
+    ort_quantize(path, tmp_path / "int8.onnx", cx, s)
+    layers = [r["name"] for r in ort_plan_layers(path, s)]
+    graph = onnx.load(str(path)).graph
+    producer = {o: n for n in graph.node for o in n.output}
+    for model in (path, tmp_path / "int8.onnx"):
+        times = kernel_times(model, x[:1], {"threads": 1}, runs=30)
+        assert set(per_layer(times, set(layers), producer)) == set(layers), model
+    rows = slower_in_int8(tmp_path / "int8.onnx", path, layers, x[:1], {"threads": 1}, margin=0.0, runs=30)
+    assert {r["name"] for r in rows} == set(layers)
+    assert all(r["ratio"] == pytest.approx(r["int8_us"] / r["fp32_us"], rel=1e-2) for r in rows)
+    # a name that is no layer, and an Add of two layers' outputs (which one absorbed it cannot be told), map to none
+    assert layer_of("input_QuantizeLinear", set(layers), producer) is None
+    add = onnx.helper.make_node("Add", [graph.node[0].output[0], graph.node[0].output[0]], ["sum"], name="add")
+    two = onnx.helper.make_node("Add", ["a", "b"], ["s2"], name="add2")
+    a = onnx.helper.make_node("Conv", ["x", "w"], ["a"], name="ca")
+    b = onnx.helper.make_node("Conv", ["x", "w"], ["b"], name="cb")
+    prod = {"a": a, "b": b, "s2": two, "sum": add}
+    assert layer_of("s2_nchwc", {"ca", "cb"}, prod) is None and layer_of("ca_token_3", {"ca", "cb"}, prod) == "ca"
+
+
+def test_a_layer_slower_in_int8_is_tried_in_float_and_timed(demo_teacher: Path, fmnist: Path, tmp_path: Path) -> None:
+    """The planner asks the runtime's kernel profile which layers are slower in INT8 (margin 0 here, so every layer
+    is), keeps each of the first speed_probe in float on top of the plan and times them with the others: the plan
+    records them, each candidate keeps exactly its one layer and was scored and timed."""
+    run = tmp_path / "run"
+    plan_cfg = {"max_drop": 5.0, "samples": 300, "rounds": 1, "iterations": 20, "speed_probe": 2,
+                "speed_margin": 0.0}
+    edgekd.compress(demo_teacher, quantize={"plan": plan_cfg}, targets=["x86-cpu-vnni"], run_dir=str(run), **SMALL)
+    plan = json.loads((run / "03-plan" / "x86-cpu-vnni" / "plan.json").read_text())
+    assert plan["slower_in_int8"] is not None
+    speed = [c for c in plan["candidates"] if c["name"].endswith("(speed)")]
+    slow = [r["name"] for r in plan["slower_in_int8"]]
+    assert len(speed) == min(2, len(slow))
+    for c, layer in zip(speed, slow):
+        assert c["keep_float"] == [layer] and c["p50_ms"] is not None and 0 <= c["metric"] <= 1

@@ -78,6 +78,12 @@ class Backend:
         the planner's variants, and what ``quantize(keep_float=...)`` ships)."""
         raise self._no_planner()
 
+    def slower_in_int8(self, int8_model: Path, fp32_onnx: Path, layers: Sequence[str], x: np.ndarray,
+                       profile: Profile, margin: float = 1.25) -> list[dict[str, Any]] | None:
+        """Layers whose INT8 kernel is slower than their float one on this runtime, from its own profiler
+        (:mod:`edgekd.quant.layer_speed`): the planner's speed candidates. None: this backend cannot tell."""
+        return None
+
     def _no_planner(self) -> Exception:
         from edgekd.errors import UsageError
 

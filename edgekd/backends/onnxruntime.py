@@ -84,5 +84,11 @@ class OnnxruntimeBackend(Backend):
 
         return ort_reverter(int8_model, fp32_onnx, work)
 
+    def slower_in_int8(self, int8_model: Path, fp32_onnx: Path, layers: Sequence[str], x: Any,
+                       profile: Profile, margin: float = 1.25) -> list[dict[str, Any]] | None:
+        from edgekd.quant.layer_speed import slower_in_int8
+
+        return slower_in_int8(int8_model, fp32_onnx, layers, x, session_settings(profile), margin)
+
     def lower(self, model: Path, profile: Profile, out_dir: Path, inputs: LowerInputs | None = None) -> dict[str, Any]:
         return lower_onnxruntime(model, profile, out_dir)

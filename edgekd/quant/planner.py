@@ -20,6 +20,8 @@ keep the k most sensitive layers in float for k = 0, 1, … until
 then ``extra`` more steps (a layer kept in float can also be faster: fewer Q/DQ pairs around a layer INT8 does not
 speed up). Every candidate that meets the accuracy budget, all-INT8 and FP32 are timed on the target at batch 1 in
 alternating rounds in one run; the fastest that meets both budgets is the plan — FP32 when no INT8 plan is faster.
+On ONNX Runtime, layers the runtime's kernel profile finds slower in INT8 than in float (:mod:`edgekd.quant.layer_speed`)
+are tried too, each in float on top of the plan (:meth:`edgekd.stages.plan.Plan.speed_candidates`).
 
 The functions here take the quantizer, the scorer and the timer as callables, so they are tested on a real model
 without the pipeline; :mod:`edgekd.stages.plan` wires them to a run.

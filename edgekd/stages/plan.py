@@ -55,10 +55,13 @@ class Plan(Stage):
         work = out / "candidates"
         cands = greedy_candidates(order, tools.quantize, tools.score, work, m, fp32_metric, int8, cfg.max_drop,
                                   extra=cfg.extra, max_kept=cfg.max_kept)
+        timed = tools.backend.can_time(p)
+        probe = self.speed_candidates(tools, p, cands, cfg, work, fp32_metric) if timed and cfg.speed_probe else None
+        if probe:
+            cands += probe["candidates"]
         ref_prec = tools.backend.reference_precision
         fp32 = Candidate(ref_prec, ref_prec, [], fp32_metric, 0.0, str(tools.fp32), meets_accuracy=True)
         search_s = time.time() - t0
-        timed = tools.backend.can_time(p)
         settings: dict[str, Any] = {}
         if timed:
             settings = self.time(ctx, p, [int8] + [c for c in cands[1:] if c.meets_accuracy] + [fp32], cfg)
@@ -70,6 +73,7 @@ class Plan(Stage):
         res = {"target": p.name, "backend": p.backend, "metric": m.name, "points_scale": m.scale,
                "higher_is_better": m.higher_is_better, "samples": sens["samples"], "budget": cfg.model_dump(),
                "fp32": fp32_metric, "timed": timed, "timing_settings": settings,
+               "slower_in_int8": probe["layers"] if probe else None,
                "timing_note": None if timed else f"{p.backend} ({p.name}) cannot be timed here: the plan meets the "
                                                  "accuracy budget, its speed is judged on the device",
                "candidates": [c.as_dict() for c in cands + [fp32]],
@@ -89,6 +93,34 @@ class Plan(Stage):
         return StageResult({"plan": ctx.run.rel(out / "plan.json"), "chart": ctx.run.rel(out / "pareto.png")},
                            {"precision": chosen.precision, "kept_float": len(chosen.keep_float), "drop": chosen.drop,
                             "p50_ms": chosen.p50_ms, "reason": reason})
+
+    @staticmethod
+    def speed_candidates(tools, p, cands: list, cfg, work: Path, fp32_metric: float  # noqa: ANN001
+                         ) -> dict[str, Any] | None:
+        """Layers the target runtime's kernel profile finds slower in INT8 than in float
+        (:meth:`Backend.slower_in_int8`), each kept in float alone on top of the plan with the fewest layers in float
+        that meets the budget: the ``speed_probe`` most promising, as candidates to time. One at a time, not
+        together: a layer in the middle of an INT8 graph kept in float adds a DQ/Q pair and layout reorders around
+        it, which the per-kernel profile does not charge to it (on the det-s detector the stem alone in float is
+        1.15× faster than all-INT8; the stem and the next depthwise layer together 0.86×). None: nothing to try."""
+        from edgekd.quant.planner import Candidate
+
+        base = next((c for c in cands if c.meets_accuracy), None)
+        if base is None or tools.int8 is None:
+            return None
+        layers = [r["name"] for r in tools.backend.plan_layers(tools.fp32, p)]
+        rows = tools.backend.slower_in_int8(tools.int8, tools.fp32, layers, tools.x[:1], p, cfg.speed_margin)
+        if rows is None:
+            return None
+        found = []
+        for i, r in enumerate([r for r in rows if r["name"] not in base.keep_float][: cfg.speed_probe]):
+            keep = base.keep_float + [r["name"]]
+            art = tools.quantize(keep, work / f"speed-{i}")
+            metric = tools.score(art)
+            d = tools.metric.drop(fp32_metric, metric)
+            name = f"{base.name if base.keep_float else 'all int8'} + {r['name']} in float (speed)"
+            found.append(Candidate(name, "int8", keep, metric, d, str(art), meets_accuracy=d <= cfg.max_drop))
+        return {"layers": rows, "candidates": found}
 
     @staticmethod
     def time(ctx, p, cands: list, cfg) -> dict[str, Any]:  # noqa: ANN001
