@@ -508,3 +508,33 @@ def test_detect_refuses_augmenting_images_whose_boxes_it_trains_on() -> None:
     task = get_task("detect")
     with pytest.raises(ConfigError, match="without their boxes"):
         task.distill(None, None, None, DistillConfig(augment=True, ce_weight=1.0), None, {})
+
+
+def test_a_detectors_tensorrt_bundle_states_its_expected_map(det_data: Path, tmp_path: Path) -> None:
+    """A Jetson target for a detector (no TensorRT here): the bundle's expected accuracy is mAP on ONNX Runtime's
+    reference kernels, equal to mAP recomputed here from the bundle's own models and samples (which carry the float
+    box targets and the decoding the torch-free scorer needs); the report row states mAP, never a top-1."""
+    from edgekd.runtimes import open_session
+    from edgekd.tasks.detection_metrics import score_dense
+
+    run = tmp_path / "run"
+    r = subprocess.run([sys.executable, "-m", "edgekd.cli", "compress", str(TEACHER), "--data", str(det_data),
+                        "--target", "jetson-orin-nano", "--student", "det-xs", "--epochs", "1", "--batch-size", "32",
+                        "--run-dir", str(run), "--quiet"], capture_output=True, text=True, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    b = run / "04-lower" / "jetson-orin-nano"
+    exp = json.loads((b / "manifest.json").read_text())["expected_accuracy"]
+    assert exp["metric"] == "map" and "top1" not in exp["fp32"]
+    z = np.load(b / "samples.npz")
+    info = json.loads(str(z["task_info"]))
+    assert info["task"] == "detect" and z["y"].dtype.kind == "f" and z["y"].shape[-1] == 5
+    ref = {"graph_optimization": "disable"}
+    for prec, model in (("fp32", "model.fp32.onnx"), ("int8", "model.int8.onnx")):
+        if prec not in exp:
+            continue  # the accuracy half of the gate chose FP16: no INT8 model in the bundle
+        want = score_dense(open_session("onnxruntime", b / model, ref).infer(z["x"]), z["y"], info)["map"]
+        assert exp[prec]["map"] == pytest.approx(want, abs=1e-6) and exp[prec]["gate_value"] == exp[prec]["map"]
+    report = json.loads((run / "report.json").read_text())
+    rows = [row for row in report["rows"] if row["target"] == "jetson-orin-nano"]
+    assert rows and all(row["metric_name"] == "map" and row["top1"] is None and row["p50_ms"] is None for row in rows)
+    assert {row["precision"]: row["metric"] for row in rows} == {k: v["map"] for k, v in exp.items() if isinstance(v, dict)}

@@ -145,7 +145,8 @@ def test_bundle_holds_script_manifest_and_samples(tmp_path: Path) -> None:
     shutil.copyfile(q, fp)
     x = np.zeros((5, 1, 8, 8), np.float32)
     res = write_bundle(p, q, fp, tmp_path / "bundle", [1, 1, 8, 8], (x, np.arange(5)),
-                       {"int8": {"top1": 0.9, "samples": 5}, "fp32": {"top1": 0.91, "samples": 5}, "gate_reason": "ok"}, "0.1.0")
+                       {"int8": {"top1": 0.9, "gate_value": 0.9, "samples": 5},
+                        "fp32": {"top1": 0.91, "gate_value": 0.91, "samples": 5}, "gate_reason": "ok"}, "0.1.0")
     b = tmp_path / "bundle"
     for f in ("model.int8.onnx", "model.fp32.onnx", "build.sh", "manifest.json", "profile.yaml", "samples.npz", "README.md"):
         assert (b / f).exists(), f
@@ -181,7 +182,8 @@ def test_the_bundles_gate_is_the_same_rule_as_the_pipelines(tmp_path: Path) -> N
     fp = tmp_path / "f.onnx"
     shutil.copyfile(q, fp)
     b = tmp_path / "bundle"
-    write_bundle(p, q, fp, b, [1, 1, 8, 8], None, {"int8": {"top1": 0.90, "samples": 5}, "fp32": {"top1": 0.91, "samples": 5},
+    write_bundle(p, q, fp, b, [1, 1, 8, 8], None, {"int8": {"top1": 0.90, "gate_value": 0.90, "samples": 5},
+                                                   "fp32": {"top1": 0.91, "gate_value": 0.91, "samples": 5},
                                                    "gate_reason": "ok"}, "0.1.0")
     assert "python3 gate.py" in (b / "build.sh").read_text()
     for fp16_ms, int8_ms in ((1.0, 0.5), (1.0, 0.97)):

@@ -43,6 +43,14 @@ class LowerInputs:
     input_shape: list[int]
     test: tuple[np.ndarray, np.ndarray]
     precision: str
+    #: outputs on ``test``'s inputs → the task's primary metric (what a bundle's expected accuracy is stated in)
+    score: Callable[[np.ndarray], float] | None = None
+    #: the primary metric's name, direction and points per unit (an INT8 budget is in points)
+    metric: str = "top1"
+    higher_is_better: bool = True
+    points_scale: float = 100.0
+    #: what the task's torch-free scorer needs besides the outputs (detection: decoding); a bundle's samples carry it
+    task_info: dict[str, Any] | None = None
 
 
 class Backend:

@@ -220,7 +220,7 @@ def build_engine(onnx_path: Path, engine_path: Path, profile: Profile, precision
 
 def lower_tensorrt(model: Path, profile: Profile, out_dir: Path, *, fp32_onnx: Path, input_shape: list[int],
                    samples: tuple[np.ndarray, np.ndarray] | None = None, expected: dict[str, Any] | None = None,
-                   precision: str = "int8") -> dict[str, Any]:
+                   precision: str = "int8", task_info: dict[str, Any] | None = None) -> dict[str, Any]:
     """Not in the backends registry: besides the model it needs the FP32 ONNX, the input shape, held-out samples and
     the expected accuracy, which the pipeline's lower stage supplies."""
     from edgekd import __version__
@@ -228,7 +228,7 @@ def lower_tensorrt(model: Path, profile: Profile, out_dir: Path, *, fp32_onnx: P
     int8 = model if precision == "int8" else None  # the accuracy half of the gate already chose fp16 otherwise
     from edgekd.backends.tensorrt_bundle import write_bundle
 
-    res = write_bundle(profile, int8, fp32_onnx, out_dir, input_shape, samples, expected or {}, __version__)
+    res = write_bundle(profile, int8, fp32_onnx, out_dir, input_shape, samples, expected or {}, __version__, task_info)
     manifest, files = res["manifest"], res["files"]
     ok, reason = tensorrt_status()
     if ok:
@@ -247,6 +247,13 @@ def lower_tensorrt(model: Path, profile: Profile, out_dir: Path, *, fp32_onnx: P
             "qdq_lint": manifest["qdq_lint"], "int8_kernels": {}, "low_bit_kernels": {}}
 
 
+def gate_value(value: float, higher_is_better: bool, points_scale: float) -> float:
+    """The metric on the scale :func:`edgekd.backends.gate.decide` compares (higher is better, 100 × a difference
+    = points): ``±value × points_scale / 100``. Top-1 and mAP (0…1, 100 points per unit) are their own gate value;
+    an error metric (lower is better) is negated."""
+    return (1.0 if higher_is_better else -1.0) * value * points_scale / 100.0
+
+
 @register
 class TensorrtBackend(Backend):
     """TensorRT (Jetsons, NVIDIA GPUs): explicit-INT8 Q/DQ from ONNX Runtime's quantizer (signed, symmetric, per the
@@ -254,8 +261,9 @@ class TensorrtBackend(Backend):
     of the profile's compute capability are here. Bench times engines only: the teacher stays an ONNX file."""
 
     name = "tensorrt"
-    #: the bundle's expected accuracy and its on-device INT8-vs-FP16 gate (gate.py) compare top-1
-    tasks = ("classify",)
+    #: every task: the bundle's expected accuracy is the task's primary metric, computed here (ONNX Runtime's reference
+    #: kernels), and its on-device INT8-vs-FP16 gate (gate.py) compares those recorded values
+    tasks = None
     suffixes = (".engine", ".plan", ".trt")
 
     reference_precision = "fp16"
@@ -295,14 +303,23 @@ class TensorrtBackend(Backend):
         from edgekd.runtimes import make_runner
 
         x, y = inputs.test
+        if inputs.score is None:
+            raise ValueError("TensorRT lowering needs the task's scorer (LowerInputs.score): a bundle states its "
+                             "expected accuracy in the task's primary metric, never in an assumed top-1")
         ref = {"graph_optimization": "disable"}
-        acc32 = float((run_batched(make_runner("onnxruntime", inputs.fp32_onnx, ref), x).argmax(1) == y).mean())
-        expected: dict[str, Any] = {"fp32": {"top1": acc32, "samples": int(len(y))}}
+        name = inputs.metric
+
+        def expect(path: Path) -> dict[str, Any]:
+            v = inputs.score(run_batched(make_runner("onnxruntime", path, ref), x))  # type: ignore[misc]
+            return {name: v, "gate_value": gate_value(v, inputs.higher_is_better, inputs.points_scale),
+                    "samples": int(len(y))}
+
+        expected: dict[str, Any] = {"metric": name, "fp32": expect(inputs.fp32_onnx)}
         prec = inputs.precision
         if prec == "int8":
-            acc8 = float((run_batched(make_runner("onnxruntime", model, ref), x).argmax(1) == y).mean())
-            expected["int8"] = {"top1": acc8, "samples": int(len(y))}
-            prec, expected["gate_reason"] = decide(acc32, acc8, None, None, profile.tensorrt.accuracy_budget_points,
+            expected["int8"] = expect(model)
+            prec, expected["gate_reason"] = decide(expected["fp32"]["gate_value"], expected["int8"]["gate_value"], None,
+                                                   None, profile.tensorrt.accuracy_budget_points,
                                                    profile.tensorrt.int8_min_speedup, "fp16")
             if prec != "int8":
                 expected["gate_reason"] += ": shipping FP16"
@@ -310,7 +327,7 @@ class TensorrtBackend(Backend):
             expected["gate_reason"] = f"precision {prec} requested"
         n = min(1000, len(y))
         res = lower_tensorrt(model, profile, out_dir, fp32_onnx=inputs.fp32_onnx, input_shape=inputs.input_shape,
-                             samples=(x[:n], y[:n]), expected=expected, precision=prec)
+                             samples=(x[:n], y[:n]), expected=expected, precision=prec, task_info=inputs.task_info)
         res["bundle_precision"] = prec
         res["expected_accuracy"] = expected
         return res
@@ -320,7 +337,8 @@ class TensorrtBackend(Backend):
         if artifact.suffix in self.suffixes:
             return None
         exp = build.get("expected_accuracy", {})
-        rows = [{"role": "student", "precision": k, "top1": v["top1"], "samples": v["samples"],
+        name = exp.get("metric", "top1")
+        rows = [{"role": "student", "precision": k, name: v[name], "samples": v["samples"],
                  "measured_on": "onnxruntime-reference (expected TensorRT accuracy)"}
                 for k, v in exp.items() if isinstance(v, dict)]
         return build.get("engine_note") or "no engine", rows

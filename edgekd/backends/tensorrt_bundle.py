@@ -4,6 +4,7 @@ INT8-vs-FP16 rule, copied from :mod:`edgekd.backends.gate`) and the manifest wit
 
 from __future__ import annotations
 
+import json
 import shlex
 import shutil
 from pathlib import Path
@@ -56,8 +57,9 @@ if __name__ == "__main__":
     if os.path.exists("model.int8.onnx"):
         res["int8_p50_ms"] = p50("times.int8.json")
         exp, g = m["expected_accuracy"], m["gate"]
-        res["chosen"], res["reason"] = decide((exp.get("fp16") or exp.get("fp32") or {}).get("top1"),
-                                              (exp.get("int8") or {}).get("top1"), res["fp16_p50_ms"], res["int8_p50_ms"],
+        # gate_value: the task's primary metric, higher is better, 100 x a difference = points (tensorrt.gate_value)
+        res["chosen"], res["reason"] = decide((exp.get("fp16") or exp.get("fp32") or {}).get("gate_value"),
+                                              (exp.get("int8") or {}).get("gate_value"), res["fp16_p50_ms"], res["int8_p50_ms"],
                                               g["accuracy_budget_points"], g["int8_min_speedup"], "fp16")
     else:
         res["chosen"], res["reason"] = "fp16", "no INT8 model in the bundle (the accuracy half chose FP16)"
@@ -84,8 +86,11 @@ def _input_name(onnx_path: Path) -> str:
 
 
 def write_bundle(profile: Profile, int8_onnx: Path | None, fp32_onnx: Path, out_dir: Path, input_shape: list[int],
-                 samples: tuple[np.ndarray, np.ndarray] | None, expected: dict[str, Any], version: str) -> dict[str, Any]:
-    """Write the build-on-device bundle (see the module docstring); returns the manifest."""
+                 samples: tuple[np.ndarray, np.ndarray] | None, expected: dict[str, Any], version: str,
+                 task_info: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Write the build-on-device bundle (see the module docstring); returns the manifest. ``samples.npz`` holds the
+    held-out inputs and targets, and ``task_info`` (JSON: the task and what its torch-free scorer needs, e.g. a
+    detector's decoding) so the device can score an engine's outputs as the expected accuracy was scored here."""
     import yaml
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -100,7 +105,9 @@ def write_bundle(profile: Profile, int8_onnx: Path | None, fp32_onnx: Path, out_
     files["profile"] = out_dir / "profile.yaml"
     if samples is not None:
         with open(out_dir / "samples.npz", "wb") as f:
-            np.savez(f, x=samples[0].astype(np.float32), y=samples[1].astype(np.int64))
+            y = samples[1]  # labels stay integers; boxes, regression targets stay floats
+            np.savez(f, x=samples[0].astype(np.float32), y=y.astype(np.int64) if np.issubdtype(y.dtype, np.integer) else y,
+                     task_info=np.array(json.dumps(task_info or {})))
         files["samples"] = out_dir / "samples.npz"
     precisions = ["fp16"] + (["int8"] if int8_onnx is not None else [])
     cmds = {p: trtexec_args(profile, "model.int8.onnx" if p == "int8" else "model.fp32.onnx", f"model.{p}.engine", p,

@@ -89,7 +89,8 @@ class Bench(Stage):
             write_json(out / "accuracy.json", {"target": p.name, "test_samples": len(data.test), "results": rows, **extra})
             progress.log(f"bench/{p.name}: latency not measured ({note})")
             return StageResult({"latency": ctx.run.rel(out / "latency.json"), "accuracy": ctx.run.rel(out / "accuracy.json")},
-                               {"latency_skipped": note, "expected_top1": {r["precision"]: r["top1"] for r in rows}})
+                               {"latency_skipped": note, f"expected_{ctx.task.primary}":
+                                {r["precision"]: r.get(ctx.task.primary) for r in rows}})
         eval_npz = ctx.eval_file()
         settings = timing_settings(ctx, p)
         settings["max_seconds"] = p.measure.max_seconds / b.rounds

@@ -29,8 +29,12 @@ class Lower(Stage):
 
         p = profile
         out = ctx.run.fresh_dir("lower", p.name)
+        task, y = ctx.task, ctx.data.test.y
         inputs = LowerInputs(fp32_onnx=ctx.run.output("export", "student"), input_shape=list(ctx.input_shape),
-                             test=(ctx.data.test.x, ctx.data.test.y), precision=ctx.precision(p))
+                             test=(ctx.data.test.x, y), precision=ctx.precision(p),
+                             score=lambda out: float(task.score(out, y[: len(out)], ctx.info)[task.primary]),
+                             metric=task.primary, higher_is_better=bool(task.higher_is_better),
+                             points_scale=float(task.points_scale), task_info={"task": task.name, **ctx.info})
         res = get_backend(p.backend).lower(ctx.run.output(f"quantize/{p.name}", "model"), p, out, inputs)
         if res.get("engine_note"):
             progress.log(f"lower/{p.name}: bundle written; {res['engine_note']}")
