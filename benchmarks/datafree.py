@@ -456,7 +456,10 @@ def qat_bullet(res: dict[str, Any], a: argparse.Namespace) -> str:
     return (f"- **W4A8 QAT-KD** ({a.qat_steps} steps on the 1024-image set, every student weight trainable, seeds "
             f"{', '.join(map(str, seeds))}): "
             + ", ".join(f"{src} {_ms(v)} % ({', '.join(f'{100 * x:.2f}' for x in v)})" for src, v in cells.items())
-            + (f"; {', '.join(missing)} still to be re-measured" if missing else "") + ".\n")
+            + (f"; {', '.join(missing)} still to be re-measured" if missing else "")
+            + ". The Genie sets of this column were synthesized again for the re-measurement (same seeds and arguments; "
+              "the first run's cache was on another machine), so they are not bit-identical to the sets of the other "
+              "columns; every weight of every student changed (`weights_changed` in the results).\n")
 
 
 def kd_analysis(res: dict[str, Any], a: argparse.Namespace) -> str:
