@@ -91,7 +91,7 @@ def main() -> None:
                     put(f"cost/{src}/s{seed}", meta["seconds_per_1000_images"])
                     put(f"confidence/{src}/s{seed}", meta["teacher_confidence_mean"])
                     put(f"class_hist/{src}/s{seed}", meta["class_histogram"])
-                if seed == a.seeds[0] and it == max(a.iterations):
+                if seed == a.seeds[0] and it == max(a.iterations) and not a.only_qat:  # the first run's preview stays
                     x = sets[src][:64]
                     preview_grid(RESULTS / f"datafree_samples_adi_{a.teacher}.png", x, predict_logits(teacher, x).argmax(1),
                                  MEAN, STD, title=f"ADI ({it} it/batch) from the {a.teacher} teacher; label = teacher top-1")
