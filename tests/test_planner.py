@@ -257,12 +257,13 @@ def test_kernel_profile_attributes_every_layer_of_both_graphs(fragile, fm, tmp_p
     assert all(r["ratio"] == pytest.approx(r["int8_us"] / r["fp32_us"], rel=1e-2) for r in rows)
     # a name that is no layer, and an Add of two layers' outputs (which one absorbed it cannot be told), map to none
     assert layer_of("input_QuantizeLinear", set(layers), producer) is None
-    add = onnx.helper.make_node("Add", [graph.node[0].output[0], graph.node[0].output[0]], ["sum"], name="add")
     two = onnx.helper.make_node("Add", ["a", "b"], ["s2"], name="add2")
     a = onnx.helper.make_node("Conv", ["x", "w"], ["a"], name="ca")
     b = onnx.helper.make_node("Conv", ["x", "w"], ["b"], name="cb")
-    prod = {"a": a, "b": b, "s2": two, "sum": add}
+    relu = onnx.helper.make_node("Relu", ["a"], ["r"], name="relu")
+    prod = {"a": a, "b": b, "s2": two, "r": relu}
     assert layer_of("s2_nchwc", {"ca", "cb"}, prod) is None and layer_of("ca_token_3", {"ca", "cb"}, prod) == "ca"
+    assert layer_of("r_nchwc", {"ca", "cb"}, prod) == "ca"  # a conv fused with the ReLU after it
 
 
 def test_a_layer_slower_in_int8_is_tried_in_float_and_timed(demo_teacher: Path, fmnist: Path, tmp_path: Path) -> None:

@@ -35,7 +35,6 @@ import numpy as np
 
 #: element-wise ops ONNX Runtime fuses into the convolution before them (the fused node is named after their output)
 FUSED_AFTER = {"Relu", "Clip", "LeakyRelu", "Sigmoid", "HardSigmoid", "HardSwish", "Add", "Sum", "BatchNormalization"}
-WEIGHTED = {"Conv", "ConvTranspose", "Gemm", "MatMul"}
 
 
 def kernel_times(model: Path, x: np.ndarray, settings: dict[str, Any], runs: int = 200) -> dict[str, float]:
