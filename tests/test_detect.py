@@ -292,6 +292,30 @@ def det_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+def test_the_example_set_has_grey_noisy_backgrounds_and_boxes_on_visible_pixels(det_data: Path) -> None:
+    """The demo set's backgrounds are not exactly black (a detector trained on black canvases learns that 0 means
+    background; ``benchmarks/detector_robustness.py``), and every box is tight on pixels brighter than the
+    canvas's background (the median of the pixels outside every box)."""
+    from PIL import Image
+
+    doc = json.loads((det_data / "train" / "annotations.json").read_text())
+    zero_share, levels = [], []
+    for img in doc["images"][:40]:
+        g = np.asarray(Image.open(det_data / "train" / "images" / img["file_name"]), np.float32)
+        boxes = [[int(v) for v in a["bbox"]] for a in doc["annotations"] if a["image_id"] == img["id"]]
+        outside = np.ones(g.shape, bool)
+        for x0, y0, w, h in boxes:
+            outside[y0 : y0 + h, x0 : x0 + w] = False
+        bg = float(np.median(g[outside]))
+        zero_share.append(float((g == 0).mean()))
+        levels.append(bg)
+        for x0, y0, w, h in boxes:
+            crop = g[y0 : y0 + h, x0 : x0 + w]
+            for edge in (crop[0], crop[-1], crop[:, 0], crop[:, -1]):  # tight: each side touches the item
+                assert edge.max() > bg + 8, (img["file_name"], (x0, y0, w, h))
+    assert np.mean(zero_share) < 0.2 and np.std(levels) > 5  # grey, and not one grey for every canvas
+
+
 def test_detector_run_reports_map_recomputed_from_the_artifacts(det_data: Path, tmp_path: Path) -> None:
     """A real run on the committed detector; the teacher's and the INT8 student's test mAP in the report equal
     mAP recomputed here from plain ONNX Runtime sessions on the run's artifacts and the test split."""

@@ -251,7 +251,7 @@ def gate_value(value: float, higher_is_better: bool, points_scale: float) -> flo
     """The metric on the scale :func:`edgekd.backends.gate.decide` compares (higher is better, 100 × a difference
     = points): ``±value × points_scale / 100``. Top-1 and mAP (0…1, 100 points per unit) are their own gate value;
     an error metric (lower is better) is negated."""
-    return (1.0 if higher_is_better else -1.0) * value * points_scale / 100.0
+    return (1.0 if higher_is_better else -1.0) * value * (points_scale / 100.0)  # exactly ``value`` for 0…1 metrics
 
 
 @register
