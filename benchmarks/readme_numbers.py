@@ -29,6 +29,7 @@ SOURCES = {
     "peers.py": ["peers"],
     "calibration_range.py": ["calibration_range"],
     "detection.py": ["detection"],
+    "detector_robustness.py": ["detector_robustness"],
     "planner.py": ["planner"],
     "byom.py": ["byom"],
 }
