@@ -119,6 +119,9 @@ def main() -> None:
     ap.add_argument("--iterations", type=int, default=300)
     ap.add_argument("--runs", default=str(REPO / "runs" / "bench-planner"))
     ap.add_argument("--chart-only", action="store_true", help="redraw results/planner.png from results/planner.json")
+    ap.add_argument("--merge", action="store_true",
+                    help="keep results/planner.json's rows of the models not in --models (their run's environment is "
+                         "kept beside them); e.g. --models detector --merge after the example detector changed")
     a = ap.parse_args()
     if a.chart_only:
         chart(json.loads((RESULTS / "planner.json").read_text())["results"], RESULTS / "planner.png")
@@ -126,6 +129,11 @@ def main() -> None:
     runs = Path(a.runs)
     runs.mkdir(parents=True, exist_ok=True)
     results: list[dict[str, Any]] = []
+    kept: list[dict[str, Any]] = []
+    previous: dict[str, Any] = {}
+    if a.merge and (RESULTS / "planner.json").exists():
+        previous = json.loads((RESULTS / "planner.json").read_text())
+        kept = [r for r in previous["results"] if r["model"] not in a.models]
     for name in a.models:
         model = fragile_model(runs) if MODELS[name] is None else REPO / MODELS[name]
         for budget in a.budgets:
@@ -173,9 +181,15 @@ def main() -> None:
                 }
                 print(name, budget, backend, row["runtimes"][backend]["val_drop_points"], row["runtimes"][backend]["p50_ms"])
             results.append(row)
-    lines = [f"# Precision planner vs NNCF accuracy control (real Fashion-MNIST)", "",
+    order = list(MODELS)
+    results = sorted(kept + results, key=lambda r: order.index(r["model"]) if r["model"] in order else len(order))
+    merged = sorted({r["model"] for r in kept}, key=order.index)
+    lines = ["# Precision planner vs NNCF accuracy control (real Fashion-MNIST)", "",
              f"`python benchmarks/planner.py --models {' '.join(a.models)} --budgets {' '.join(map(str, a.budgets))} "
-             f"--samples {a.samples} --rounds {a.rounds}`. Decisions on the first {a.samples} val images; test = the 10k "
+             f"--samples {a.samples} --rounds {a.rounds}{' --merge' if a.merge else ''}`"
+             + (f" (the rows of {', '.join(merged)} are from the run before, `previous_run` in the JSON; every "
+                "comparison is within one model's rows, measured in one run)" if merged else "")
+             + f". Decisions on the first {a.samples} val images; test = the 10k "
              f"test images; batch-1 p50 at 1 thread, median of {a.rounds} alternating rounds in one worker "
              "process. NNCF runs with edgekd's quantizer settings (PERFORMANCE preset, full bias correction). Drop = FP32 val metric − artifact val metric, in points (top-1 for the classifiers, mAP@[.5:.95] for the detector). Planner wall time = search + timing: "
              "the search is the sensitivity stage (one calibration, each layer ranked; measured once per model and "
@@ -199,7 +213,9 @@ def main() -> None:
         for backend, rt in r["runtimes"].items():
             lines.append(f"- {r['model']}, {r['budget_points']} pt, {backend}: {rt['plan']['reason']}"
                          + (f" (kept: {', '.join(rt['plan']['keep_float'])})" if rt["plan"]["keep_float"] else ""))
-    save("planner", {"results": results, "args": vars(a)}, "\n".join(lines))
+    prev = ({"args": previous.get("args"), "environment": previous.get("environment"), "models": merged}
+            if merged else None)
+    save("planner", {"results": results, "args": vars(a), "previous_run": prev}, "\n".join(lines))
     chart(results, RESULTS / "planner.png")
 
 

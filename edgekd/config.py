@@ -149,6 +149,10 @@ class QuantizeConfig(Strict):
     act_quantizer: Literal["lsq", "pact"] = "lsq"
     first_last: Literal["8bit", "fp", "same"] = "8bit"
     keep_fp: list[str] = Field(default_factory=list, description="module paths kept in floating point")
+    input_layers_float: Literal["auto", "never"] = Field(
+        "auto", description="PTQ: keep the layers that read the model's input in float where the target's kernel "
+                            "profile finds them slower in INT8 and the whole model, timed, is faster so (ONNX Runtime; "
+                            "edgekd/quant/input_float.py); never: all INT8")
     plan: PlanConfig | None = Field(None, description="mixed precision by the planner (--max-drop); PTQ only")
     qat_parity_min_agreement: float = Field(0.995, ge=0, le=1)
 

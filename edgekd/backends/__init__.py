@@ -62,6 +62,8 @@ class Backend:
 
     #: what ships when INT8 is not worth it (the INT8 gate's and the planner's reference)
     reference_precision: str = "fp32"
+    #: whether :meth:`slower_in_int8` reads a per-layer kernel profile (else it returns None)
+    profiles_layers: bool = False
 
     def settings(self, profile: Profile) -> dict[str, Any]:
         raise NotImplementedError

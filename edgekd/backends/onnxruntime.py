@@ -62,6 +62,7 @@ class OnnxruntimeBackend(Backend):
 
     name = "onnxruntime"
     suffixes = (".onnx",)
+    profiles_layers = True
 
     def settings(self, profile: Profile) -> dict[str, Any]:
         return session_settings(profile)

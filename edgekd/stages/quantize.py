@@ -78,6 +78,8 @@ class Quantize(Stage):
             else:  # no plan, or a sensitivity stage from an edgekd that did not record its calibration: calibrate
                 q = get_backend(p.backend).quantize(fp32, out, cx, p, keep_float=keep)
             info = q.info
+            if not plan and ctx.cfg.quantize.input_layers_float == "auto":  # a plan decides its float layers itself
+                info["input_layers_float"] = input_layers_float(ctx, p, fp32, Path(q.files["model"]), cx[:1], out)
             outputs.update({k: ctx.run.rel(v) for k, v in q.files.items()})
             info.update(precision="int8", calibration={"recipe": recipe.model_dump(), "samples": int(len(cx)),
                                                        "samples_requested": int(wanted),
@@ -113,6 +115,23 @@ class Quantize(Stage):
         import json
 
         return json.loads(ctx.run.output(f"plan/{p.name}", "plan").read_text()) if ctx.planned(p) else None
+
+
+def input_layers_float(ctx, p, fp32: Path, int8: Path, x1, out: Path) -> dict[str, Any]:  # noqa: ANN001
+    """:func:`edgekd.quant.input_float.choose_input_layers_float` with this target's timer (bench's settings,
+    5 alternating rounds in one worker process, as the precision planner times its candidates)."""
+    from edgekd.backends import get_backend
+    from edgekd.benchmark.subprocess_worker import run_alternating
+    from edgekd.quant.input_float import choose_input_layers_float
+    from edgekd.stages.bench import timing_settings
+
+    def timer(models: list[Path]) -> list[list[float]]:
+        return run_alternating(p.backend, models, timing_settings(ctx, p), p.measure.warmup, 100, 5)["p50_ms"]
+
+    rec = choose_input_layers_float(get_backend(p.backend), p, fp32, int8, x1, out / ".input-float", timer)
+    if "proposed" in rec:
+        progress.log(f"quantize/{p.name}: input layers: {rec['reason']}")
+    return rec
 
 
 def plan_artifact(ctx, p, fp32: Path, out: Path, keep: list[str]):  # noqa: ANN001, ANN201
