@@ -122,6 +122,8 @@ def test_the_pipeline_records_the_choice_and_never_turns_it_off(tmp_path: Path) 
     stem = rec["candidates"][0]
     deployed = runs["auto"] / "04-lower" / "x86-cpu-vnni" / "model.onnx"
     assert stem_reads(deployed, stem) == ("graph input" if rec["kept_float"] else "DequantizeLinear")
+    report = (runs["auto"] / "report.md").read_text()
+    assert ("input layers: " + rec["reason"] in report) == bool(rec.get("proposed"))
     never = json.loads((runs["never"] / "03-quantize" / "x86-cpu-vnni" / "calibration.json").read_text())
     assert "input_layers_float" not in never
     assert stem_reads(runs["never"] / "04-lower" / "x86-cpu-vnni" / "model.onnx", stem) == "DequantizeLinear"

@@ -174,6 +174,7 @@ def markdown(run: RunDir, rows: list[dict[str, Any]]) -> str:
     lines += parity_lines(run)
     lines += plan_lines(run)
     lines += small_data_lines(run)
+    lines += input_layer_lines(run)
     failed = failures(run)
     if failed:
         lines += ["", "**Failed** (what passed is kept; fix and re-run the same command to resume):", ""]
@@ -233,6 +234,17 @@ def plan_lines(run: RunDir) -> list[str]:
         if plan.get("timing_note"):
             lines.append(f"\n  {plan['timing_note']}")
     return lines
+
+
+def input_layer_lines(run: RunDir) -> list[str]:
+    """Where PTQ tried the model's input layers in float (``quantize.input_layers_float``), what it decided and why."""
+    out = []
+    for sid, rec in sorted(run.manifest.get("stages", {}).items()):
+        if sid.startswith("quantize/") and rec.get("status") == "done" and "calibration" in rec.get("outputs", {}):
+            choice = read_json(run.root / rec["outputs"]["calibration"]).get("input_layers_float") or {}
+            if choice.get("proposed"):
+                out.append(f"- `{sid}`: input layers: {choice['reason']}.")
+    return ["", *out] if out else []
 
 
 def small_data_lines(run: RunDir) -> list[str]:
