@@ -10,7 +10,8 @@ pipeline's ``default`` recipe takes):
   per-tensor, S8S8, MinMax) and ``nncf.quantize(ov_model, dataset)`` (OpenVINO);
 - edgekd on the teacher itself (*same network*): the ONNX Runtime settings of this CPU's profile (``--target auto``:
   x86-cpu-vnni with VNNI, x86-cpu without) and the intel-cpu
-  profile's NNCF settings, both with the model's output tail (box decoding, concatenation) kept in float;
+  profile's NNCF settings, both with the model's output tail (box decoding, concatenation) kept in float, and on
+  ONNX Runtime the quantize stage's input-layer check (``quantize.input_layers_float``);
 - what ``edgekd compress`` ships (*pipeline*): ``examples/demo-detect.yaml`` run once per training seed — the distilled
   student in FP32 (its ONNX export) and the INT8 artifacts of both targets.
 
@@ -36,9 +37,11 @@ import numpy as np
 from _common import REPO, RESULTS, md_table, save
 from peers import nncf_default, ort_default  # the peers' documented defaults, one definition
 
-from edgekd.benchmark.subprocess_worker import run_worker
+from edgekd.backends import get_backend
+from edgekd.benchmark.subprocess_worker import run_alternating, run_worker
 from edgekd.exporters.parity import run_batched
 from edgekd.quant.calibration import load_recipe
+from edgekd.quant.input_float import choose_input_layers_float
 from edgekd.quant.ptq import nncf_quantize_openvino, ort_quantize
 from edgekd.runtimes import make_runner
 from edgekd.targets import resolve
@@ -68,7 +71,8 @@ def pipeline_run(seed: int, run_dir: Path, data: Path) -> dict[str, Any]:
     quantized = sorted(d for d in (run_dir / "03-quantize").iterdir() if d.name != "qat")
     ort_dir = next(d for d in quantized if (d / "model.onnx").exists())  # the demo's `auto` CPU target
     out: dict[str, Any] = {"student fp32": run_dir / "02-export" / "student.onnx",
-                           "teacher fp32": run_dir / "02-export" / "teacher.onnx", "gate_failed": {}}
+                           "teacher fp32": run_dir / "02-export" / "teacher.onnx", "gate_failed": {},
+                           "input_layers_float": json.loads((ort_dir / "calibration.json").read_text()).get("input_layers_float")}
     for key, target, name in (("ort", ort_dir.name, "model.onnx"), ("intel-cpu", "intel-cpu", "model.xml")):
         shipped = run_dir / "04-lower" / target / name
         out[key] = shipped if shipped.exists() else run_dir / "03-quantize" / target / name
@@ -135,6 +139,12 @@ def main() -> None:
     export_teacher_today(new_decode, lm.input_shape)
     ort_profile = resolve("auto")  # what the demo's `auto` target takes on this CPU
     ort_quantize(fp32, work / "edgekd_ort.onnx", cx, ort_profile.onnxruntime)
+    # and the quantize stage's input-layer check (quantize.input_layers_float: auto), timed as the stage times it
+    teacher_input_layers = choose_input_layers_float(
+        get_backend("onnxruntime"), ort_profile, fp32, work / "edgekd_ort.onnx", cx[:1], work / "input-float",
+        lambda models: run_alternating("onnxruntime", models, {"threads": ort_profile.threads, "graph_optimization": "all",
+                                                               "input_shape": list(lm.input_shape), "warmup_seconds": 1.0},
+                                       50, 100, 5)["p50_ms"])
     nncf_quantize_openvino(fp32, work / "edgekd_ov.xml", cx, resolve("intel-cpu").openvino)
 
     items: list[dict[str, Any]] = []
@@ -215,11 +225,18 @@ def main() -> None:
           f"calibration canvases shared by every INT8 artifact. Batch-1 p50: "
           f"median of {a.rounds} alternating rounds (min–max of the rounds).\n\n"
           + md_table(["runtime", "artifact", "mAP@[.5:.95]", "mAP@.5", *cols, "speed-up vs teacher FP32"], rows)
+          + "\n\nONNX Runtime INT8 input layers (`quantize.input_layers_float: auto`: kept in float only where the "
+            "kernel profile finds them > 2× slower in INT8 and the whole model, timed in alternating rounds, is ≥ 1.05× "
+            "faster):\n\n" + "\n".join(f"- {name}: {rec['reason'] if rec else 'not checked'}" for name, rec in
+                                        [("edgekd INT8, same network", teacher_input_layers)]
+                                        + [(f"student seed {s}", runs[s]["input_layers_float"]) for s in a.seeds])
           + "\n\n## Goals (issue #17)\n\n" + md_table(["runtime", "threads", "goal", "measured", "met"], goals)
           + "\n\nAnchors (their numbers, not measured here): NNCF's YOLOv8n on COCO128 0.452 → 0.460 mAP at 2.6× "
             "(OpenVINO notebook); Ultralytics' Jetson table, YOLO11n TensorRT INT8 mAP 0.61 → 0.32.\n")
     save("detection", {"ort_profile": ort_profile.name, "rounds": a.rounds, "iterations": a.iterations, "threads": a.threads, "seeds": a.seeds,
                        "calibration_samples": int(len(cx)), "test_images": int(len(x)), "config": str(CONFIG.relative_to(REPO)),
+                       "input_layers_float": {"teacher": teacher_input_layers,
+                                              **{f"seed{s}": runs[s]["input_layers_float"] for s in a.seeds}},
                        "results": results}, md)
     plot(items, a.threads[-1])
 
