@@ -302,8 +302,9 @@ def load_config_file(path: str | Path, overrides: dict[str, Any] | None = None) 
         raise ConfigError(f"{path.name} is not valid YAML: {str(e).splitlines()[0]}", "fix the syntax") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path.name} must hold a mapping at the top level", "see the example in README")
-    raw = deep_merge(raw, overrides or {})  # an override of one key in a section keeps the file's other keys
-    # Paths in a config file are relative to the file, like every build tool does it.
+    # Paths in a config file are relative to the file, like every build tool does it; paths given on the command
+    # line or to the API (the overrides) are the caller's, relative to the working directory — so they are merged
+    # after the file's own paths are resolved (`-o runs/x` with a config in examples/ writes ./runs/x).
     for key in ("model", "run_dir"):
         if isinstance(raw.get(key), str) and not Path(raw[key]).is_absolute() and raw[key] not in ("",):
             candidate = path.parent / raw[key]
@@ -317,6 +318,7 @@ def load_config_file(path: str | Path, overrides: dict[str, Any] | None = None) 
         candidate = path.parent / data["path"]
         if candidate.exists():
             data["path"] = str(candidate)
+    raw = deep_merge(raw, overrides or {})  # an override of one key in a section keeps the file's other keys
     try:
         return PipelineConfig.model_validate(raw)
     except ValidationError as e:

@@ -131,6 +131,24 @@ def test_a_section_override_keeps_the_config_files_other_keys(tmp_path: Path) ->
     assert (cfg.distill.student, cfg.distill.batch_size, cfg.distill.seed, cfg.distill.epochs) == ("mobilenet-s", 32, 3, 2)
 
 
+def test_paths_in_the_file_are_the_files_and_paths_given_by_the_caller_are_the_callers(tmp_path: Path) -> None:
+    """A config's run_dir and data path are relative to the file; `-o runs/x` and `--data d` on the command line are
+    relative to the working directory, even when the file's folder holds a folder of the same name (the override
+    used to be resolved against the config's folder: `edgekd distill -c examples/demo-detect.yaml -o runs/x` wrote
+    examples/runs/x)."""
+    from edgekd.config import load_config_file
+
+    conf = tmp_path / "conf"
+    (conf / "d").mkdir(parents=True)
+    (conf / "m.pt2").write_bytes(b"")
+    f = conf / "c.yaml"
+    f.write_text("model: m.pt2\ntargets: [x86-cpu]\nrun_dir: r\ndata:\n  path: d\n")
+    cfg = load_config_file(f)
+    assert (cfg.model, cfg.run_dir, cfg.data.path) == (str(conf / "m.pt2"), str(conf / "r"), str(conf / "d"))
+    cfg = load_config_file(f, {"run_dir": "runs/x", "data": {"path": "d"}, "model": "m.pt2"})
+    assert (cfg.model, cfg.run_dir, cfg.data.path) == ("m.pt2", "runs/x", "d")
+
+
 def test_report_lists_only_failures_of_the_targets_the_config_asks_for_now(tmp_path: Path) -> None:
     """A run re-made with other targets keeps the old target's failed record, but it is not this run's outcome."""
     from edgekd.benchmark.report import failures
