@@ -524,14 +524,33 @@ def test_detector_feature_kd_imitates_the_teachers_neck(det_data: Path, tmp_path
     assert all(torch.equal(before[k], after[k]) for k in before)
 
 
-def test_detect_refuses_augmenting_images_whose_boxes_it_trains_on() -> None:
-    from edgekd.config import DistillConfig
-    from edgekd.errors import ConfigError
-    from edgekd.tasks import get_task
+def test_distillation_augmentation_moves_boxes_with_their_pixels() -> None:
+    """The shift and flip of the detect task's training batches move every box exactly as its pixels moved (the box
+    of the bright pixels after augmentation is the augmented box), padding rows stay padding, and the images are
+    those the classification augmentation makes from the same random draws."""
+    from edgekd.kd.augment import augment_batch, augment_detection_batch
 
-    task = get_task("detect")
-    with pytest.raises(ConfigError, match="without their boxes"):
-        task.distill(None, None, None, DistillConfig(augment=True, ce_weight=1.0), None, {})
+    x = torch.zeros(16, 1, 40, 48)
+    boxes = []
+    rng = np.random.default_rng(0)
+    for i in range(16):
+        # off the border (edge padding would stretch a bordering object); some boxes are cut by the shift
+        x1, y1 = int(rng.integers(1, 30)), int(rng.integers(1, 22))
+        x2, y2 = min(47, x1 + int(rng.integers(4, 18))), min(39, y1 + int(rng.integers(4, 18)))
+        x[i, 0, y1:y2, x1:x2] = 1.0
+        boxes.append([float(i % 3), x1, y1, x2, y2])
+    y = torch.full((16, 3, 5), -1.0)
+    y[:, 0] = torch.tensor(boxes)
+    for seed in range(5):
+        np.random.seed(seed)
+        xa, ya = augment_detection_batch(x, y, pad=3)
+        np.random.seed(seed)
+        assert torch.equal(xa, augment_batch(x, pad=3))
+        assert torch.equal(ya[:, 1:], y[:, 1:]) and torch.equal(ya[:, 0, 0], y[:, 0, 0])
+        for i in range(16):
+            rows, cols = np.nonzero(xa[i, 0].numpy() > 0.5)
+            seen = [cols.min(), rows.min(), cols.max() + 1, rows.max() + 1]
+            assert ya[i, 0, 1:].tolist() == pytest.approx(seen, abs=1e-6), (seed, i)
 
 
 def test_a_detectors_tensorrt_bundle_states_its_expected_map(det_data: Path, tmp_path: Path) -> None:

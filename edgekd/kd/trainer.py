@@ -27,6 +27,7 @@ from edgekd import progress
 from edgekd.config import DistillConfig
 from edgekd.distributed import dist_info
 from edgekd.data import Dataset
+from edgekd.kd.augment import augment_batch
 from edgekd.kd.features import FeatureKD, FeaturePair, FeatureRecorder
 from edgekd.kd.losses import LogitLoss, build_loss
 from edgekd.kd.objective import DistillObjective
@@ -40,17 +41,6 @@ class DistResult:
     student: nn.Module
     history: list[dict[str, Any]] = field(default_factory=list)
     resumed_from_epoch: int = 0
-
-
-def augment_batch(x: torch.Tensor, pad: int = 2) -> torch.Tensor:
-    """Random translation by up to ``pad`` pixels (edge padding) and random horizontal flip, per batch."""
-    n, _, h, w = x.shape
-    xp = F.pad(x, (pad, pad, pad, pad), mode="replicate")
-    dx, dy = np.random.randint(0, 2 * pad + 1, size=2)
-    x = xp[:, :, dy : dy + h, dx : dx + w].clone()
-    flip = torch.from_numpy(np.random.rand(n) < 0.5)
-    x[flip] = x[flip].flip(-1)
-    return x
 
 
 def mixup_batch(x: torch.Tensor, y: torch.Tensor, alpha: float, num_classes: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -125,6 +115,8 @@ def _unwrap(m: nn.Module) -> nn.Module:
 
 
 ValMetric = tuple[str, Callable[[nn.Module, np.ndarray, np.ndarray], float]]
+#: (inputs, targets) → the augmented batch: the images and the targets that go with them
+Augment = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
 
 def _top1(model: nn.Module, x: np.ndarray, y: np.ndarray) -> float:
@@ -169,7 +161,8 @@ class WeightEMA:
 
 def train_student(teacher: nn.Module, student: nn.Module, data: Dataset, cfg: DistillConfig,
                   ckpt_dir: Path | None = None, teacher_logits: np.ndarray | None = None,
-                  loss_fn: LogitLoss | None = None, val_metric: ValMetric | None = None) -> DistResult:
+                  loss_fn: LogitLoss | None = None, val_metric: ValMetric | None = None,
+                  augment: Augment | None = None) -> DistResult:
     """Distill ``teacher`` into ``student`` on ``data.train``; report the val metric every ``cfg.eval_interval()``
     epochs and after the last (``history[-1]["val_<name>"]`` always exists; top-1 unless ``val_metric`` names
     another, as ``(name, fn(model, x, y))``).
@@ -177,16 +170,18 @@ def train_student(teacher: nn.Module, student: nn.Module, data: Dataset, cfg: Di
     ``teacher_logits`` (optional) are the teacher's outputs on ``data.train.x``, for callers that train several
     students from one teacher (benchmarks); they are used only where the trainer would cache logits itself.
     ``loss_fn`` replaces ``cfg.loss`` (a task's own loss on its outputs). The teacher is used frozen and handed back
-    unchanged (:func:`edgekd.models.freeze.frozen`).
+    unchanged (:func:`edgekd.models.freeze.frozen`). ``augment`` replaces :func:`augment_batch` when
+    ``cfg.augment`` is on, for targets that must move with the pixels (a detector's boxes).
     """
     check_student(student, teacher)
     with frozen(teacher):
-        return _train_student(teacher, student, data, cfg, ckpt_dir, teacher_logits, loss_fn, val_metric or ("top1", _top1))
+        return _train_student(teacher, student, data, cfg, ckpt_dir, teacher_logits, loss_fn, val_metric or ("top1", _top1),
+                              augment or (lambda x, y: (augment_batch(x), y)))
 
 
 def _train_student(teacher: nn.Module, student: nn.Module, data: Dataset, cfg: DistillConfig,
                    ckpt_dir: Path | None, teacher_logits: np.ndarray | None, loss_fn: LogitLoss | None,
-                   val_metric: ValMetric) -> DistResult:
+                   val_metric: ValMetric, augment: Augment) -> DistResult:
     rank, world = dist_info()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -273,7 +268,7 @@ def _train_student(teacher: nn.Module, student: nn.Module, data: Dataset, cfg: D
                 idx = perm[i : i + cfg.batch_size]
                 xb, yb = torch.from_numpy(x_all[idx.numpy()]), y_all[idx]
                 if cfg.augment:
-                    xb = augment_batch(xb)
+                    xb, yb = augment(xb, yb)
                 y_soft = None
                 if cfg.mixup > 0:
                     xb, yb, y_soft = mixup_batch(xb, yb, cfg.mixup, data.num_classes)

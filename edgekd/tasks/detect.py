@@ -171,6 +171,7 @@ class Detect(Task):
     def distill(self, teacher: Any, student: Any, data: Any, cfg: Any, ckpt_dir: Path | None, info: dict[str, Any]) -> Any:
         from edgekd import progress
         from edgekd.errors import ConfigError
+        from edgekd.kd.augment import augment_detection_batch
         from edgekd.kd.detection_losses import DetectionKD, FCOSLoss
         from edgekd.kd.trainer import train_student
 
@@ -197,12 +198,8 @@ class Detect(Task):
                 raise ConfigError("distill.teacher_cache 'on' keeps one output of the teacher; this detector returns "
                                   "boxes and scores apart", "set distill.teacher_cache: auto")
             update["teacher_cache"] = "off"
-        if "augment" not in cfg.model_fields_set and not gt_weight:
+        if "augment" not in cfg.model_fields_set:
             update["augment"] = True
-        if cfg.augment and gt_weight:
-            # KD alone is fine: the teacher scores the same flipped, shifted image online
-            raise ConfigError("distill.augment flips and shifts images without their boxes, and distill.ce_weight "
-                              "trains on those boxes", "set distill.augment: false, or distill.ce_weight: 0 (KD only)")
         cfg = cfg.model_copy(update=update)
         gt = None
         if gt_weight and info.get("strides"):
@@ -215,7 +212,9 @@ class Detect(Task):
         def val(model: Any, x: np.ndarray, y: np.ndarray) -> float:
             return self.score(self.predict(model, x, info), y, info)[self.primary]
 
-        res = train_student(teacher, student, data, cfg, ckpt_dir, loss_fn=loss, val_metric=(self.primary, val))
+        # boxes move with the pixels (the ground-truth term needs them; the teacher sees the augmented image online)
+        res = train_student(teacher, student, data, cfg, ckpt_dir, loss_fn=loss, val_metric=(self.primary, val),
+                            augment=augment_detection_batch)
         return res
 
     def qat_objective(self, info: dict[str, Any]) -> dict[str, Any]:
