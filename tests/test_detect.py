@@ -553,6 +553,41 @@ def test_distillation_augmentation_moves_boxes_with_their_pixels() -> None:
             assert ya[i, 0, 1:].tolist() == pytest.approx(seen, abs=1e-6), (seed, i)
 
 
+def test_detector_distillation_learns_boxes_from_labels_and_scores_from_the_teacher() -> None:
+    """The detect task's objective: with labels (the default) the ground-truth term and the class-score KD, no box
+    KD; without labels (ce_weight 0), or when no FCOS stride set fits, the teacher's boxes are the box signal; each
+    weight can be set, and a loss parameter the detection loss does not have is refused in one line."""
+    from edgekd.config import DistillConfig
+    from edgekd.errors import ConfigError
+    from edgekd.tasks import get_task
+
+    task = get_task("detect")
+    info = {"strides": [8, 16], "image_hw": [96, 96], "layout": {"channels_first": True}, "decode": {}}
+    cfg, loss = task.distill_objective(DistillConfig(), info)
+    assert (loss.gt is not None, loss.gt_weight, loss.cls_weight, loss.box_weight) == (True, 1.0, 1.0, 0.0)
+    assert (cfg.augment, cfg.ce_weight, cfg.optimizer) == (True, 0.0, "adamw")  # ce_weight 0: no classifier CE on top
+    _, loss = task.distill_objective(DistillConfig(ce_weight=0.0), info)
+    assert (loss.gt, loss.box_weight) == (None, 2.0)
+    _, loss = task.distill_objective(DistillConfig(), {**info, "strides": None})
+    assert (loss.gt, loss.box_weight) == (None, 2.0)
+    _, loss = task.distill_objective(DistillConfig(ce_weight=2.0, loss_params={"box_weight": 0.5, "cls_weight": 0.0}), info)
+    assert (loss.gt_weight, loss.cls_weight, loss.box_weight) == (2.0, 0.0, 0.5)
+    with pytest.raises(ConfigError, match="temperature"):
+        task.distill_objective(DistillConfig(loss_params={"temperature": 4.0}), info)
+    # the weights are the loss's: a student equal to the teacher has zero KD loss, its GT loss is the FCOS loss
+    torch.manual_seed(0)
+    out = torch.cat([torch.rand(2, 2, 180) * 40 + 20, torch.rand(2, 2, 180) * 10 + 5, torch.rand(2, 10, 180)], 1)
+    y = torch.tensor([[[1.0, 10, 10, 30, 40]], [[3.0, 50, 20, 80, 60]]])
+    _, loss = task.distill_objective(DistillConfig(), info)
+    assert float(loss(out, out, y)) == pytest.approx(float(loss.gt(out, y)), rel=1e-6)
+    other = out.clone()
+    other[:, 4:] = other[:, 4:].flip(-1)  # other class scores: the class KD adds; other boxes would not
+    other_boxes = out.clone()
+    other_boxes[:, :4] = other_boxes[:, :4].flip(-1)
+    assert float(loss(other, out, y)) > float(loss.gt(other, y)) + 1e-3
+    assert float(loss(other_boxes, out, y)) == pytest.approx(float(loss.gt(other_boxes, y)), rel=1e-6)
+
+
 def test_a_detectors_tensorrt_bundle_states_its_expected_map(det_data: Path, tmp_path: Path) -> None:
     """A Jetson target for a detector (no TensorRT here): the bundle's expected accuracy is mAP on ONNX Runtime's
     reference kernels, equal to mAP recomputed here from the bundle's own models and samples (which carry the float

@@ -10,7 +10,9 @@ Distillation (:class:`DetectionKD`), per location i with teacher class scores p_
     box              L_box = Σ_i w_i · (1 − GIoU(b_s,i, b_t,i)) / Σ_i w_i,    w_i = max_c p_t,i
                      the teacher's decoded boxes as targets (GIoU: Rezatofighi et al., CVPR 2019), weighted by how
                      sure the teacher is that location i holds an object
-    total            L = L_cls + λ_box · L_box + λ_gt · L_gt       (λ_box = 2 as GFL weights its GIoU term)
+    total            L = λ_cls · L_cls + λ_box · L_box + λ_gt · L_gt
+                     (λ_cls = 1; λ_box = 2 as GFL weights its GIoU term; the detect task drops the box term when
+                     the labels are used, λ_gt = 1: see :meth:`edgekd.tasks.detect.Detect.distill_objective`)
 
 Ground truth (:class:`FCOSLoss`): each object is assigned to the locations of one level whose centre lies inside the
 box and within r·s of its centre (FCOS centre sampling, r = 1.5); the level is chosen by the object's largest
@@ -76,10 +78,10 @@ class DetectionKD(LogitLoss):
     takes_structure = True
 
     def __init__(self, layout: dict[str, Any], decode: dict[str, Any], box_weight: float = 2.0,
-                 gt: "FCOSLoss | None" = None, gt_weight: float = 0.0) -> None:
+                 gt: "FCOSLoss | None" = None, gt_weight: float = 0.0, cls_weight: float = 1.0) -> None:
         super().__init__()
         self.layout, self.box_format, self.scores = layout, decode.get("box_format", "cxcywh"), decode.get("scores", "probabilities")
-        self.box_weight, self.gt, self.gt_weight = box_weight, gt, gt_weight
+        self.box_weight, self.gt, self.gt_weight, self.cls_weight = box_weight, gt, gt_weight, cls_weight
 
     def forward(self, zs: Any, zt: Any, y: torch.Tensor, progress: float = 1.0) -> torch.Tensor:
         bs, ps = dense_parts(zs, self.layout, self.box_format, self.scores)
@@ -89,7 +91,7 @@ class DetectionKD(LogitLoss):
         norm = w.sum().clamp_min(1.0)
         cls = quality_focal_bce(ps, pt.clamp(0, 1)).sum() / norm
         box = (w * (1 - giou(bs, bt))).sum() / norm
-        total = cls + self.box_weight * box
+        total = self.cls_weight * cls + self.box_weight * box
         if self.gt is not None and self.gt_weight:
             total = total + self.gt_weight * self.gt(zs, y)
         return total
