@@ -330,34 +330,6 @@ def inspect(model: str = typer.Argument(...), arch: Optional[str] = typer.Option
         typer.echo(f"  {name}: {kind}")
 
 
-GLOBAL_FLAGS = ("--quiet", "-q", "--debug")
-
-
-def hoist_global_flags(argv: list[str]) -> list[str]:
-    """Move ``--quiet``/``-q``/``--debug`` given after the command (``edgekd compress m.pt2 --quiet``) to the front,
-    where the group callback reads them; Click only accepts a group's options before the command name. Tokens after a
-    ``--`` separator are left alone."""
-    end = argv.index("--") if "--" in argv else len(argv)
-    flags = [a for a in argv[:end] if a in GLOBAL_FLAGS]
-    return flags + [a for a in argv[:end] if a not in GLOBAL_FLAGS] + argv[end:]
-
-
-def quiet_third_party() -> None:
-    """torch, ONNX and NNCF print deprecation warnings and log lines (e.g. "torchvision is not installed") that say
-    nothing about the user's run; edgekd's own messages go through :mod:`edgekd.progress`. ``--debug`` keeps them."""
-    import logging
-    import warnings
-
-    warnings.filterwarnings("ignore", category=FutureWarning)
-    warnings.filterwarnings("ignore", category=DeprecationWarning)
-    warnings.filterwarnings("ignore", category=UserWarning, module=r"(torch|onnx|onnxscript|nncf|openvino)(\.|$)")
-    for name in ("onnxscript", "nncf", "openvino"):
-        logging.getLogger(name).setLevel(logging.ERROR)
-    # torch sets its loggers' levels from TORCH_LOGS when it is imported ("-onnx": errors only); a user's own
-    # TORCH_LOGS is left alone
-    os.environ.setdefault("TORCH_LOGS", "-onnx")
-
-
 def _on_sigint(_signum: int, _frame: Any) -> None:
     raise Interrupted()
 
@@ -365,12 +337,12 @@ def _on_sigint(_signum: int, _frame: Any) -> None:
 def main(argv: Optional[list[str]] = None) -> int:
     """Run the CLI and return its exit code (see :mod:`edgekd.errors`: 0 ok, 1 bug, 2 bad input, 3 gate failed,
     130 interrupted)."""
-    argv = hoist_global_flags(list(sys.argv[1:] if argv is None else argv))
+    argv = cli_args.hoist_global_flags(list(sys.argv[1:] if argv is None else argv))
     debug = "--debug" in argv
     if debug:
         os.environ["EDGEKD_DEBUG"] = "1"  # the benchmark worker's full output is printed when it fails
     else:
-        quiet_third_party()
+        cli_args.quiet_third_party()
     previous = signal.signal(signal.SIGINT, _on_sigint) if threading.current_thread() is threading.main_thread() else None
     try:
         app(args=argv, prog_name="edgekd")  # standalone mode: usage errors print and exit 2 via SystemExit

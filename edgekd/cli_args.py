@@ -1,10 +1,12 @@
 """Command-line values → config keys: the small parsers behind ``edgekd``'s flags (``--target a,b``, ``--mean``,
 ``--set SECTION.KEY=VALUE``, ``--feature S:T``, ``--input``/``--const``). Each bad value is one
-:class:`~edgekd.errors.UsageError` line naming the fix."""
+:class:`~edgekd.errors.UsageError` line naming the fix. Also the argv and environment set-up the entry point does
+before Typer runs (global flags after the command, third-party warnings)."""
 
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 from typing import Any, List, Optional
 
@@ -80,3 +82,31 @@ def bindings(inputs: Optional[List[str]], consts: Optional[List[str]]) -> dict[s
         out["consts"] = {n: str(Path(v).expanduser().resolve()) if v.endswith(".npy") else v
                          for n, v in parse_assignments(consts, "--const").items()}
     return out
+
+
+GLOBAL_FLAGS = ("--quiet", "-q", "--debug")
+
+
+def hoist_global_flags(argv: list[str]) -> list[str]:
+    """Move ``--quiet``/``-q``/``--debug`` given after the command (``edgekd compress m.pt2 --quiet``) to the front,
+    where the group callback reads them; Click only accepts a group's options before the command name. Tokens after a
+    ``--`` separator are left alone."""
+    end = argv.index("--") if "--" in argv else len(argv)
+    flags = [a for a in argv[:end] if a in GLOBAL_FLAGS]
+    return flags + [a for a in argv[:end] if a not in GLOBAL_FLAGS] + argv[end:]
+
+
+def quiet_third_party() -> None:
+    """torch, ONNX and NNCF print deprecation warnings and log lines (e.g. "torchvision is not installed") that say
+    nothing about the user's run; edgekd's own messages go through :mod:`edgekd.progress`. ``--debug`` keeps them."""
+    import logging
+    import warnings
+
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    warnings.filterwarnings("ignore", category=UserWarning, module=r"(torch|onnx|onnxscript|nncf|openvino)(\.|$)")
+    for name in ("onnxscript", "nncf", "openvino"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    # torch sets its loggers' levels from TORCH_LOGS when it is imported ("-onnx": errors only); a user's own
+    # TORCH_LOGS is left alone
+    os.environ.setdefault("TORCH_LOGS", "-onnx")
