@@ -99,7 +99,7 @@ def test_resize_modes_on_a_known_image(tmp_path: Path, mode: str) -> None:
     letterbox pads 2.5 rows of black above and below a 5-row band, center-crop keeps the middle 20×20 (half and half)."""
     from PIL import Image
 
-    from edgekd.data.datasets import fit_image
+    from edgekd.data.image_folder import fit_image
 
     a = np.zeros((20, 40), np.uint8)
     a[:, 20:] = 255

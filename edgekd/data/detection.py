@@ -27,7 +27,8 @@ import numpy as np
 
 from edgekd import progress
 from edgekd.data.arrays import normalization
-from edgekd.data.datasets import IMAGE_SUFFIXES, ArraySplit, Dataset, resolve_data_path, split_indices
+from edgekd.data.datasets import ArraySplit, Dataset, resolve_data_path, split_indices
+from edgekd.data.image_folder import IMAGE_SUFFIXES
 from edgekd.errors import DataError
 
 PAD_VALUE = 114
