@@ -358,9 +358,14 @@ def validate_config(cfg: PipelineConfig) -> None:
     if cfg.distill.enabled:
         from edgekd.kd.losses import build_loss
         from edgekd.models.detector import DETECTORS
+        from edgekd.tasks.detect import DETECTION_LOSS_PARAMS
         from edgekd.models.zoo import MODELS
 
-        build_loss(cfg.distill.loss, **cfg.distill.loss_params)
+        # a detector's loss has its own parameters (Detect.distill_objective checks them); under task auto the
+        # detection ones are let through here and checked once the task is known
+        detection_params = set(cfg.distill.loss_params) <= DETECTION_LOSS_PARAMS
+        if cfg.task != "detect" and not (cfg.task == "auto" and detection_params and cfg.distill.loss_params):
+            build_loss(cfg.distill.loss, **cfg.distill.loss_params)
         spec = cfg.distill.student
         if spec == "auto":
             if cfg.synth.method in ("dfad", "dfad-bn", "dfad-balanced"):

@@ -574,6 +574,14 @@ def test_detector_distillation_learns_boxes_from_labels_and_scores_from_the_teac
     assert (loss.gt_weight, loss.cls_weight, loss.box_weight) == (2.0, 0.0, 0.5)
     with pytest.raises(ConfigError, match="temperature"):
         task.distill_objective(DistillConfig(loss_params={"temperature": 4.0}), info)
+    # the run's early config check lets a detector's loss parameters through (task detect or auto), not a classifier's
+    from edgekd.config import build_config
+    from edgekd.context import validate_config
+
+    for t in ("detect", "auto"):
+        validate_config(build_config(model="m.pt2", task=t, distill={"loss_params": {"box_weight": 1.0}}))
+    with pytest.raises(ConfigError, match="box_weight"):
+        validate_config(build_config(model="m.pt2", task="classify", distill={"loss_params": {"box_weight": 1.0}}))
     # the weights are the loss's: a student equal to the teacher has zero KD loss, its GT loss is the FCOS loss
     torch.manual_seed(0)
     out = torch.cat([torch.rand(2, 2, 180) * 40 + 20, torch.rand(2, 2, 180) * 10 + 5, torch.rand(2, 10, 180)], 1)

@@ -40,6 +40,8 @@ DEFAULT_STUDENT = "det-s"
 DETECT_LR = 3e-3
 #: weight-EMA decay when none is given (Ultralytics and timm keep an EMA for detectors; see :class:`edgekd.kd.trainer.WeightEMA`)
 DETECT_EMA = 0.998
+#: distill.loss_params a detector's loss takes (:class:`edgekd.kd.detection_losses.DetectionKD`'s weights)
+DETECTION_LOSS_PARAMS = frozenset({"box_weight", "cls_weight"})
 #: weight of the FCOS ground-truth term when distill.ce_weight is not given (see Detect.distill for how it was chosen)
 DETECT_GT_WEIGHT = 1.0
 
@@ -196,7 +198,7 @@ class Detect(Task):
         # its GIoU term.
         gt_weight = DETECT_GT_WEIGHT if cfg.ce_weight is None else float(cfg.ce_weight)
         params = dict(cfg.loss_params)
-        unknown = sorted(set(params) - {"box_weight", "cls_weight"})
+        unknown = sorted(set(params) - DETECTION_LOSS_PARAMS)
         if unknown:
             raise ConfigError(f"distill.loss_params {unknown} mean nothing to the detection loss",
                               "use distill.loss_params.cls_weight (class-score KD) or box_weight (GIoU to the "
