@@ -358,8 +358,8 @@ def validate_config(cfg: PipelineConfig) -> None:
     if cfg.distill.enabled:
         from edgekd.kd.losses import build_loss
         from edgekd.models.detector import DETECTORS
-        from edgekd.tasks.detect import DETECTION_LOSS_PARAMS
         from edgekd.models.zoo import MODELS
+        from edgekd.tasks.detect import DETECTION_LOSS_PARAMS
 
         # a detector's loss has its own parameters (Detect.distill_objective checks them); under task auto the
         # detection ones are let through here and checked once the task is known
