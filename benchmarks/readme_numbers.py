@@ -30,6 +30,7 @@ SOURCES = {
     "calibration_range.py": ["calibration_range"],
     "detection.py": ["detection."],
     "detection_kd_terms.py": ["detection_kd_terms"],
+    "detection_students.py": ["detection_students"],
     "detector_robustness.py": ["detector_robustness"],
     "planner.py": ["planner"],
     "byom.py": ["byom"],

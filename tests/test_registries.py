@@ -96,6 +96,35 @@ def test_every_zoo_model_builds_and_runs(name: str) -> None:
     assert sum(p.numel() for p in m.parameters()) > 1000
 
 
+@pytest.mark.parametrize("name", sorted(__import__("edgekd.models.detector", fromlist=["DETECTORS"]).DETECTORS.names()))
+def test_every_detector_preset_has_the_teachers_locations_and_exports(name: str, tmp_path: Path) -> None:
+    """A det-* student lines up location by location with a teacher of the same strides, whatever its stem: as many
+    locations as :func:`anchor_count` (each stride-2 conv rounding up) on sizes that are not multiples of the
+    strides, the same location centres (the decoded box of a zero regression is centred on them), and its ONNX export
+    (the patch stem's padding included) computes what the module does."""
+    import onnxruntime as ort
+
+    from edgekd.exporters.onnx_export import export_onnx
+    from edgekd.models.detector import anchor_count, build_detector
+
+    torch.manual_seed(0)
+    for h, w in ((64, 64), (50, 37)):
+        m = build_detector(name, 1, 3, strides=(8, 16)).eval()
+        ref = build_detector("det-m", 1, 3, strides=(8, 16)).eval()
+        for net in (m, ref):
+            torch.nn.init.zeros_(net.reg.weight)
+        x = torch.rand(2, 1, h, w)
+        with torch.no_grad():
+            out, want = m(x), ref(x)
+        assert out.shape == want.shape == (2, 4 + 3, anchor_count((8, 16), h, w))
+        torch.testing.assert_close(out[:, :2], want[:, :2])  # box centres = location centres when reg = 0
+    path = tmp_path / "d.onnx"
+    export_onnx(m, (1, 1, 50, 37), path, 17, "legacy")
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    got = sess.run(None, {sess.get_inputs()[0].name: x[:1].numpy()})[0]
+    np.testing.assert_allclose(got, m(x[:1]).detach().numpy(), atol=1e-4)
+
+
 def test_every_synth_preset_makes_images() -> None:
     from edgekd.config import SYNTH_METHODS
     from edgekd.data.synth import synthesize
