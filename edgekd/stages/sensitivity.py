@@ -26,14 +26,11 @@ class PlanTools:
 
     def __init__(self, ctx, profile) -> None:  # noqa: ANN001
         from edgekd.backends import get_backend
-        from edgekd.quant.calibration import load_recipe
         from edgekd.quant.planner import Metric
 
         self.ctx, self.profile = ctx, profile
         self.backend = get_backend(profile.backend)
         self.fp32 = ctx.run.output("export", "student")
-        recipe = load_recipe(ctx.cfg.quantize.calibration)
-        self.calib_x, _ = ctx.task.calibration(ctx.data, recipe, ctx.cfg.quantize.calibration_size)
         n = plan_samples(ctx) or len(ctx.data.val)
         self.x, self.y = ctx.data.val.x[:n], ctx.data.val.y[:n]
         k = min(ranking_samples(ctx), n)
@@ -48,10 +45,15 @@ class PlanTools:
         self._fp32_rank: np.ndarray | None = None
 
     def calibrate(self, out_dir: Path) -> Path:
-        """The all-INT8 artifact, with the backend's own PTQ (the one calibration of a planner run)."""
+        """The all-INT8 artifact, with the backend's own PTQ (the one calibration of a planner run) on the quantize
+        stage's calibration samples."""
+        from edgekd.quant.calibration import load_recipe
+
         out_dir.mkdir(parents=True, exist_ok=True)
+        q_cfg = self.ctx.cfg.quantize
+        calib_x, _ = self.ctx.task.calibration(self.ctx.data, load_recipe(q_cfg.calibration), q_cfg.calibration_size)
         with progress.muted():
-            q = self.backend.quantize(self.fp32, out_dir, self.calib_x, self.profile)
+            q = self.backend.quantize(self.fp32, out_dir, calib_x, self.profile)
         self.quantized = q
         self.use_int8(q.files["model"], (q.check_backend, q.check_settings), out_dir.parent / "work")
         return q.files["model"]
@@ -149,7 +151,6 @@ class Sensitivity(Stage):
         fp32 = tools.fp32_metric()
         int8_path = tools.calibrate(out / "int8")
         int8 = tools.score(int8_path)
-        int8_rank, int8_err = tools.rank(int8_path)
         m = tools.metric
         work = out / "work"
         plan = ctx.cfg.quantize.plan
@@ -162,9 +163,11 @@ class Sensitivity(Stage):
         progress.log(f"sensitivity/{p.name}: {len(layers)} layers; {m.name} fp32 {fp32:.4f}, all-int8 {int8:.4f} "
                      f"({m.drop(fp32, int8):+.2f} pt) on {len(tools.y)} val samples; "
                      + (skipped if skipped else f"each layer ranked on {len(tools.y_rank)}"))
+        int8_rank = int8_err = None
         if skipped:
             rows = []
         else:
+            int8_rank, int8_err = tools.rank(int8_path)  # the reference each layer's gain is measured against
             with progress.bar(f"sensitivity/{p.name}: each layer kept in float alone", len(layers)) as bar:
                 rows = measure_sensitivity(layers, tools.quantize, tools.rank, work, m, int8_rank,
                                            progress=lambda i, name: bar.update(1 if i else 0, info=name[-40:]))
