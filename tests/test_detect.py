@@ -134,6 +134,35 @@ def test_nms_keeps_the_best_of_overlapping_boxes_per_class() -> None:
     assert batched_nms(boxes, scores, np.array([0, 0, 0, 1]), 0.5).tolist() == [0, 2, 3]  # another class survives
 
 
+def test_class_aware_nms_equals_one_greedy_pass_over_every_box() -> None:
+    """Per-class NMS merged by score equals the textbook definition written out here: one greedy pass over all boxes
+    in score order (ties in input order), a box suppressed by a kept box of its own class with IoU > threshold, stop
+    at max_keep — on random crowded scenes with tied scores."""
+    rng = np.random.default_rng(0)
+    for t in range(60):
+        k = int(rng.integers(1, 120))
+        xy = rng.random((k, 2)) * 60
+        boxes = np.concatenate([xy, xy + rng.random((k, 2)) * 30 + 1], 1)
+        scores = np.round(rng.random(k), 1)  # ties
+        classes = rng.integers(0, 4, k)
+        max_keep = [None, 3, 20][t % 3]
+        want: list[int] = []
+        for i in sorted(range(k), key=lambda i: (-scores[i], i)):
+            if max_keep is not None and len(want) >= max_keep:
+                break
+            a = boxes[i]
+            if all(classes[j] != classes[i] or _iou(a, boxes[j]) <= 0.5 for j in want):
+                want.append(i)
+        assert batched_nms(boxes, scores, classes, 0.5, max_keep).tolist() == want
+
+
+def _iou(a: np.ndarray, b: np.ndarray) -> float:
+    w = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    h = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = w * h
+    return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
+
+
 def test_letterbox_moves_boxes_with_the_pixels() -> None:
     from PIL import Image
 
