@@ -40,15 +40,21 @@ CONFIDENCE_BINS = ((0.0, 0.05), (0.05, 0.2), (0.2, 0.5), (0.5, 1.01))
 
 
 def distill(variant: str, seed: int, data: Path, runs: Path) -> dict[str, Any]:
+    run_dir = runs / f"{variant.split(' (')[0].replace(' + ', '+').replace(' ', '-')}-seed{seed}"
+    return distilled_val_map(run_dir, data, {"variant": variant, "seed": seed}, distill__seed=seed,
+                             distill__student="det-s", **VARIANTS[variant])
+
+
+def distilled_val_map(run_dir: Path, data: Path, tags: dict[str, Any], **overrides: Any) -> dict[str, Any]:
+    """``edgekd distill`` of the demo config with ``overrides`` into ``run_dir`` (reused when it has finished): the
+    student's final val mAP, its curve, and the first and last epoch's loss (to show it trained), with ``tags``."""
     from edgekd import api, progress
 
-    run_dir = runs / f"{variant.split(' (')[0].replace(' + ', '+').replace(' ', '-')}-seed{seed}"
     if not (run_dir / "01-distill" / "history.json").exists():
         progress.set_quiet(True)
-        api.distill(config=CONFIG, data={"path": str(data)}, run_dir=run_dir, distill__seed=seed, distill__student="det-s",
-                    **VARIANTS[variant])
+        api.distill(config=CONFIG, data={"path": str(data)}, run_dir=run_dir, **overrides)
     history = json.loads((run_dir / "01-distill" / "history.json").read_text())
-    res = {"variant": variant, "seed": seed, "val_map": history[-1]["val_map"],
+    res = {**tags, "val_map": history[-1]["val_map"],
            "val_map_by_epoch": [round(h["val_map"], 4) for h in history if "val_map" in h],
            "loss_first_epoch": history[0]["loss_total"], "loss_last_epoch": history[-1]["loss_total"],
            "run_dir": str(run_dir.relative_to(REPO)) if run_dir.is_relative_to(REPO) else str(run_dir)}

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from _common import REPO, md_table, save
+from detection_kd_terms import distilled_val_map
 
 CONFIG = REPO / "examples" / "demo-detect.yaml"
 TEACHER = REPO / "examples" / "fmnist_detector.pt2"
@@ -33,19 +34,8 @@ TARGETS = ("auto", "intel-cpu")
 
 
 def distill(student: str, seed: int, data: Path, runs: Path) -> dict[str, Any]:
-    from edgekd import api, progress
-
-    run_dir = runs / f"{student}-seed{seed}"
-    if not (run_dir / "01-distill" / "history.json").exists():
-        progress.set_quiet(True)
-        api.distill(config=CONFIG, data={"path": str(data)}, run_dir=run_dir, distill__seed=seed, distill__student=student)
-    history = json.loads((run_dir / "01-distill" / "history.json").read_text())
-    res = {"student": student, "seed": seed, "val_map": history[-1]["val_map"],
-           "val_map_by_epoch": [round(h["val_map"], 4) for h in history if "val_map" in h],
-           "loss_first_epoch": history[0]["loss_total"], "loss_last_epoch": history[-1]["loss_total"],
-           "run_dir": str(run_dir.relative_to(REPO)) if run_dir.is_relative_to(REPO) else str(run_dir)}
-    print(json.dumps({k: v for k, v in res.items() if k != "val_map_by_epoch"}), flush=True)
-    return res
+    return distilled_val_map(runs / f"{student}-seed{seed}", data, {"student": student, "seed": seed},
+                             distill__seed=seed, distill__student=student)
 
 
 def speed(students: list[str], data: Path, rounds: int) -> dict[str, Any]:
