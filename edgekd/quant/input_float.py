@@ -1,9 +1,9 @@
 """Keep a model's input layers in float where the target's kernels run them faster so (``quantize.input_layers_float``).
 
 A convolution that reads the image itself, with one or three input channels, does little arithmetic per output
-pixel, and an INT8 kernel's input packing and requantization can cost more than they save: on the distilled det-s
-detectors (96×96 grayscale, ``x86-cpu-vnni``) the stem takes 37 µs as a ``QLinearConv`` and 12 µs as a float ``Conv``
-(``benchmarks/results/detection.json``) — and yet the whole model with it in float was 0.95–0.97× as fast there. Unlike a layer inside the graph, a layer that reads a graph input costs no DequantizeLinear when
+pixel, and an INT8 kernel's input packing and requantization can cost more than they save: on the example detector
+(96×96 grayscale, ``x86-cpu-vnni``) the stem takes 39 µs as a ``QLinearConv`` and 11 µs as a float ``Conv``
+(``benchmarks/results/detection.json``) — and yet the whole model with it in float was only 1.04× as fast there. Unlike a layer inside the graph, a layer that reads a graph input costs no DequantizeLinear when
 kept in float (its input is the float input already); the QuantizeLinear the INT8 graph had in front of it moves
 behind it. So, per target:
 
