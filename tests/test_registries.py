@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from edgekd.backends import BACKEND_NAMES, BACKENDS, LowerInputs, get_backend
+from edgekd.models.detector import DETECTORS
 from edgekd.models.zoo import MODELS, build_model
 import edgekd.stages  # noqa: F401 - registers the stages
 from edgekd.runner import STAGES
@@ -96,7 +97,7 @@ def test_every_zoo_model_builds_and_runs(name: str) -> None:
     assert sum(p.numel() for p in m.parameters()) > 1000
 
 
-@pytest.mark.parametrize("name", sorted(__import__("edgekd.models.detector", fromlist=["DETECTORS"]).DETECTORS.names()))
+@pytest.mark.parametrize("name", sorted(DETECTORS.names()))
 def test_every_detector_preset_has_the_teachers_locations_and_exports(name: str, tmp_path: Path) -> None:
     """A det-* student lines up location by location with a teacher of the same strides, whatever its stem: as many
     locations as :func:`anchor_count` (each stride-2 conv rounding up) on sizes that are not multiples of the
