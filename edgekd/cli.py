@@ -222,7 +222,8 @@ def sensitivity(run_dir: Path = typer.Argument(..., help="a run directory made b
                 student: Optional[str] = typer.Option(None, help="the run's --student factory (not a zoo name), named again"),
                 metric: Optional[str] = typer.Option(None, "--metric", help="the run's --metric, named again"),
                 allow_pickle: bool = typer.Option(False, "--allow-pickle", help="for a run of a pickled model")) -> None:
-    """Per-layer INT8 sensitivity on the target's runtime: each layer kept in float alone, scored on val."""
+    """Per-layer INT8 sensitivity on the target's runtime: each layer kept in float alone and scored on val (a run with
+    a plan: as its quantize.plan.ranking says, by default the proxy — the error each layer adds)."""
     from edgekd import api
 
     if not run_dir.is_dir():
@@ -232,9 +233,16 @@ def sensitivity(run_dir: Path = typer.Argument(..., help="a run directory made b
                f"({-res['int8_drop']:+.2f} pt) on {res['samples']} val samples, {len(res['layers'])} layers, {res['seconds']:.0f} s")
     if res.get("skipped"):
         typer.echo(res["skipped"])
-    typer.echo("| layer | op | points recovered in float |\n|---|---|---|")
-    for r in res["layers"][:top]:
-        typer.echo(f"| {r['name']} | {r['op']} | {r['gain']:+.2f} |")
+    if res.get("ranking") == "proxy":
+        typer.echo(f"ranked by the error each layer's quantizers add at its output, on {res['proxy_samples']} samples "
+                   "(a proxy; quantize.plan.ranking: measured scores each layer kept in float)")
+        typer.echo("| layer | op | error added (relative MSE) | error at its output |\n|---|---|---|---|")
+        for r in res["layers"][:top]:
+            typer.echo(f"| {r['name']} | {r['op']} | {r['added_error']:.3g} | {r['output_error']:.3g} |")
+    else:
+        typer.echo("| layer | op | points recovered in float |\n|---|---|---|")
+        for r in res["layers"][:top]:
+            typer.echo(f"| {r['name']} | {r['op']} | {r['gain']:+.2f} |")
     typer.echo(f"chart: {res['chart']}")
 
 

@@ -105,6 +105,12 @@ class PlanConfig(Strict):
     ranking_samples: int = Field(300, ge=1, description="val samples each layer's sensitivity is scored on (the first "
                                  "of the plan's; NNCF's ranking_subset_size default): they only order the search, "
                                  "every plan is judged on `samples`")
+    ranking: Literal["proxy", "measured"] = Field("proxy", description="how layers are ordered for the search: "
+                                                   "proxy = the quantization error each layer adds at its output, from "
+                                                   "one pass of the INT8 and FP32 models (edgekd/quant/layer_error.py); "
+                                                   "measured = each layer kept in float alone and scored on "
+                                                   "ranking_samples (one variant per layer: slower, in points)")
+    proxy_samples: int = Field(64, ge=1, description="val samples the proxy's error sums run over (the first of the plan's)")
     extra: int = Field(2, ge=0, description="greedy steps past the first plan within budget (a float layer can be faster)")
     max_kept: int | None = Field(None, ge=1, description="most layers kept in float (default: any number)")
     rounds: int = Field(3, ge=1, le=20, description="alternating timing rounds, every candidate in one process")

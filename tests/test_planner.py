@@ -105,6 +105,33 @@ def test_sensitivity_ranks_the_fragile_layer_first(backend: str, fragile, fm, tm
     assert rows[0]["output_error"] < int8_err / 10  # the proxy agrees: that variant's outputs are near FP32's
 
 
+@pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
+def test_proxy_ranks_the_fragile_layer_first(backend: str, fragile, fm, tmp_path: Path) -> None:  # noqa: ANN001
+    """The ranking proxy (one pass of the INT8 and the FP32 model, every layer's input and output exposed): the
+    fragile layer's input arrives nearly exact, its own input quantizer wipes out the small channels, so it adds by far
+    the most error; no layer before it adds any to speak of."""
+    from edgekd.quant.layer_error import openvino_layer_errors, ort_layer_errors
+
+    path, _, weak = fragile
+    cx, x, _ = fm
+    if backend == "onnxruntime":
+        s = resolve("x86-cpu-vnni").onnxruntime
+        names = [r["name"] for r in ort_plan_layers(path, s)]
+        ort_quantize(path, tmp_path / "int8.onnx", cx, s)
+        rows = ort_layer_errors(tmp_path / "int8.onnx", path, names, x[:64], tmp_path / "work")
+    else:
+        names = [r["name"] for r in nncf_plan_layers(path)]
+        nncf_quantize_openvino(path, tmp_path / "int8.xml", cx, resolve("intel-cpu").openvino)
+        rows = openvino_layer_errors(tmp_path / "int8.xml", path, names, x[:64])
+    assert [r["name"] for r in rows] == names  # every layer found in both graphs
+    by = {r["name"].split("/WithoutBiases")[0]: r for r in rows}
+    ranked = sorted(rows, key=lambda r: -r["added_error"])
+    assert ranked[0]["name"].split("/WithoutBiases")[0] == weak, [(r["name"], r["added_error"]) for r in ranked]
+    assert by[weak]["added_error"] > 0.5 and by[weak]["input_error"] < 0.01, by[weak]
+    before = [n.split("/WithoutBiases")[0] for n in names[: [n.split("/WithoutBiases")[0] for n in names].index(weak)]]
+    assert before and all(abs(by[n]["added_error"]) < 0.01 for n in before), [(n, by[n]) for n in before]
+
+
 def test_openvino_graph_edit_matches_nncf_ignored_scope(fragile, fm, tmp_path: Path) -> None:  # noqa: ANN001
     """Keeping layers in float by editing the INT8 IR gives what NNCF's own ``ignored_scope`` gives (one
     calibration instead of one per variant): every weighted layer kept, the outputs of both sit as close to FP32."""

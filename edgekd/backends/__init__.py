@@ -88,6 +88,13 @@ class Backend:
         the planner's variants, and what ``quantize(keep_float=...)`` ships)."""
         raise self._no_planner()
 
+    def layer_errors(self, int8_model: Path, fp32_onnx: Path, layers: Sequence[str], x: np.ndarray, profile: Profile,
+                     work: Path) -> list[dict[str, Any]] | None:
+        """The quantization error each layer of ``int8_model`` adds (:mod:`edgekd.quant.layer_error`, one pass of
+        each model): the planner's ranking proxy. None: this backend cannot tell (the planner then ranks each layer
+        by its own variant)."""
+        return None
+
     def slower_in_int8(self, int8_model: Path, fp32_onnx: Path, layers: Sequence[str], x: np.ndarray,
                        profile: Profile, margin: float = 1.25) -> list[dict[str, Any]] | None:
         """Layers whose INT8 kernel is slower than their float one on this runtime, from its own profiler

@@ -85,6 +85,12 @@ class OnnxruntimeBackend(Backend):
 
         return ort_reverter(int8_model, fp32_onnx, work)
 
+    def layer_errors(self, int8_model: Path, fp32_onnx: Path, layers: Sequence[str], x: Any, profile: Profile,
+                     work: Path) -> list[dict[str, Any]] | None:
+        from edgekd.quant.layer_error import ort_layer_errors
+
+        return ort_layer_errors(int8_model, fp32_onnx, layers, x, work)
+
     def slower_in_int8(self, int8_model: Path, fp32_onnx: Path, layers: Sequence[str], x: Any,
                        profile: Profile, margin: float = 1.25) -> list[dict[str, Any]] | None:
         from edgekd.quant.layer_speed import slower_in_int8

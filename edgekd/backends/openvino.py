@@ -148,6 +148,12 @@ class OpenvinoBackend(Backend):
 
         return openvino_reverter(int8_model, fp32_onnx)
 
+    def layer_errors(self, int8_model: Path, fp32_onnx: Path, layers: Sequence[str], x: Any, profile: Profile,
+                     work: Path) -> list[dict[str, Any]] | None:
+        from edgekd.quant.layer_error import openvino_layer_errors
+
+        return openvino_layer_errors(int8_model, fp32_onnx, layers, x, {"threads": profile.threads})
+
     def lower(self, model: Path, profile: Profile, out_dir: Path, inputs: LowerInputs | None = None) -> dict[str, Any]:
         return lower_openvino(model, profile, out_dir)
 

@@ -296,6 +296,12 @@ class TensorrtBackend(Backend):
 
         return ort_reverter(int8_model, fp32_onnx, work)
 
+    def layer_errors(self, int8_model: Path, fp32_onnx: Path, layers: Sequence[str], x: Any, profile: Profile,
+                     work: Path) -> list[dict[str, Any]] | None:
+        from edgekd.quant.layer_error import ort_layer_errors
+
+        return ort_layer_errors(int8_model, fp32_onnx, layers, x, work)
+
     def lower(self, model: Path, profile: Profile, out_dir: Path, inputs: LowerInputs) -> dict[str, Any]:
         """The accuracy half of the INT8 gate is decided here, on ONNX Runtime's reference kernels (FP16 accuracy
         taken as the FP32 model's; the device re-checks with ``gate.py``), then the bundle is written."""

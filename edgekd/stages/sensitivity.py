@@ -1,7 +1,10 @@
-"""Stage ``sensitivity/<target>``: how much of the task's primary metric each layer costs in INT8, measured on the
-target runtime's own artifact (:func:`edgekd.quant.planner.measure_sensitivity`): each quantizable layer kept in
-float alone, the rest INT8, scored on the val split against all-INT8 and FP32. Writes ``sensitivity.json`` and a bar
-chart (``sensitivity.png``); ``edgekd sensitivity RUN --target T`` runs it alone, the plan stage builds on it."""
+"""Stage ``sensitivity/<target>``: which layers cost the task's primary metric in INT8, on the target runtime's own
+artifact: one calibration (all-INT8), scored on the val split against FP32, then every quantizable layer ranked —
+by default with a proxy from one pass of the INT8 and FP32 models (the error each layer's quantizers add at its
+output, :mod:`edgekd.quant.layer_error`), or (``quantize.plan.ranking: measured``, and always without a plan) by
+measuring each layer kept in float alone (:func:`edgekd.quant.planner.measure_sensitivity`). Writes
+``sensitivity.json`` and a bar chart (``sensitivity.png``); ``edgekd sensitivity RUN --target T`` runs it alone, the
+plan stage builds on it."""
 
 from __future__ import annotations
 
@@ -97,6 +100,18 @@ class PlanTools:
     def value(self, outputs: np.ndarray, y: np.ndarray) -> float:
         return float(self.ctx.task.score(outputs, y, self.ctx.info)[self.ctx.task.primary])
 
+    def proxy(self, layers: list[dict[str, str]], samples: int, work: Path) -> list[dict[str, Any]] | None:
+        """Layers by the error their quantizers add (:meth:`Backend.layer_errors`), largest first; None when the
+        backend cannot tell."""
+        assert self.int8 is not None, "calibrate first"
+        found = self.backend.layer_errors(self.int8, self.fp32, [r["name"] for r in layers], self.x[:samples],
+                                          self.profile, work)
+        if found is None:
+            return None
+        index = {r["name"]: i for i, r in enumerate(layers)}
+        rows = [{**layers[index[r["name"]]], **r, "index": index[r["name"]], "gain": None} for r in found]
+        return sorted(rows, key=lambda r: (-r["added_error"], r["index"]))
+
     def fp32_metric(self) -> float:
         return self.value(self.outputs(self.fp32, None, "onnxruntime", {"graph_optimization": "all"}), self.y)
 
@@ -114,6 +129,13 @@ def ranking_samples(ctx) -> int:  # noqa: ANN001
     return plan.ranking_samples if plan is not None else PlanConfig.model_fields["ranking_samples"].default
 
 
+def ranking_mode(ctx) -> tuple[str, int]:  # noqa: ANN001
+    """("proxy" | "measured", proxy samples): a plan's ``quantize.plan.ranking``; without a plan (``edgekd
+    sensitivity`` on a run that has none) every layer is measured — the per-layer analysis is then the point."""
+    plan = ctx.cfg.quantize.plan
+    return (plan.ranking, plan.proxy_samples) if plan is not None else ("measured", 0)
+
+
 def plan_config(ctx, profile) -> dict[str, Any]:  # noqa: ANN001
     """What the planner's measurements depend on: the calibration (as the quantize stage reads it), the val samples,
     the task's metric."""
@@ -124,6 +146,7 @@ def plan_config(ctx, profile) -> dict[str, Any]:  # noqa: ANN001
     return {"calibration": q.calibration, "calibration_size": q.calibration_size,
             "recipe": load_recipe(q.calibration).model_dump(), "ort_recipe": ORT_RECIPE, "samples": plan_samples(ctx),
             "ranking_samples": ranking_samples(ctx), "variants": "graph edit of one calibration",
+            "ranking": ranking_mode(ctx),
             "rank": "all" if q.plan is None or q.plan.rank_all else f"unless all-int8 is within {q.plan.max_drop:g}",
             "metric": ctx.run.manifest["inputs"]["model"].get("metric_sha256") if ctx.cfg.metric else ctx.task.primary}
 
@@ -160,13 +183,20 @@ class Sensitivity(Stage):
             # FP32 by speed, so ranking every layer (most of the planner's time on a detector) is skipped
             skipped = (f"all-INT8 is within the plan's budget ({m.drop(fp32, int8):+.2f} ≤ {plan.max_drop:g} pt): layers "
                        "not ranked (quantize.plan.rank_all: true ranks them)")
-        progress.log(f"sensitivity/{p.name}: {len(layers)} layers; {m.name} fp32 {fp32:.4f}, all-int8 {int8:.4f} "
-                     f"({m.drop(fp32, int8):+.2f} pt) on {len(tools.y)} val samples; "
-                     + (skipped if skipped else f"each layer ranked on {len(tools.y_rank)}"))
+        mode, proxy_n = ranking_mode(ctx)
         int8_rank = int8_err = None
-        if skipped:
-            rows = []
-        else:
+        rows: list[dict[str, Any]] = []
+        if not skipped and mode == "proxy":
+            found = tools.proxy(layers, proxy_n, work / "proxy")
+            if found is None:
+                mode = "measured"  # this backend has no proxy
+            else:
+                rows = found
+        how = (skipped if skipped else f"each layer ranked by the error it adds on {min(proxy_n, len(tools.y))} samples"
+               if mode == "proxy" else f"each layer kept in float alone, scored on {len(tools.y_rank)}")
+        progress.log(f"sensitivity/{p.name}: {len(layers)} layers; {m.name} fp32 {fp32:.4f}, all-int8 {int8:.4f} "
+                     f"({m.drop(fp32, int8):+.2f} pt) on {len(tools.y)} val samples; {how}")
+        if not skipped and mode == "measured":
             int8_rank, int8_err = tools.rank(int8_path)  # the reference each layer's gain is measured against
             with progress.bar(f"sensitivity/{p.name}: each layer kept in float alone", len(layers)) as bar:
                 rows = measure_sensitivity(layers, tools.quantize, tools.rank, work, m, int8_rank,
@@ -175,6 +205,8 @@ class Sensitivity(Stage):
         shutil.rmtree(work, ignore_errors=True)
         res = {"target": p.name, "backend": p.backend, "metric": m.name, "higher_is_better": m.higher_is_better,
                "points_scale": m.scale, "samples": int(len(tools.y)), "fp32": fp32, "int8": int8,
+               "ranking": None if skipped else mode,
+               "proxy_samples": int(min(proxy_n, len(tools.y))) if mode == "proxy" and not skipped else None,
                "ranking_samples": int(len(tools.y_rank)), "int8_ranking": int8_rank, "int8_output_error": int8_err,
                "int8_drop": m.drop(fp32, int8), "layers": rows, "skipped": skipped, "seconds": round(time.time() - t0, 1),
                "check": {"backend": tools.check[0], "settings": tools.check[1]} if tools.check else None}
@@ -190,7 +222,8 @@ class Sensitivity(Stage):
         top = rows[0] if rows else None
         return StageResult(outputs, {"layers": len(rows), "fp32": fp32, "int8": int8, "int8_drop": res["int8_drop"],
                                      "most_sensitive": top["name"] if top else None,
-                                     "most_sensitive_gain": top["gain"] if top else None})
+                                     "most_sensitive_gain": top["gain"] if top else None,
+                                     "ranking": res["ranking"]})
 
 
 def sensitivity_chart(res: dict[str, Any], path: Path, top: int = 25) -> None:
@@ -206,10 +239,12 @@ def sensitivity_chart(res: dict[str, Any], path: Path, top: int = 25) -> None:
         ax.text(0.5, 0.5, res.get("skipped") or "no quantizable layers", ha="center", va="center", wrap=True, fontsize=8)
         ax.set_axis_off()
     names = [_short(r["name"]) for r in rows][::-1]
-    gains = [r["gain"] for r in rows][::-1]
-    ax.barh(names, gains, color=["tab:red" if g > 0 else "tab:gray" for g in gains])
+    proxy = res.get("ranking") == "proxy"
+    vals = [r["added_error"] if proxy else r["gain"] for r in rows][::-1]
+    ax.barh(names, vals, color=["tab:red" if v > 0 else "tab:gray" for v in vals])
     ax.axvline(0, color="black", lw=0.8)
-    ax.set_xlabel(f"{res['metric']} recovered by keeping the layer in float (points)")
+    ax.set_xlabel("error the layer's quantizers add at its output (relative MSE vs FP32; ranking proxy)"
+                  if proxy else f"{res['metric']} recovered by keeping the layer in float (points)", fontsize=8)
     ax.set_title(f"{res['target']}: all-INT8 loses {res['int8_drop']:.2f} pt against FP32 ({res['samples']} val samples)", fontsize=9)
     ax.tick_params(axis="y", labelsize=7)
     fig.tight_layout()

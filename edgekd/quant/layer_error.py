@@ -1,0 +1,254 @@
+"""The planner's cheap ranking proxy (issue #18): how much quantization error each layer of an INT8 model adds, from
+one pass of the INT8 model and one of the FP32 model with every layer's input and output exposed.
+
+For a layer L with output y_L, its float inputs (the tensors its input quantizers read) x_L, and the FP32 model's
+values of the same tensors y*_L, x*_L, on the samples S:
+
+    e(t)   = Σ_S ‖t − t*‖² / Σ_S ‖t*‖²                 (relative error of a tensor against FP32; 1/SQNR)
+    added(L) = e(y_L) − max_k e(x_L,k)                (the error L's own quantizers — input activations, weights — add)
+
+The error reaching L's inputs is charged to the layers upstream; what is left is the noise of L's input and weight
+quantizers as it shows at L's output — after L mixed its channels, which is where a per-tensor input range too wide
+for most channels (an outlier channel the weights scale back down) shows as a large error while the quantizer's own
+SQNR, dominated by the outlier, looks fine. Keeping L in float (:mod:`edgekd.quant.keep_float`) removes exactly
+those quantizers, so ``added`` orders the layers like the measured one-variant-per-layer ranking at the cost of two
+passes instead of one per layer. Noise powers add when independent (SQNR arithmetic, as in NNCF's and AIMET's
+per-layer quantization analysis); the proxy only orders the search — every plan is still judged on the deployed
+artifact's metric (:func:`edgekd.quant.planner.greedy_candidates`).
+
+Why by hand: ONNX Runtime has no per-layer error tool for QDQ models (``onnxruntime.quantization.qdq_loss_debug``
+compares activations of matching names, but needs the float model re-saved with every tensor an output and does not
+attribute error to a layer); NNCF's ranking in ``quantize_with_accuracy_control`` reverts one group at a time. Both
+runtimes here take extra outputs cheaply, so the statistics are accumulated batch by batch (no activations kept).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+import numpy as np
+
+#: (tensor in the INT8 model, the same value in the FP32 model): each side names something its runtime can expose
+Tap = tuple[Any, Any]
+
+
+class ErrorSums:
+    """Σ‖t − t*‖² and Σ‖t*‖² per tapped tensor, accumulated over batches."""
+
+    def __init__(self, n: int) -> None:
+        self.err = np.zeros(n)
+        self.ref = np.zeros(n)
+
+    def add(self, i: int, value: np.ndarray, reference: np.ndarray) -> None:
+        a, b = np.asarray(value, np.float32).ravel(), np.asarray(reference, np.float32).ravel()
+        if a.shape != b.shape:
+            raise ValueError(f"tapped tensor {i}: INT8 has {a.size} values, FP32 {b.size}")
+        d = a - b
+        self.err[i] += float(np.dot(d, d))  # BLAS dot: float32 products, blocked sums (a proxy needs no more)
+        self.ref[i] += float(np.dot(b, b))
+
+    def relative(self) -> np.ndarray:
+        return self.err / np.maximum(self.ref, 1e-30)
+
+
+def added_errors(layers: Sequence[str], outputs: dict[str, int], inputs: dict[str, list[int]], rel: np.ndarray
+                 ) -> list[dict[str, Any]]:
+    """Per layer: ``output_error`` e(y_L), ``input_error`` max_k e(x_L,k) (0 for graph inputs and for layers whose
+    inputs are not quantized) and ``added_error`` = their difference, from the tapped tensors' relative errors."""
+    rows = []
+    for name in layers:
+        if name not in outputs:
+            continue
+        out = float(rel[outputs[name]])
+        inp = max((float(rel[i]) for i in inputs.get(name, [])), default=0.0)
+        rows.append({"name": name, "output_error": out, "input_error": inp, "added_error": out - inp})
+    return rows
+
+
+def _batches(x: np.ndarray, batch: int) -> Iterable[np.ndarray]:
+    for i in range(0, len(x), batch):
+        yield np.ascontiguousarray(x[i: i + batch], np.float32)
+
+
+def _accumulate(run_int8: Callable[[np.ndarray], list[np.ndarray]], run_fp32: Callable[[np.ndarray], list[np.ndarray]],
+                n: int, x: np.ndarray, batch: int) -> np.ndarray:
+    sums = ErrorSums(n)
+    for xb in _batches(x, batch):
+        for i, (a, b) in enumerate(zip(run_int8(xb), run_fp32(xb))):
+            sums.add(i, a, b)
+    return sums.relative()
+
+
+# ---------------------------------------------------------------- ONNX Runtime (QDQ models of quantize_static)
+
+def ort_layer_errors(int8_onnx: Path, fp32_onnx: Path, layers: Sequence[str], x: np.ndarray, work: Path,
+                     batch: int = 32) -> list[dict[str, Any]]:
+    """:func:`added_errors` of the named layers of a QDQ model (names as :func:`edgekd.quant.ptq.ort_plan_layers`
+    gives them), both models run on ONNX Runtime's reference kernels (graph optimisations off: the QDQ arithmetic as
+    written, no fusion around the exposed tensors).
+
+    A layer's float input is the tensor its QuantizeLinear → DequantizeLinear pair reads; it and the layer's output
+    are matched to the FP32 graph by the node that produces them (ORT may rename a tensor when it folds a ReLU into
+    the quantizer, never a node)."""
+    import onnx
+
+    from edgekd.quant.ptq import ort_preprocess
+
+    work.mkdir(parents=True, exist_ok=True)
+    pre = work / "fp32-preprocessed.onnx"
+    ort_preprocess(fp32_onnx, pre)
+    q, f = onnx.load(str(int8_onnx)), onnx.load(str(pre))
+    q_prod = {t: n for n in q.graph.node for t in n.output}
+    f_nodes = {n.name: n for n in f.graph.node}
+    q_nodes = {n.name: n for n in q.graph.node}
+    inits = {i.name for i in q.graph.initializer} | {i.name for i in f.graph.initializer}
+
+    taps: list[Tap] = []
+    index: dict[Tap, int] = {}
+
+    def tap(q_tensor: str) -> int | None:
+        """The tap of ``q_tensor`` with its FP32 counterpart (same producing node, same output slot); None: a graph
+        input or constant (no error upstream of it)."""
+        p = q_prod.get(q_tensor)
+        if p is None or p.op_type == "Constant":
+            return None
+        fp = f_nodes.get(p.name)
+        if fp is None:
+            return None
+        pair = (q_tensor, fp.output[list(p.output).index(q_tensor)])
+        if pair not in index:
+            index[pair] = len(taps)
+            taps.append(pair)
+        return index[pair]
+
+    outputs: dict[str, int] = {}
+    inputs: dict[str, list[int]] = {}
+    for name in layers:
+        node = q_nodes.get(name)
+        if node is None or name not in f_nodes:
+            continue
+        t = tap(node.output[0])
+        if t is None:
+            continue
+        outputs[name] = t
+        ins = []
+        for tensor in node.input:
+            if not tensor or tensor in inits:
+                continue
+            dq = q_prod.get(tensor)
+            if dq is not None and dq.op_type == "DequantizeLinear":
+                qn = q_prod.get(dq.input[0])
+                if qn is None or qn.op_type != "QuantizeLinear":
+                    continue  # weights stored INT8 (DequantizeLinear of an initializer)
+                tensor = qn.input[0]
+            i = tap(tensor)
+            if i is not None:
+                ins.append(i)
+        inputs[name] = ins
+
+    def exposing(model: Any, names: list[str], path: Path) -> Path:
+        m = onnx.ModelProto()
+        m.CopyFrom(model)
+        del m.graph.output[:]  # only the taps: the original outputs would be computed for nothing
+        m.graph.output.extend(onnx.helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, None) for n in names)
+        onnx.save(m, str(path))
+        return path
+
+    from edgekd.runtimes import ort_session
+
+    qs = ort_session(exposing(q, [a for a, _ in taps], work / "int8-taps.onnx"), graph_optimization="disable")
+    fs = ort_session(exposing(f, [b for _, b in taps], work / "fp32-taps.onnx"), graph_optimization="disable")
+    qi, fi = qs.get_inputs()[0], fs.get_inputs()[0]
+    fixed = isinstance(qi.shape[0], int) or isinstance(fi.shape[0], int)
+    rel = _accumulate(lambda xb: qs.run(None, {qi.name: xb}), lambda xb: fs.run(None, {fi.name: xb}), len(taps), x,
+                      1 if fixed else batch)
+    return added_errors(layers, outputs, inputs, rel)
+
+
+# ---------------------------------------------------------------- OpenVINO (NNCF-quantized IR)
+
+def openvino_layer_errors(int8_xml: Path, fp32_onnx: Path, layers: Sequence[str], x: np.ndarray,
+                          settings: dict[str, Any] | None = None, batch: int = 32) -> list[dict[str, Any]]:
+    """:func:`added_errors` of the named operations of an NNCF-quantized IR (names as
+    :func:`edgekd.quant.ptq.nncf_plan_layers` gives them) against ``ov.convert_model`` of the FP32 ONNX (the same
+    operation names). A layer's output is read after its bias Add when it has one (bias correction changes it); its
+    float input is what the FakeQuantize in front of it reads (through the layout ops NNCF moves quantizers across,
+    as :func:`edgekd.quant.keep_float.float_layers_openvino` bypasses them)."""
+    import openvino as ov
+
+    from edgekd.quant.keep_float import _quantizer_reader
+
+    core = ov.Core()
+    q = core.read_model(str(int8_xml))
+    f = ov.convert_model(str(fp32_onnx))
+    q_ops = {op.get_friendly_name(): op for op in q.get_ops()}
+    f_ops = {op.get_friendly_name(): op for op in f.get_ops()}
+
+    taps: list[Tap] = []
+    index: dict[tuple[str, int], int] = {}
+
+    def tap(port: Any) -> int | None:
+        """The tap of an output port of the INT8 model with the FP32 model's output of the same operation."""
+        node = port.get_node()
+        if node.get_type_name() in ("Parameter", "Constant"):
+            return None
+        fop = f_ops.get(node.get_friendly_name())
+        if fop is None or port.get_index() >= fop.get_output_size():
+            return None
+        key = (node.get_friendly_name(), port.get_index())
+        if key not in index:
+            index[key] = len(taps)
+            taps.append((port, fop.output(port.get_index())))
+        return index[key]
+
+    outputs: dict[str, int] = {}
+    inputs: dict[str, list[int]] = {}
+    for name in layers:
+        op, ref = q_ops.get(name), f_ops.get(name)
+        if op is None or ref is None:
+            continue
+        out = op.output(0)
+        readers = list(out.get_target_inputs())
+        if len(readers) == 1 and readers[0].get_node().get_type_name() == "Add" and any(
+                readers[0].get_node().input(k).get_source_output().get_node().get_type_name() == "Constant"
+                for k in range(2)):
+            out = readers[0].get_node().output(0)  # after the (bias-corrected) bias
+        t = tap(out)
+        if t is None:
+            continue
+        outputs[name] = t
+        ins = []
+        for k in range(op.get_input_size()):
+            if ref.input(k).get_source_output().get_node().get_type_name() == "Constant":
+                continue  # weights
+            reader = _quantizer_reader(op.input(k))
+            src = (reader.get_source_output().get_node().input(0).get_source_output() if reader is not None
+                   else op.input(k).get_source_output())
+            i = tap(src)
+            if i is not None:
+                ins.append(i)
+        inputs[name] = ins
+
+    def compiled(model: Any, ports: list[Any]) -> Any:
+        m = ov.Model([p for p in ports], model.get_parameters(), "taps")
+        cfg: dict[str, Any] = {"PERFORMANCE_HINT": "THROUGHPUT", "INFERENCE_PRECISION_HINT": "f32"}
+        if settings and settings.get("threads"):
+            cfg["INFERENCE_NUM_THREADS"] = settings["threads"]
+        return core.compile_model(m, "CPU", cfg)
+
+    qc, fc = compiled(q, [a for a, _ in taps]), compiled(f, [b for _, b in taps])
+    shape = qc.inputs[0].get_partial_shape()
+    fixed = shape.rank.is_static and shape[0].is_static and shape[0].get_length() == 1
+
+    def runner(c: Any) -> Callable[[np.ndarray], list[np.ndarray]]:
+        req = c.create_infer_request()
+
+        def run(xb: np.ndarray) -> list[np.ndarray]:
+            res = req.infer({0: xb})
+            return [np.asarray(res[o]) for o in c.outputs]
+
+        return run
+
+    rel = _accumulate(runner(qc), runner(fc), len(taps), x, 1 if fixed else batch)
+    return added_errors(layers, outputs, inputs, rel)
