@@ -111,6 +111,9 @@ class PlanConfig(Strict):
                                                    "measured = each layer kept in float alone and scored on "
                                                    "ranking_samples (one variant per layer: slower, in points)")
     proxy_samples: int = Field(64, ge=1, description="val samples the proxy's error sums run over (the first of the plan's)")
+    shortlist: int = Field(3, ge=1, description="with the proxy: at each greedy step still over budget, the layers "
+                           "it proposes first, each tried in float and scored on ranking_samples; the one that "
+                           "recovers most is kept (1 = follow the proxy alone)")
     extra: int = Field(2, ge=0, description="greedy steps past the first plan within budget (a float layer can be faster)")
     max_kept: int | None = Field(None, ge=1, description="most layers kept in float (default: any number)")
     rounds: int = Field(3, ge=1, le=20, description="alternating timing rounds, every candidate in one process")

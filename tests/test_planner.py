@@ -308,3 +308,35 @@ def test_a_layer_slower_in_int8_is_tried_in_float_and_timed(demo_teacher: Path, 
     assert len(speed) == min(2, len(slow))
     for c, layer in zip(speed, slow):
         assert c["keep_float"] == [layer] and c["p50_ms"] is not None and 0 <= c["metric"] <= 1
+
+
+def test_greedy_search_reranks_and_measures_the_proxys_shortlist(tmp_path: Path) -> None:
+    """The search logic alone (the quantizer and scorers are functions of the layer set): layer a breaks the model,
+    c costs 2 points more, and the proxy, looking at error where it lands, keeps proposing b and d before c.
+    Following the proxy alone needs four layers in float; measuring its shortlist of three finds a + c."""
+    from edgekd.quant.planner import Candidate, Metric, greedy_candidates
+
+    def kept(art: Path) -> set[str]:
+        return set(art.name.split("+")) - {""}
+
+    def value(art: Path) -> float:
+        k = kept(art)
+        return 0.90 - 0.40 * ("a" not in k) - 0.02 * ("c" not in k)
+
+    reranked: list[set[str]] = []
+
+    def rerank(art: Path, keep: list[str]) -> list[str]:
+        reranked.append(set(keep))
+        return ["b", "d", "c", "e"]
+
+    def run(shortlist: int) -> list[Candidate]:
+        int8 = Candidate("all int8", "int8", [], value(tmp_path / "x"), 42.0, str(tmp_path / "int8"))
+        return greedy_candidates(["a", "b", "c", "d", "e"], lambda keep, out: out.parent / "+".join(keep), value,
+                                 tmp_path, Metric("top1"), 0.90, int8, max_drop=1.0, extra=0, rerank=rerank,
+                                 evaluate=lambda art: (value(art), 0.0), shortlist=shortlist)
+
+    alone = run(1)
+    assert [c.keep_float for c in alone[1:]][-1] == ["a", "b", "d", "c"] and alone[-1].meets_accuracy
+    assert reranked[0] == {"a"}  # ranked again on the candidate that keeps a, not on all-INT8
+    measured = run(3)
+    assert measured[-1].keep_float == ["a", "c"] and measured[-1].meets_accuracy and len(measured) == 3

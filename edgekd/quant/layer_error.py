@@ -4,17 +4,20 @@ one pass of the INT8 model and one of the FP32 model with every layer's input an
 For a layer L with output y_L, its float inputs (the tensors its input quantizers read) x_L, and the FP32 model's
 values of the same tensors y*_L, x*_L, on the samples S:
 
-    e(t)   = Σ_S ‖t − t*‖² / Σ_S ‖t*‖²                 (relative error of a tensor against FP32; 1/SQNR)
-    added(L) = e(y_L) − max_k e(x_L,k)                (the error L's own quantizers — input activations, weights — add)
+    e(t)     = mean over channels c of  Σ_S ‖t_c − t*_c‖² / Σ_S ‖t*_c‖²     (per-channel 1/SQNR against FP32)
+    added(L) = e(y_L) − max_k e(x_L,k)                                  (the error L's own quantizers add)
 
 The error reaching L's inputs is charged to the layers upstream; what is left is the noise of L's input and weight
 quantizers as it shows at L's output — after L mixed its channels, which is where a per-tensor input range too wide
 for most channels (an outlier channel the weights scale back down) shows as a large error while the quantizer's own
-SQNR, dominated by the outlier, looks fine. Keeping L in float (:mod:`edgekd.quant.keep_float`) removes exactly
-those quantizers, so ``added`` orders the layers like the measured one-variant-per-layer ranking at the cost of two
-passes instead of one per layer. Noise powers add when independent (SQNR arithmetic, as in NNCF's and AIMET's
-per-layer quantization analysis); the proxy only orders the search — every plan is still judged on the deployed
-artifact's metric (:func:`edgekd.quant.planner.greedy_candidates`).
+SQNR, dominated by the outlier, looks fine. Per channel (the channel axis of a convolution, the last axis of a
+MatMul), because one loud channel would otherwise hide the error of all the quiet ones — the stem of a detector whose
+output carries such an outlier channel adds 1e-4 of the tensor's energy but 3 % per channel. Keeping L in float
+(:mod:`edgekd.quant.keep_float`) removes exactly those quantizers, so ``added`` orders the layers like the measured
+one-variant-per-layer ranking at the cost of two passes instead of one per layer. Once a layer destroys the signal,
+every later layer's ``added`` is noise on top of it; the planner therefore ranks again on each candidate it keeps
+(:func:`edgekd.quant.planner.greedy_candidates` with ``rerank``), as NNCF's accuracy control ranks again after each
+revert. The proxy only orders the search — every plan is judged on the deployed artifact's metric.
 
 Why by hand: ONNX Runtime has no per-layer error tool for QDQ models (``onnxruntime.quantization.qdq_loss_debug``
 compares activations of matching names, but needs the float model re-saved with every tensor an output and does not
@@ -34,22 +37,38 @@ Tap = tuple[Any, Any]
 
 
 class ErrorSums:
-    """Σ‖t − t*‖² and Σ‖t*‖² per tapped tensor, accumulated over batches."""
+    """Per tapped tensor and channel: Σ(t − t*)² and Σ t*², accumulated over batches."""
 
-    def __init__(self, n: int) -> None:
-        self.err = np.zeros(n)
-        self.ref = np.zeros(n)
+    def __init__(self, axes: Sequence[int]) -> None:
+        self.axes = list(axes)
+        self.err: list[np.ndarray | None] = [None] * len(axes)
+        self.ref: list[np.ndarray | None] = [None] * len(axes)
 
     def add(self, i: int, value: np.ndarray, reference: np.ndarray) -> None:
-        a, b = np.asarray(value, np.float32).ravel(), np.asarray(reference, np.float32).ravel()
+        a, b = np.asarray(value, np.float32), np.asarray(reference, np.float32)
         if a.shape != b.shape:
-            raise ValueError(f"tapped tensor {i}: INT8 has {a.size} values, FP32 {b.size}")
-        d = a - b
-        self.err[i] += float(np.dot(d, d))  # BLAS dot: float32 products, blocked sums (a proxy needs no more)
-        self.ref[i] += float(np.dot(b, b))
+            raise ValueError(f"tapped tensor {i}: INT8 shape {a.shape}, FP32 {b.shape}")
+        axis = self.axes[i] % max(a.ndim, 1) if a.ndim else 0
+        d = np.moveaxis(a - b, axis, 0).reshape(a.shape[axis] if a.ndim else 1, -1)
+        r = np.moveaxis(b, axis, 0).reshape(d.shape)
+        err, ref = np.einsum("ij,ij->i", d, d, dtype=np.float64), np.einsum("ij,ij->i", r, r, dtype=np.float64)
+        if self.err[i] is None or self.err[i].shape != err.shape:  # type: ignore[union-attr]
+            self.err[i], self.ref[i] = err, ref
+        else:
+            self.err[i] += err  # type: ignore[operator]
+            self.ref[i] += ref  # type: ignore[operator]
 
     def relative(self) -> np.ndarray:
-        return self.err / np.maximum(self.ref, 1e-30)
+        """Per tensor: the mean over its channels of Σ(t − t*)²/Σ t*² — per channel, so that a channel carrying
+        little energy (the ones a too-wide range rounds away) counts as much as one carrying a lot; channels without
+        signal (< 1e-12 of the strongest) are left out."""
+        out = np.zeros(len(self.axes))
+        for i, (e, r) in enumerate(zip(self.err, self.ref)):
+            if e is None or r is None or not r.size:
+                continue
+            live = r > 1e-12 * max(float(r.max()), 1e-30)
+            out[i] = float((e[live] / r[live]).mean()) if live.any() else 0.0
+        return out
 
 
 def added_errors(layers: Sequence[str], outputs: dict[str, int], inputs: dict[str, list[int]], rel: np.ndarray
@@ -72,8 +91,8 @@ def _batches(x: np.ndarray, batch: int) -> Iterable[np.ndarray]:
 
 
 def _accumulate(run_int8: Callable[[np.ndarray], list[np.ndarray]], run_fp32: Callable[[np.ndarray], list[np.ndarray]],
-                n: int, x: np.ndarray, batch: int) -> np.ndarray:
-    sums = ErrorSums(n)
+                axes: Sequence[int], x: np.ndarray, batch: int) -> np.ndarray:
+    sums = ErrorSums(axes)
     for xb in _batches(x, batch):
         for i, (a, b) in enumerate(zip(run_int8(xb), run_fp32(xb))):
             sums.add(i, a, b)
@@ -105,9 +124,10 @@ def ort_layer_errors(int8_onnx: Path, fp32_onnx: Path, layers: Sequence[str], x:
     inits = {i.name for i in q.graph.initializer} | {i.name for i in f.graph.initializer}
 
     taps: list[Tap] = []
+    axes: list[int] = []
     index: dict[Tap, int] = {}
 
-    def tap(q_tensor: str) -> int | None:
+    def tap(q_tensor: str, axis: int) -> int | None:
         """The tap of ``q_tensor`` with its FP32 counterpart (same producing node, same output slot); None: a graph
         input or constant (no error upstream of it)."""
         p = q_prod.get(q_tensor)
@@ -120,6 +140,7 @@ def ort_layer_errors(int8_onnx: Path, fp32_onnx: Path, layers: Sequence[str], x:
         if pair not in index:
             index[pair] = len(taps)
             taps.append(pair)
+            axes.append(axis)
         return index[pair]
 
     outputs: dict[str, int] = {}
@@ -128,7 +149,8 @@ def ort_layer_errors(int8_onnx: Path, fp32_onnx: Path, layers: Sequence[str], x:
         node = q_nodes.get(name)
         if node is None or name not in f_nodes:
             continue
-        t = tap(node.output[0])
+        axis = 1 if node.op_type.startswith("Conv") else -1  # channels: NC… for convolutions, last for Gemm/MatMul
+        t = tap(node.output[0], axis)
         if t is None:
             continue
         outputs[name] = t
@@ -142,7 +164,7 @@ def ort_layer_errors(int8_onnx: Path, fp32_onnx: Path, layers: Sequence[str], x:
                 if qn is None or qn.op_type != "QuantizeLinear":
                     continue  # weights stored INT8 (DequantizeLinear of an initializer)
                 tensor = qn.input[0]
-            i = tap(tensor)
+            i = tap(tensor, axis)
             if i is not None:
                 ins.append(i)
         inputs[name] = ins
@@ -161,7 +183,7 @@ def ort_layer_errors(int8_onnx: Path, fp32_onnx: Path, layers: Sequence[str], x:
     fs = ort_session(exposing(f, [b for _, b in taps], work / "fp32-taps.onnx"), graph_optimization="disable")
     qi, fi = qs.get_inputs()[0], fs.get_inputs()[0]
     fixed = isinstance(qi.shape[0], int) or isinstance(fi.shape[0], int)
-    rel = _accumulate(lambda xb: qs.run(None, {qi.name: xb}), lambda xb: fs.run(None, {fi.name: xb}), len(taps), x,
+    rel = _accumulate(lambda xb: qs.run(None, {qi.name: xb}), lambda xb: fs.run(None, {fi.name: xb}), axes, x,
                       1 if fixed else batch)
     return added_errors(layers, outputs, inputs, rel)
 
@@ -186,9 +208,10 @@ def openvino_layer_errors(int8_xml: Path, fp32_onnx: Path, layers: Sequence[str]
     f_ops = {op.get_friendly_name(): op for op in f.get_ops()}
 
     taps: list[Tap] = []
+    axes: list[int] = []
     index: dict[tuple[str, int], int] = {}
 
-    def tap(port: Any) -> int | None:
+    def tap(port: Any, axis: int) -> int | None:
         """The tap of an output port of the INT8 model with the FP32 model's output of the same operation."""
         node = port.get_node()
         if node.get_type_name() in ("Parameter", "Constant"):
@@ -200,6 +223,7 @@ def openvino_layer_errors(int8_xml: Path, fp32_onnx: Path, layers: Sequence[str]
         if key not in index:
             index[key] = len(taps)
             taps.append((port, fop.output(port.get_index())))
+            axes.append(axis)
         return index[key]
 
     outputs: dict[str, int] = {}
@@ -214,7 +238,8 @@ def openvino_layer_errors(int8_xml: Path, fp32_onnx: Path, layers: Sequence[str]
                 readers[0].get_node().input(k).get_source_output().get_node().get_type_name() == "Constant"
                 for k in range(2)):
             out = readers[0].get_node().output(0)  # after the (bias-corrected) bias
-        t = tap(out)
+        axis = -1 if op.get_type_name() == "MatMul" else 1  # channels: NC… for convolutions, last for MatMul
+        t = tap(out, axis)
         if t is None:
             continue
         outputs[name] = t
@@ -225,7 +250,7 @@ def openvino_layer_errors(int8_xml: Path, fp32_onnx: Path, layers: Sequence[str]
             reader = _quantizer_reader(op.input(k))
             src = (reader.get_source_output().get_node().input(0).get_source_output() if reader is not None
                    else op.input(k).get_source_output())
-            i = tap(src)
+            i = tap(src, axis)
             if i is not None:
                 ins.append(i)
         inputs[name] = ins
@@ -250,5 +275,5 @@ def openvino_layer_errors(int8_xml: Path, fp32_onnx: Path, layers: Sequence[str]
 
         return run
 
-    rel = _accumulate(runner(qc), runner(fc), len(taps), x, 1 if fixed else batch)
+    rel = _accumulate(runner(qc), runner(fc), axes, x, 1 if fixed else batch)
     return added_errors(layers, outputs, inputs, rel)

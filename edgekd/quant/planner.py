@@ -45,6 +45,8 @@ Quantizer = Callable[[Sequence[str], Path], Path]
 Scorer = Callable[[Path], float]
 #: evaluate(artifact) → (the primary metric, the outputs' relative error against FP32) on the ranking samples
 Evaluator = Callable[[Path], "tuple[float, float]"]
+#: rerank(artifact, layers kept in float) → every layer, most error-adding first, measured on that artifact
+Reranker = Callable[[Path, "list[str]"], "list[str]"]
 #: time({name: artifact}) → {name: per-round batch-1 p50 ms}
 Timer = Callable[[dict[str, Path]], dict[str, list[float]]]
 
@@ -110,20 +112,43 @@ def relative_error(outputs: np.ndarray, reference: np.ndarray) -> float:
 
 def greedy_candidates(order: list[str], quantize: Quantizer, score: Scorer, work: Path, metric: Metric,
                       fp32_metric: float, int8: Candidate, max_drop: float, extra: int = 2,
-                      max_kept: int | None = None) -> list[Candidate]:
+                      max_kept: int | None = None, rerank: Reranker | None = None,
+                      evaluate: Evaluator | None = None, shortlist: int = 1) -> list[Candidate]:
     """all-INT8, then the ``k`` most sensitive layers kept in float for k = 1, 2, …, stopping ``extra`` steps after
-    the first candidate within ``max_drop`` (or after ``max_kept`` layers / every layer)."""
+    the first candidate within ``max_drop`` (or after ``max_kept`` layers / every layer).
+
+    With ``rerank`` (the one-pass proxy), each step that is still over budget orders the layers not yet kept again,
+    on the candidate just scored: once the worst layer is in float, the next one shows (before, its error was noise
+    on top of the first's). With ``evaluate`` and ``shortlist`` > 1, such a step measures the ``shortlist`` layers
+    the order proposes — each added in float, scored on the ranking samples — and keeps the one that recovers most
+    (ties: the outputs closest to FP32's, then the order): a proxy ranks by error where it lands, the metric by what
+    it costs downstream."""
     found = [int8]
     met_at = 0 if int8.meets_accuracy else None
     limit = len(order) if max_kept is None else min(max_kept, len(order))
+    remaining, keep = list(order), []
+    last = int8.artifact
     for k in range(1, limit + 1):
         if met_at is not None and k > met_at + extra:
             break
-        keep = order[:k]
+        if met_at is None and rerank is not None and k > 1 and last is not None:
+            fresh = [n for n in rerank(Path(last), list(keep)) if n in remaining]
+            remaining = fresh + [n for n in remaining if n not in fresh]
+        nxt = remaining[0]
+        if met_at is None and evaluate is not None and shortlist > 1 and len(remaining) > 1:
+            tried = []
+            for i, name in enumerate(remaining[:shortlist]):
+                m_i, err_i = evaluate(quantize(keep + [name], work / f"try-{k}-{i}"))
+                shutil.rmtree(work / f"try-{k}-{i}", ignore_errors=True)
+                tried.append((metric.drop(fp32_metric, m_i), err_i, i, name))  # the least lost first
+            nxt = min(tried)[3]
+        remaining.remove(nxt)
+        keep = keep + [nxt]
         art = quantize(keep, work / f"keep-{k}")
         m = score(art)
         d = metric.drop(fp32_metric, m)
         found.append(Candidate(f"int8, {k} kept in float", "int8", list(keep), m, d, str(art), meets_accuracy=d <= max_drop))
+        last = str(art)
         if met_at is None and d <= max_drop:
             met_at = k
     return found

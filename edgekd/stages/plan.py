@@ -54,7 +54,9 @@ class Plan(Stage):
         order = [r["name"] for r in sens["layers"]]
         work = out / "candidates"
         cands = greedy_candidates(order, tools.quantize, tools.score, work, m, fp32_metric, int8, cfg.max_drop,
-                                  extra=cfg.extra, max_kept=cfg.max_kept)
+                                  extra=cfg.extra, max_kept=cfg.max_kept,
+                                  rerank=self.proxy_reranker(tools, p, cfg, work) if sens.get("ranking") == "proxy" else None,
+                                  evaluate=tools.rank, shortlist=cfg.shortlist if sens.get("ranking") == "proxy" else 1)
         timed = tools.backend.can_time(p)
         probe = self.speed_candidates(tools, p, cands, cfg, work, fp32_metric) if timed and cfg.speed_probe else None
         if probe:
@@ -93,6 +95,17 @@ class Plan(Stage):
         return StageResult({"plan": ctx.run.rel(out / "plan.json"), "chart": ctx.run.rel(out / "pareto.png")},
                            {"precision": chosen.precision, "kept_float": len(chosen.keep_float), "drop": chosen.drop,
                             "p50_ms": chosen.p50_ms, "reason": reason})
+
+    @staticmethod
+    def proxy_reranker(tools, p, cfg, work: Path):  # noqa: ANN001, ANN205
+        """The greedy search's re-ranking: the proxy (the error each layer adds) on the candidate just scored."""
+        layers = tools.backend.plan_layers(tools.fp32, p)
+
+        def rerank(artifact: Path, kept: list[str]) -> list[str]:
+            rows = tools.proxy(layers, cfg.proxy_samples, work / "proxy", artifact)
+            return [r["name"] for r in rows or []]
+
+        return rerank
 
     @staticmethod
     def speed_candidates(tools, p, cands: list, cfg, work: Path, fp32_metric: float  # noqa: ANN001

@@ -100,11 +100,13 @@ class PlanTools:
     def value(self, outputs: np.ndarray, y: np.ndarray) -> float:
         return float(self.ctx.task.score(outputs, y, self.ctx.info)[self.ctx.task.primary])
 
-    def proxy(self, layers: list[dict[str, str]], samples: int, work: Path) -> list[dict[str, Any]] | None:
-        """Layers by the error their quantizers add (:meth:`Backend.layer_errors`), largest first; None when the
-        backend cannot tell."""
-        assert self.int8 is not None, "calibrate first"
-        found = self.backend.layer_errors(self.int8, self.fp32, [r["name"] for r in layers], self.x[:samples],
+    def proxy(self, layers: list[dict[str, str]], samples: int, work: Path, artifact: Path | None = None
+              ) -> list[dict[str, Any]] | None:
+        """Layers by the error their quantizers add in ``artifact`` (default: all-INT8;
+        :meth:`Backend.layer_errors`), largest first; None when the backend cannot tell."""
+        artifact = artifact or self.int8
+        assert artifact is not None, "calibrate first"
+        found = self.backend.layer_errors(artifact, self.fp32, [r["name"] for r in layers], self.x[:samples],
                                           self.profile, work)
         if found is None:
             return None
@@ -172,7 +174,9 @@ class Sensitivity(Stage):
         tools = PlanTools(ctx, p)
         layers = tools.backend.plan_layers(tools.fp32, p)
         fp32 = tools.fp32_metric()
+        t_cal = time.time()
         int8_path = tools.calibrate(out / "int8")
+        calibration_s = time.time() - t_cal  # the quantize stage ships from this calibration: PTQ's own cost
         int8 = tools.score(int8_path)
         m = tools.metric
         work = out / "work"
@@ -209,6 +213,7 @@ class Sensitivity(Stage):
                "proxy_samples": int(min(proxy_n, len(tools.y))) if mode == "proxy" and not skipped else None,
                "ranking_samples": int(len(tools.y_rank)), "int8_ranking": int8_rank, "int8_output_error": int8_err,
                "int8_drop": m.drop(fp32, int8), "layers": rows, "skipped": skipped, "seconds": round(time.time() - t0, 1),
+               "calibration_seconds": round(calibration_s, 1),
                "check": {"backend": tools.check[0], "settings": tools.check[1]} if tools.check else None}
         write_json(out / "sensitivity.json", res)
         q = tools.quantized
