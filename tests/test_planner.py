@@ -340,3 +340,18 @@ def test_greedy_search_reranks_and_measures_the_proxys_shortlist(tmp_path: Path)
     assert reranked[0] == {"a"}  # ranked again on the candidate that keeps a, not on all-INT8
     measured = run(3)
     assert measured[-1].keep_float == ["a", "c"] and measured[-1].meets_accuracy and len(measured) == 3
+
+
+def test_a_tensorrt_target_plans_the_accuracy_side_with_the_proxy(fragile, fmnist: Path, tmp_path: Path) -> None:  # noqa: ANN001
+    """No TensorRT here: the plan is decided on ONNX Runtime's reference kernels running the bundle's Q/DQ graph
+    (ranked by the proxy on that graph), nothing is timed and the plan says the device judges speed; the layer kept
+    in float is the fragile one."""
+    path, _, weak = fragile
+    run = tmp_path / "run"
+    edgekd.compress(path, targets=["jetson-orin-nano"], run_dir=str(run), **SMALL,
+                    quantize={"plan": {"max_drop": 1.0, "samples": 600, "rounds": 1, "iterations": 30}})
+    sens = json.loads((run / "03-sensitivity" / "jetson-orin-nano" / "sensitivity.json").read_text())
+    assert sens["ranking"] == "proxy" and sens["layers"][0]["name"] == weak and sens["int8_drop"] > 30
+    plan = json.loads((run / "03-plan" / "jetson-orin-nano" / "plan.json").read_text())
+    assert plan["timed"] is False and "judged on the device" in plan["timing_note"]
+    assert plan["chosen"]["keep_float"] == [weak] and plan["chosen"]["drop"] <= 1.0

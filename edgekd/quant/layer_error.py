@@ -1,14 +1,16 @@
 """The planner's cheap ranking proxy (issue #18): how much quantization error each layer of an INT8 model adds, from
 one pass of the INT8 model and one of the FP32 model with every layer's input and output exposed.
 
-For a layer L with output y_L, its float inputs (the tensors its input quantizers read) x_L, and the FP32 model's
-values of the same tensors y*_L, x*_L, on the samples S:
+For a layer L with output y_L, the outputs u_L,k of the weighted layers it reads from (through quantizers and ops
+without weights — what keeping L in float rewires it to), and the FP32 model's values y*, u* of the same tensors,
+on the samples S:
 
     e(t)     = mean over channels c of  Σ_S ‖t_c − t*_c‖² / Σ_S ‖t*_c‖²     (per-channel 1/SQNR against FP32)
-    added(L) = e(y_L) − max_k e(x_L,k)                                  (the error L's own quantizers add)
+    added(L) = e(y_L) − max_k e(u_L,k)                                  (the error L's own quantizers add)
 
-The error reaching L's inputs is charged to the layers upstream; what is left is the noise of L's input and weight
-quantizers as it shows at L's output — after L mixed its channels, which is where a per-tensor input range too wide
+The error reaching L's inputs is charged to the layers upstream; what is left is the noise of the quantizers
+between them and L (on its inputs, and on a ReLU or pool in between when the runtime quantizes it) and of its
+weights, as it shows at L's output — after L mixed its channels, which is where a per-tensor input range too wide
 for most channels (an outlier channel the weights scale back down) shows as a large error while the quantizer's own
 SQNR, dominated by the outlier, looks fine. Per channel (the channel axis of a convolution, the last axis of a
 MatMul), because one loud channel would otherwise hide the error of all the quiet ones — the stem of a detector whose
@@ -107,12 +109,12 @@ def ort_layer_errors(int8_onnx: Path, fp32_onnx: Path, layers: Sequence[str], x:
     gives them), both models run on ONNX Runtime's reference kernels (graph optimisations off: the QDQ arithmetic as
     written, no fusion around the exposed tensors).
 
-    A layer's float input is the tensor its QuantizeLinear → DequantizeLinear pair reads; it and the layer's output
-    are matched to the FP32 graph by the node that produces them (ORT may rename a tensor when it folds a ReLU into
-    the quantizer, never a node)."""
+    A layer's input error is taken at the outputs of the weighted layers upstream of it (through Q/DQ pairs and ops
+    without weights); every tapped tensor is matched to the FP32 graph by the node that produces it (ORT may rename
+    a tensor when it folds a ReLU into the quantizer, never a node)."""
     import onnx
 
-    from edgekd.quant.ptq import ort_preprocess
+    from edgekd.quant.ptq import WEIGHTED_OPS, ort_preprocess
 
     work.mkdir(parents=True, exist_ok=True)
     pre = work / "fp32-preprocessed.onnx"
@@ -127,12 +129,10 @@ def ort_layer_errors(int8_onnx: Path, fp32_onnx: Path, layers: Sequence[str], x:
     axes: list[int] = []
     index: dict[Tap, int] = {}
 
-    def tap(q_tensor: str, axis: int) -> int | None:
-        """The tap of ``q_tensor`` with its FP32 counterpart (same producing node, same output slot); None: a graph
-        input or constant (no error upstream of it)."""
-        p = q_prod.get(q_tensor)
-        if p is None or p.op_type == "Constant":
-            return None
+    def tap(q_tensor: str) -> int | None:
+        """The tap of a layer's output ``q_tensor`` with its FP32 counterpart (same producing node, same output
+        slot)."""
+        p = q_prod[q_tensor]
         fp = f_nodes.get(p.name)
         if fp is None:
             return None
@@ -140,8 +140,25 @@ def ort_layer_errors(int8_onnx: Path, fp32_onnx: Path, layers: Sequence[str], x:
         if pair not in index:
             index[pair] = len(taps)
             taps.append(pair)
-            axes.append(axis)
+            axes.append(1 if p.op_type.startswith("Conv") else -1)  # channels: NC… for convolutions, last for MatMul
         return index[pair]
+
+    def upstream(tensor: str) -> list[str]:
+        """The weighted layers' outputs ``tensor`` is computed from, through Q/DQ pairs and ops without weights (a
+        ReLU, a pool, a residual Add): what keeping the reading layer in float rewires it to
+        (:func:`edgekd.quant.keep_float.float_inputs`), so the quantizers in between are charged to that layer."""
+        found, stack, seen = [], [tensor], set()
+        while stack:
+            t = stack.pop()
+            p = q_prod.get(t)
+            if not t or t in inits or t in seen or p is None or p.op_type == "Constant":
+                continue  # a graph input, a constant, or walked already
+            seen.add(t)
+            if p.op_type in WEIGHTED_OPS:
+                found.append(t)
+            else:
+                stack.extend(p.input)
+        return found
 
     outputs: dict[str, int] = {}
     inputs: dict[str, list[int]] = {}
@@ -149,25 +166,11 @@ def ort_layer_errors(int8_onnx: Path, fp32_onnx: Path, layers: Sequence[str], x:
         node = q_nodes.get(name)
         if node is None or name not in f_nodes:
             continue
-        axis = 1 if node.op_type.startswith("Conv") else -1  # channels: NC… for convolutions, last for Gemm/MatMul
-        t = tap(node.output[0], axis)
+        t = tap(node.output[0])
         if t is None:
             continue
         outputs[name] = t
-        ins = []
-        for tensor in node.input:
-            if not tensor or tensor in inits:
-                continue
-            dq = q_prod.get(tensor)
-            if dq is not None and dq.op_type == "DequantizeLinear":
-                qn = q_prod.get(dq.input[0])
-                if qn is None or qn.op_type != "QuantizeLinear":
-                    continue  # weights stored INT8 (DequantizeLinear of an initializer)
-                tensor = qn.input[0]
-            i = tap(tensor, axis)
-            if i is not None:
-                ins.append(i)
-        inputs[name] = ins
+        inputs[name] = [i for tensor in node.input for u in upstream(tensor) if (i := tap(u)) is not None]
 
     def exposing(model: Any, names: list[str], path: Path) -> Path:
         m = onnx.ModelProto()
@@ -195,11 +198,11 @@ def openvino_layer_errors(int8_xml: Path, fp32_onnx: Path, layers: Sequence[str]
     """:func:`added_errors` of the named operations of an NNCF-quantized IR (names as
     :func:`edgekd.quant.ptq.nncf_plan_layers` gives them) against ``ov.convert_model`` of the FP32 ONNX (the same
     operation names). A layer's output is read after its bias Add when it has one (bias correction changes it); its
-    float input is what the FakeQuantize in front of it reads (through the layout ops NNCF moves quantizers across,
-    as :func:`edgekd.quant.keep_float.float_layers_openvino` bypasses them)."""
+    input error at the outputs of the weighted layers upstream of it (through FakeQuantize and ops without
+    weights)."""
     import openvino as ov
 
-    from edgekd.quant.keep_float import _quantizer_reader
+    from edgekd.quant.ptq import OV_WEIGHTED_OPS
 
     core = ov.Core()
     q = core.read_model(str(int8_xml))
@@ -214,8 +217,6 @@ def openvino_layer_errors(int8_xml: Path, fp32_onnx: Path, layers: Sequence[str]
     def tap(port: Any, axis: int) -> int | None:
         """The tap of an output port of the INT8 model with the FP32 model's output of the same operation."""
         node = port.get_node()
-        if node.get_type_name() in ("Parameter", "Constant"):
-            return None
         fop = f_ops.get(node.get_friendly_name())
         if fop is None or port.get_index() >= fop.get_output_size():
             return None
@@ -226,20 +227,45 @@ def openvino_layer_errors(int8_xml: Path, fp32_onnx: Path, layers: Sequence[str]
             axes.append(axis)
         return index[key]
 
+    def layer_output(node: Any) -> tuple[Any, int] | None:
+        """(the output a weighted layer's value is read at, its channel axis) when ``node`` is a weighted operation
+        or the bias Add right after one (after the bias: bias correction changes it); None otherwise."""
+        kind = node.get_type_name()
+        if kind == "Add":
+            srcs = [node.input(k).get_source_output().get_node() for k in range(2)]
+            if any(n.get_type_name() == "Constant" for n in srcs):
+                w = next((n for n in srcs if n.get_type_name() in OV_WEIGHTED_OPS), None)
+                return (node.output(0), -1 if w.get_type_name() == "MatMul" else 1) if w is not None else None
+            return None
+        return (node.output(0), -1 if kind == "MatMul" else 1) if kind in OV_WEIGHTED_OPS else None
+
+    def upstream(out: Any) -> list[tuple[Any, int]]:
+        """The weighted layers' outputs ``out`` is computed from, through FakeQuantize and ops without weights:
+        what keeping the reading layer in float leaves it reading, so the quantizers in between are its own."""
+        found, stack, seen = [], [out], set()
+        while stack:
+            o = stack.pop()
+            node = o.get_node()
+            key = (node.get_friendly_name(), o.get_index())
+            if key in seen or node.get_type_name() in ("Parameter", "Constant"):
+                continue
+            seen.add(key)
+            lo = layer_output(node)
+            if lo is not None:
+                found.append(lo)
+            else:
+                stack.extend(node.input(k).get_source_output() for k in range(node.get_input_size()))
+        return found
+
     outputs: dict[str, int] = {}
     inputs: dict[str, list[int]] = {}
     for name in layers:
         op, ref = q_ops.get(name), f_ops.get(name)
         if op is None or ref is None:
             continue
-        out = op.output(0)
-        readers = list(out.get_target_inputs())
-        if len(readers) == 1 and readers[0].get_node().get_type_name() == "Add" and any(
-                readers[0].get_node().input(k).get_source_output().get_node().get_type_name() == "Constant"
-                for k in range(2)):
-            out = readers[0].get_node().output(0)  # after the (bias-corrected) bias
-        axis = -1 if op.get_type_name() == "MatMul" else 1  # channels: NC… for convolutions, last for MatMul
-        t = tap(out, axis)
+        readers = [r.get_node() for r in op.output(0).get_target_inputs()]
+        own = layer_output(readers[0]) if len(readers) == 1 else None
+        t = tap(*(own or layer_output(op)))  # type: ignore[misc]
         if t is None:
             continue
         outputs[name] = t
@@ -247,12 +273,7 @@ def openvino_layer_errors(int8_xml: Path, fp32_onnx: Path, layers: Sequence[str]
         for k in range(op.get_input_size()):
             if ref.input(k).get_source_output().get_node().get_type_name() == "Constant":
                 continue  # weights
-            reader = _quantizer_reader(op.input(k))
-            src = (reader.get_source_output().get_node().input(0).get_source_output() if reader is not None
-                   else op.input(k).get_source_output())
-            i = tap(src, axis)
-            if i is not None:
-                ins.append(i)
+            ins += [i for port, axis in upstream(op.input(k).get_source_output()) if (i := tap(port, axis)) is not None]
         inputs[name] = ins
 
     def compiled(model: Any, ports: list[Any]) -> Any:
