@@ -54,7 +54,7 @@ class ErrorSums:
         d = np.moveaxis(a - b, axis, 0).reshape(a.shape[axis] if a.ndim else 1, -1)
         r = np.moveaxis(b, axis, 0).reshape(d.shape)
         err, ref = np.einsum("ij,ij->i", d, d, dtype=np.float64), np.einsum("ij,ij->i", r, r, dtype=np.float64)
-        if self.err[i] is None or self.err[i].shape != err.shape:  # type: ignore[union-attr]
+        if self.err[i] is None:
             self.err[i], self.ref[i] = err, ref
         else:
             self.err[i] += err  # type: ignore[operator]
@@ -75,8 +75,9 @@ class ErrorSums:
 
 def added_errors(layers: Sequence[str], outputs: dict[str, int], inputs: dict[str, list[int]], rel: np.ndarray
                  ) -> list[dict[str, Any]]:
-    """Per layer: ``output_error`` e(y_L), ``input_error`` max_k e(x_L,k) (0 for graph inputs and for layers whose
-    inputs are not quantized) and ``added_error`` = their difference, from the tapped tensors' relative errors."""
+    """Per layer: ``output_error`` e(y_L), ``input_error`` max_k e(u_L,k) over the weighted layers upstream (0 for a
+    layer that reads only the model's inputs) and ``added_error`` = their difference, from the tapped tensors'
+    relative errors ``rel`` (``outputs``/``inputs``: indices into it)."""
     rows = []
     for name in layers:
         if name not in outputs:
@@ -277,7 +278,7 @@ def openvino_layer_errors(int8_xml: Path, fp32_onnx: Path, layers: Sequence[str]
         inputs[name] = ins
 
     def compiled(model: Any, ports: list[Any]) -> Any:
-        m = ov.Model([p for p in ports], model.get_parameters(), "taps")
+        m = ov.Model(list(ports), model.get_parameters(), "taps")
         cfg: dict[str, Any] = {"PERFORMANCE_HINT": "THROUGHPUT", "INFERENCE_PRECISION_HINT": "f32"}
         if settings and settings.get("threads"):
             cfg["INFERENCE_NUM_THREADS"] = settings["threads"]
