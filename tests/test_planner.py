@@ -226,7 +226,14 @@ def test_no_layer_is_ranked_when_all_int8_already_meets_the_budget(demo_teacher:
     assert plan["chosen"]["keep_float"] == [] and {c["name"] for c in plan["candidates"]} == {"all int8", "fp32"}
     edgekd.compress(demo_teacher, quantize={"plan": {**plan_cfg, "rank_all": True}}, **kw)
     sens = json.loads((run / "03-sensitivity" / "x86-cpu-vnni" / "sensitivity.json").read_text())
-    assert sens["skipped"] is None and len(sens["layers"]) >= 5
+    assert sens["skipped"] is None and len(sens["layers"]) >= 5 and sens["ranking"] == "proxy"
+    errors = [r["added_error"] for r in sens["layers"]]
+    assert errors == sorted(errors, reverse=True) and all(r["gain"] is None for r in sens["layers"])
+    # ranking: measured — each layer kept in float alone and scored: points per layer, most recovered first
+    edgekd.compress(demo_teacher, quantize={"plan": {**plan_cfg, "rank_all": True, "ranking": "measured"}}, **kw)
+    sens = json.loads((run / "03-sensitivity" / "x86-cpu-vnni" / "sensitivity.json").read_text())
+    gains = [r["gain"] for r in sens["layers"]]
+    assert sens["ranking"] == "measured" and len(gains) == len(errors) and gains == sorted(gains, reverse=True)
 
 
 def test_an_int8_plan_must_beat_fp32_by_the_margin() -> None:
