@@ -158,13 +158,22 @@ def lower(model: str | Path | None = None, *, config: Any = None, run_dir: str |
     return _until("lower", model, config, run_dir, kw)
 
 
-def sensitivity(run_dir: str | Path, target: str | None = None, **kw: Any) -> dict[str, Any]:
+def sensitivity(run_dir: str | Path, target: str | None = None, ranking: str | None = None, **kw: Any) -> dict[str, Any]:
     """Per-layer INT8 sensitivity of a run's student on one of its targets (the run's first when not named), measured
-    on that target's runtime; returns ``sensitivity.json``'s content and where the chart is."""
+    on that target's runtime; returns ``sensitivity.json``'s content and where the chart is. ``ranking``
+    ("measured" | "proxy") overrides a planned run's ``quantize.plan.ranking``; a run without a plan is always
+    measured."""
     import json
 
     from edgekd.targets import resolve
 
+    if ranking is not None:
+        planned = ((RunDir(run_dir, create=False).manifest.get("config") or {}).get("quantize") or {}).get("plan")
+        if planned:
+            kw["quantize__plan__ranking"] = ranking
+        elif ranking != "measured":
+            raise UsageError("the ranking proxy orders a plan's search, and this run has no plan",
+                             "drop --ranking (each layer is measured), or plan first: edgekd compress ... --max-drop N")
     ctx = open_run(config_from_run(run_dir, **kw))
     assert ctx.runner is not None
     p = ctx.profiles[0]

@@ -218,6 +218,9 @@ for _s in ("distill", "export", "quantize", "lower"):
 def sensitivity(run_dir: Path = typer.Argument(..., help="a run directory made by edgekd compress"),
                 target: Optional[str] = typer.Option(None, "--target", "-t", help="one of the run's targets (default: its first)"),
                 top: int = typer.Option(15, "--top", min=1, help="how many layers to list"),
+                ranking: Optional[str] = typer.Option(None, "--ranking", help="measured: each layer kept in float alone "
+                                                      "and scored (points); proxy: the error each layer adds (a planned "
+                                                      "run's default; quantize.plan.ranking)"),
                 arch: Optional[str] = typer.Option(None, help="the run's --arch factory (not a zoo name), named again"),
                 student: Optional[str] = typer.Option(None, help="the run's --student factory (not a zoo name), named again"),
                 metric: Optional[str] = typer.Option(None, "--metric", help="the run's --metric, named again"),
@@ -228,7 +231,9 @@ def sensitivity(run_dir: Path = typer.Argument(..., help="a run directory made b
 
     if not run_dir.is_dir():
         raise UsageError(f"run directory {run_dir} does not exist", "pass a folder made by edgekd compress")
-    res = api.sensitivity(run_dir, target, arch=arch, distill__student=student, metric=metric, allow_pickle=allow_pickle or None)
+    if ranking not in (None, "measured", "proxy"):
+        raise UsageError(f"--ranking {ranking!r} is not a ranking", "use --ranking measured or --ranking proxy")
+    res = api.sensitivity(run_dir, target, ranking, arch=arch, distill__student=student, metric=metric, allow_pickle=allow_pickle or None)
     typer.echo(f"{res['target']} ({res['backend']}): {res['metric']} fp32 {res['fp32']:.4f}, all-int8 {res['int8']:.4f} "
                f"({-res['int8_drop']:+.2f} pt) on {res['samples']} val samples, {len(res['layers'])} layers, {res['seconds']:.0f} s")
     if res.get("skipped"):

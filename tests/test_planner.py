@@ -202,6 +202,13 @@ def test_plan_in_the_pipeline_round_trips_and_gates(fragile, fmnist: Path, tmp_p
     assert res.exit_code == 0, res.output
     table = [ln for ln in res.stdout.splitlines() if ln.startswith("| ") and "layer" not in ln]
     assert table[0].split("|")[1].strip().split("/")[0] == weak and len(table) == 3
+    assert "error added" in res.stdout  # the plan's proxy ranking
+    # --ranking measured: each layer kept in float alone and scored; the fragile one recovers the most points
+    res = CliRunner().invoke(app, ["sensitivity", str(run), "-t", "intel-cpu", "--top", "2", "--ranking", "measured"])
+    assert res.exit_code == 0, res.output
+    table = [ln for ln in res.stdout.splitlines() if ln.startswith("| ") and "layer" not in ln]
+    assert "points recovered" in res.stdout and table[0].split("|")[1].strip().split("/")[0] == weak
+    assert float(table[0].split("|")[3]) > 30
 
 
 def test_plan_refuses_qat_in_one_line(tmp_path: Path) -> None:
@@ -362,3 +369,9 @@ def test_a_tensorrt_target_plans_the_accuracy_side_with_the_proxy(fragile, fmnis
     plan = json.loads((run / "03-plan" / "jetson-orin-nano" / "plan.json").read_text())
     assert plan["timed"] is False and "judged on the device" in plan["timing_note"]
     assert plan["chosen"]["keep_float"] == [weak] and plan["chosen"]["drop"] <= 1.0
+
+
+def test_sensitivity_names_a_bad_ranking_in_one_line(tmp_path: Path) -> None:
+    res = subprocess.run([sys.executable, "-m", "edgekd.cli", "sensitivity", str(tmp_path), "--ranking", "best"],
+                         capture_output=True, text=True, cwd=REPO)
+    assert res.returncode == 2 and res.stderr.strip().count("\n") == 0 and "--ranking measured" in res.stderr, res.stderr
