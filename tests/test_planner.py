@@ -226,18 +226,18 @@ def test_no_layer_is_ranked_when_all_int8_already_meets_the_budget(demo_teacher:
     kw = dict(targets=["x86-cpu-vnni"], run_dir=str(run), **SMALL)
     plan_cfg = {"max_drop": 5.0, "samples": 400, "ranking_samples": 100, "rounds": 1, "iterations": 30,
                 "speed_probe": 0}  # the speed candidates: test_a_layer_slower_in_int8_is_tried_in_float_and_timed
-    edgekd.compress(demo_teacher, quantize={"plan": plan_cfg}, **kw)
+    edgekd.quantize(demo_teacher, quantize={"plan": plan_cfg}, **kw)
     sens = json.loads((run / "03-sensitivity" / "x86-cpu-vnni" / "sensitivity.json").read_text())
     assert sens["int8_drop"] <= 5.0 and sens["layers"] == [] and "not ranked" in sens["skipped"]
     plan = json.loads((run / "03-plan" / "x86-cpu-vnni" / "plan.json").read_text())
     assert plan["chosen"]["keep_float"] == [] and {c["name"] for c in plan["candidates"]} == {"all int8", "fp32"}
-    edgekd.compress(demo_teacher, quantize={"plan": {**plan_cfg, "rank_all": True}}, **kw)
+    edgekd.quantize(demo_teacher, quantize={"plan": {**plan_cfg, "rank_all": True}}, **kw)
     sens = json.loads((run / "03-sensitivity" / "x86-cpu-vnni" / "sensitivity.json").read_text())
     assert sens["skipped"] is None and len(sens["layers"]) >= 5 and sens["ranking"] == "proxy"
     errors = [r["added_error"] for r in sens["layers"]]
     assert errors == sorted(errors, reverse=True) and all(r["gain"] is None for r in sens["layers"])
     # ranking: measured — each layer kept in float alone and scored: points per layer, most recovered first
-    edgekd.compress(demo_teacher, quantize={"plan": {**plan_cfg, "rank_all": True, "ranking": "measured"}}, **kw)
+    edgekd.quantize(demo_teacher, quantize={"plan": {**plan_cfg, "rank_all": True, "ranking": "measured"}}, **kw)
     sens = json.loads((run / "03-sensitivity" / "x86-cpu-vnni" / "sensitivity.json").read_text())
     gains = [r["gain"] for r in sens["layers"]]
     assert sens["ranking"] == "measured" and len(gains) == len(errors) and gains == sorted(gains, reverse=True)
@@ -362,7 +362,7 @@ def test_a_tensorrt_target_plans_the_accuracy_side_with_the_proxy(fragile, fmnis
     in float is the fragile one."""
     path, _, weak = fragile
     run = tmp_path / "run"
-    edgekd.compress(path, targets=["jetson-orin-nano"], run_dir=str(run), **SMALL,
+    edgekd.quantize(path, targets=["jetson-orin-nano"], run_dir=str(run), **SMALL,  # the stages up to quantize
                     quantize={"plan": {"max_drop": 1.0, "samples": 600, "rounds": 1, "iterations": 30}})
     sens = json.loads((run / "03-sensitivity" / "jetson-orin-nano" / "sensitivity.json").read_text())
     assert sens["ranking"] == "proxy" and sens["layers"][0]["name"] == weak and sens["int8_drop"] > 30
