@@ -234,20 +234,9 @@ def sensitivity(run_dir: Path = typer.Argument(..., help="a run directory made b
     if ranking not in (None, "measured", "proxy"):
         raise UsageError(f"--ranking {ranking!r} is not a ranking", "use --ranking measured or --ranking proxy")
     res = api.sensitivity(run_dir, target, ranking, arch=arch, distill__student=student, metric=metric, allow_pickle=allow_pickle or None)
-    typer.echo(f"{res['target']} ({res['backend']}): {res['metric']} fp32 {res['fp32']:.4f}, all-int8 {res['int8']:.4f} "
-               f"({-res['int8_drop']:+.2f} pt) on {res['samples']} val samples, {len(res['layers'])} layers, {res['seconds']:.0f} s")
-    if res.get("skipped"):
-        typer.echo(res["skipped"])
-    if res.get("ranking") == "proxy":
-        typer.echo(f"ranked by the error each layer's quantizers add at its output, on {res['proxy_samples']} samples "
-                   "(a proxy; quantize.plan.ranking: measured scores each layer kept in float)")
-        typer.echo("| layer | op | error added (relative MSE) | error at its output |\n|---|---|---|---|")
-        for r in res["layers"][:top]:
-            typer.echo(f"| {r['name']} | {r['op']} | {r['added_error']:.3g} | {r['output_error']:.3g} |")
-    else:
-        typer.echo("| layer | op | points recovered in float |\n|---|---|---|")
-        for r in res["layers"][:top]:
-            typer.echo(f"| {r['name']} | {r['op']} | {r['gain']:+.2f} |")
+    from edgekd.stages.sensitivity import sensitivity_table
+
+    typer.echo(sensitivity_table(res, top))
     typer.echo(f"chart: {res['chart']}")
 
 

@@ -55,7 +55,7 @@ class Plan(Stage):
         work = out / "candidates"
         cands = greedy_candidates(order, tools.quantize, tools.score, work, m, fp32_metric, int8, cfg.max_drop,
                                   extra=cfg.extra, max_kept=cfg.max_kept,
-                                  rerank=self.proxy_reranker(tools, p, cfg, work) if sens.get("ranking") == "proxy" else None,
+                                  rerank=self.proxy_reranker(tools, cfg, work) if sens.get("ranking") == "proxy" else None,
                                   evaluate=tools.rank, shortlist=cfg.shortlist if sens.get("ranking") == "proxy" else 1)
         timed = tools.backend.can_time(p)
         probe = self.speed_candidates(tools, p, cands, cfg, work, fp32_metric) if timed and cfg.speed_probe else None
@@ -97,9 +97,9 @@ class Plan(Stage):
                             "p50_ms": chosen.p50_ms, "reason": reason})
 
     @staticmethod
-    def proxy_reranker(tools, p, cfg, work: Path):  # noqa: ANN001, ANN205
+    def proxy_reranker(tools, cfg, work: Path):  # noqa: ANN001, ANN205
         """The greedy search's re-ranking: the proxy (the error each layer adds) on the candidate just scored."""
-        layers = tools.backend.plan_layers(tools.fp32, p)
+        layers = tools.layers()
 
         def rerank(artifact: Path, kept: list[str]) -> list[str]:
             rows = tools.proxy(layers, cfg.proxy_samples, work / "proxy", artifact)
@@ -121,7 +121,7 @@ class Plan(Stage):
         base = next((c for c in cands if c.meets_accuracy), None)
         if base is None or tools.int8 is None:
             return None
-        layers = [r["name"] for r in tools.backend.plan_layers(tools.fp32, p)]
+        layers = [r["name"] for r in tools.layers()]
         rows = tools.backend.slower_in_int8(tools.int8, tools.fp32, layers, tools.x[:1], p, cfg.speed_margin)
         if rows is None:
             return None

@@ -46,6 +46,13 @@ class PlanTools:
         self._revert = None
         self._work = Path(".")
         self._fp32_rank: np.ndarray | None = None
+        self._layers: list[dict[str, str]] | None = None
+
+    def layers(self) -> list[dict[str, str]]:
+        """The layers the backend's quantizer makes INT8 (:meth:`Backend.plan_layers`), read once."""
+        if self._layers is None:
+            self._layers = self.backend.plan_layers(self.fp32, self.profile)
+        return self._layers
 
     def calibrate(self, out_dir: Path) -> Path:
         """The all-INT8 artifact, with the backend's own PTQ (the one calibration of a planner run) on the quantize
@@ -172,7 +179,7 @@ class Sensitivity(Stage):
         out = ctx.run.fresh_dir("sensitivity", p.name)
         t0 = time.time()
         tools = PlanTools(ctx, p)
-        layers = tools.backend.plan_layers(tools.fp32, p)
+        layers = tools.layers()
         fp32 = tools.fp32_metric()
         t_cal = time.time()
         int8_path = tools.calibrate(out / "int8")
@@ -229,6 +236,24 @@ class Sensitivity(Stage):
                                      "most_sensitive": top["name"] if top else None,
                                      "most_sensitive_gain": top["gain"] if top else None,
                                      "ranking": res["ranking"]})
+
+
+def sensitivity_table(res: dict[str, Any], top: int) -> str:
+    """``sensitivity.json`` for a person: the headline, then the ``top`` layers as a Markdown table (the proxy's
+    error columns, or the measured points)."""
+    lines = [f"{res['target']} ({res['backend']}): {res['metric']} fp32 {res['fp32']:.4f}, all-int8 {res['int8']:.4f} "
+             f"({-res['int8_drop']:+.2f} pt) on {res['samples']} val samples, {len(res['layers'])} layers, {res['seconds']:.0f} s"]
+    if res.get("skipped"):
+        lines.append(res["skipped"])
+    if res.get("ranking") == "proxy":
+        lines += [f"ranked by the error each layer's quantizers add at its output, on {res['proxy_samples']} samples "
+                  "(a proxy; --ranking measured scores each layer kept in float)",
+                  "| layer | op | error added (relative MSE) | error at its output |", "|---|---|---|---|"]
+        lines += [f"| {r['name']} | {r['op']} | {r['added_error']:.3g} | {r['output_error']:.3g} |" for r in res["layers"][:top]]
+    else:
+        lines += ["| layer | op | points recovered in float |", "|---|---|---|"]
+        lines += [f"| {r['name']} | {r['op']} | {r['gain']:+.2f} |" for r in res["layers"][:top]]
+    return "\n".join(lines)
 
 
 def sensitivity_chart(res: dict[str, Any], path: Path, top: int = 25) -> None:
